@@ -1,0 +1,33 @@
+"""Test configuration shared by every test module.
+
+Eight host CPU devices let the pmap/shard_map tests run on a 2-core machine. The flag must be
+set before jax initialises its backends, hence here, before any test module imports jax.
+"""
+
+import os
+
+os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import pathlib  # noqa: E402
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> pathlib.Path:
+  """The real stand-in data sets (see the README): from GRADVAR_DATA_DIR, never a fixed path.
+
+  Tests that need them fail with a clear message when the variable is unset; they never skip.
+  """
+  value = os.environ.get("GRADVAR_DATA_DIR")
+  if not value:
+    pytest.fail(
+        "GRADVAR_DATA_DIR is not set. Point it at the stand-in data sets, e.g. "
+        "`GRADVAR_DATA_DIR=../shared/data make test` (see README.md).",
+        pytrace=False,
+    )
+  path = pathlib.Path(value)
+  if not path.is_dir():
+    pytest.fail(f"GRADVAR_DATA_DIR={value!r} is not a directory.", pytrace=False)
+  return path
