@@ -1,0 +1,56 @@
+"""Data sources: every task's examples as uniform records with fixed train/validation/test splits.
+
+The API that the batching stage builds on:
+
+```python
+from train import data
+
+source = data.get_source("cifar10")                 # or "wordnet_topics", "tfds:glue/sst2", ...
+source.kind                                          # "image" or "text"
+source.label_names                                   # class names; id = position (sorted)
+source.train, source.validation, source.test         # Split: len(), [i], [i:j], __getitems__
+source.train[0]        # {"image": uint8 [H, W, C], "label": int}   (kind "image")
+                       # {"text": str, "label": int} (+ "text_b")    (kind "text")
+source.image_shape, source.hflip                     # images only: (H, W, C), natural images?
+
+stats = data.normalization_stats(source)             # per-channel mean/std of the train split
+x = data.augment_batch(images, seed=s, epoch=e, indices=idx, hflip=source.hflip)
+x = data.normalize(x, stats)                         # float32, for the model's "image" input
+data.save_label_names(run_dir / "labels.json", source.label_names, source=source.name)
+```
+
+- `sources`: the registry and `get_source` (names, `--data-dir` / GRADVAR_DATA_DIR).
+- `records`: the record kinds, `Split`, `Source`, and the checks that name the bad record.
+- `splits`: the fixed validation carve (10% of train, by index; sizes listed there).
+- `labels`: label maps (sorted class names), saved with a run.
+- `images`: normalisation statistics and the crop/flip augmentation.
+- `tfds_source`, `local`, `text_files`, `idx`: the readers behind the sources.
+
+Importing this package does not import tensorflow_datasets; only TFDS sources do.
+"""
+
+from train.data.images import augment
+from train.data.images import augment_batch
+from train.data.images import ChannelStats
+from train.data.images import compute_channel_stats
+from train.data.images import normalization_stats
+from train.data.images import normalize
+from train.data.labels import check_label_names
+from train.data.labels import load_label_names
+from train.data.labels import save_label_names
+from train.data.labels import sort_label_names
+from train.data.records import Record
+from train.data.records import Source
+from train.data.records import Split
+from train.data.sources import DATA_DIR_ENV
+from train.data.sources import get_source
+from train.data.sources import known_sources
+from train.data.splits import carve_validation
+from train.data.splits import validation_size
+
+__all__ = [
+    "augment", "augment_batch", "ChannelStats", "compute_channel_stats", "normalization_stats",
+    "normalize", "check_label_names", "load_label_names", "save_label_names", "sort_label_names",
+    "Record", "Source", "Split", "DATA_DIR_ENV", "get_source", "known_sources",
+    "carve_validation", "validation_size",
+]
