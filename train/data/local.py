@@ -157,6 +157,7 @@ def idx_folder_source(folder: pathlib.Path, name: str, *, hflip: bool = False,
         f"{paths['test_labels']}: record {i} (byte offset {offset}"
         f"{' decompressed' if paths['test_labels'].suffix == '.gz' else ''}) has label "
         f"{test_labels[i]}, which is not in the training label set {list(label_names)}.")
+
   def ids(labels: np.ndarray) -> np.ndarray:
     return np.searchsorted(values, labels).astype(np.int32)
   train_reader = ImageArrayReader(train_images, ids(train_labels))
