@@ -1,0 +1,51 @@
+"""Property tests: any pytree, window and factor keep the state well formed."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from hypothesis import given, settings, strategies as st
+
+import gradvar_optax
+
+SHAPES = st.sampled_from([(), (0,), (1,), (3,), (2, 5), (3, 1, 4), (7, 0, 2)])
+DTYPES = st.sampled_from([jnp.float32, jnp.bfloat16])
+LEAF = st.tuples(SHAPES, DTYPES)
+TREES = st.recursive(
+    st.one_of(LEAF, st.just(None)),
+    lambda children: st.dictionaries(st.sampled_from("abcde"), children, max_size=3),
+    max_leaves=6,
+)
+
+
+def _materialise(spec, rng):
+  if spec is None:
+    return {}
+  if isinstance(spec, dict):
+    return {k: _materialise(v, rng) for k, v in spec.items()}
+  shape, dtype = spec
+  return jnp.asarray(rng.standard_normal(shape) * rng.uniform(0.1, 10), dtype)
+
+
+@settings(max_examples=20, deadline=None)
+@given(spec=TREES, window=st.integers(2, 6), factor=st.floats(0.01, 0.5),
+       seed=st.integers(0, 2**16), nan_every=st.integers(2, 9))
+def test_state_stays_well_formed(spec, window, factor, seed, nan_every):
+  rng = np.random.default_rng(seed)
+  params = _materialise(spec, rng)
+  opt = gradvar_optax.gradvar(optax.sgd(1.0), window=window, factor=factor, min_scale=0.5, max_scale=2.0)
+  state = opt.init(params)
+  shapes = jax.tree.map(lambda x: (x.shape, x.dtype), state)
+  update = jax.jit(opt.update)
+  for t in range(4 * window):
+    grads = _materialise(spec, rng)
+    if t % nan_every == 0:
+      grads = jax.tree.map(lambda x: x * jnp.nan if x.size else x, grads)
+    updates, state = update(grads, state, params)
+    assert jax.tree.map(lambda x: x.dtype, updates) == jax.tree.map(lambda x: x.dtype, grads)
+  assert jax.tree.map(lambda x: (x.shape, x.dtype), state) == shapes
+  for name in ("norms", "variability", "reference", "lr_scale"):
+    assert np.all(np.isfinite(np.asarray(getattr(state, name)))), name
+  assert 0.5 <= float(state.lr_scale) <= 2.0
+  assert update._cache_size() == 1
+
