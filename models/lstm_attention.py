@@ -291,21 +291,34 @@ def read_pretrained_embeddings(path: str | os.PathLike) -> np.ndarray:
 
 def config_for_embeddings(
     config: LSTMAttentionConfig, matrix: np.ndarray, source: str | os.PathLike | None = None,
+    **overrides: Any,
 ) -> LSTMAttentionConfig:
   """`config` with `vocab_size` and `embedding_size` taken from a pretrained matrix.
 
-  When `source` is a BERT checkpoint folder, `unk_id` becomes its `[UNK]` id so that word dropout
-  substitutes the WordPiece unknown token.
+  Args:
+    config: the config to start from (e.g. a preset).
+    matrix: the pretrained `[vocab_size, embedding_size]` table.
+    source: where `matrix` came from. If it is a BERT checkpoint folder with a `vocab.txt`,
+      `unk_id` becomes its `[UNK]` id, so that word dropout substitutes the WordPiece unknown token.
+    **overrides: other config fields; they win over `source`'s `unk_id`, and must agree with the
+      matrix on the sizes.
   """
   vocab_size, embedding_size = matrix.shape
   changes: dict[str, Any] = dict(vocab_size=vocab_size, embedding_size=embedding_size)
+  for key, value in changes.items():
+    if key in overrides and overrides[key] != value:
+      raise ValueError(
+          f'{key}={overrides[key]!r} conflicts with the pretrained embedding {source or ""}, '
+          f'which has {key}={value}.')
   if source is not None and os.path.isdir(source):
     unk = bert_special_token_ids(source).get('[UNK]')
     if unk is not None:
       changes['unk_id'] = unk
-  if 'unk_id' not in changes and config.unk_id >= vocab_size:
+  changes.update(overrides)
+  unk_id = changes.get('unk_id', config.unk_id)
+  if unk_id >= vocab_size:
     raise ValueError(
-        f'unk_id={config.unk_id} is outside the pretrained vocabulary of {vocab_size} rows.')
+        f'unk_id={unk_id} is outside the pretrained vocabulary of {vocab_size} rows.')
   return dataclasses.replace(config, **changes)
 
 
