@@ -19,26 +19,54 @@ x = data.normalize(x, stats)                         # float32, for the model's 
 data.save_label_names(run_dir / "labels.json", source.label_names, source=source.name)
 ```
 
+The batching stage on top of it (see `pipeline` for the full example):
+
+```python
+inputs = data.prepare_inputs(source, data.InputSpec("bert", vocab_file=...), cache_dir=...)
+inputs.keys                                          # ("input_ids", ..., "label"): model inputs
+pipe = data.Pipeline(inputs, global_batch_size=32, seed=0)
+it = pipe.train_iterator(state, place=data.mesh_placement(mesh))  # or data.pmap_placement()
+batch = next(it); it.get_state()                     # resumable, JSON-able
+for batch in pipe.eval_iterator("validation"): ...   # whole split, padded, with "mask"
+```
+
 - `sources`: the registry and `get_source` (names, `--data-dir` / GRADVAR_DATA_DIR).
 - `records`: the record kinds, `Split`, `Source`, and the checks that name the bad record.
 - `splits`: the fixed validation carve (10% of train, by index; sizes listed there).
 - `labels`: label maps (sorted class names), saved with a run.
 - `images`: normalisation statistics and the crop/flip augmentation.
 - `tfds_source`, `local`, `text_files`, `idx`: the readers behind the sources.
+- `tokenize`: WordPiece (a checkpoint's vocab.txt, or trained) and the word vocabulary.
+- `cache`: the on-disk cache of tokens and vocabularies, keyed by what they derive from.
+- `inputs`: records to model inputs (`InputSpec`, `prepare_inputs`), per split and position.
+- `pipeline`: shuffled, sharded, resumable training batches and masked evaluation batches (grain).
+- `placement`: batches on devices, for `pmap` (leading device axis) or a mesh (global arrays).
 
-Importing this package does not import tensorflow_datasets; only TFDS sources do.
+Importing this package does not import tensorflow_datasets; only TFDS sources do. It imports jax
+and grain (for the batching stage).
 """
 
+from train.data.cache import Cache
 from train.data.images import augment
 from train.data.images import augment_batch
 from train.data.images import ChannelStats
 from train.data.images import compute_channel_stats
 from train.data.images import normalization_stats
 from train.data.images import normalize
+from train.data.inputs import InputSpec
+from train.data.inputs import Inputs
+from train.data.inputs import MODEL_INPUTS
+from train.data.inputs import prepare_inputs
 from train.data.labels import check_label_names
 from train.data.labels import load_label_names
 from train.data.labels import save_label_names
 from train.data.labels import sort_label_names
+from train.data.pipeline import BatchIterator
+from train.data.pipeline import epoch_order
+from train.data.pipeline import Pipeline
+from train.data.placement import data_mesh
+from train.data.placement import mesh_placement
+from train.data.placement import pmap_placement
 from train.data.records import Record
 from train.data.records import Source
 from train.data.records import Split
@@ -47,10 +75,18 @@ from train.data.sources import get_source
 from train.data.sources import known_sources
 from train.data.splits import carve_validation
 from train.data.splits import validation_size
+from train.data.tokenize import build_word_vocab
+from train.data.tokenize import TextTokenizer
+from train.data.tokenize import train_wordpiece
+from train.data.tokenize import wordpiece_from_vocab
 
 __all__ = [
     "augment", "augment_batch", "ChannelStats", "compute_channel_stats", "normalization_stats",
     "normalize", "check_label_names", "load_label_names", "save_label_names", "sort_label_names",
     "Record", "Source", "Split", "DATA_DIR_ENV", "get_source", "known_sources",
     "carve_validation", "validation_size",
+    # The batching stage.
+    "Cache", "InputSpec", "Inputs", "MODEL_INPUTS", "prepare_inputs", "BatchIterator",
+    "epoch_order", "Pipeline", "data_mesh", "mesh_placement", "pmap_placement",
+    "build_word_vocab", "TextTokenizer", "train_wordpiece", "wordpiece_from_vocab",
 ]
