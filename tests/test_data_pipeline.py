@@ -152,7 +152,7 @@ def test_tokenizer_errors_name_the_problem(tmp_path):
     tokenize.wordpiece_from_vocab(VOCAB_FILE).encode(["a"], max_len=2)
   with pytest.raises(ValueError, match="min_count must be an int >= 1"):
     tokenize.build_word_vocab(["a"], min_count=0)
-  with pytest.raises(ValueError, match=r"model must be one of \['bert', 'lstm', 'resnet'\]"):
+  with pytest.raises(ValueError, match=r"model must be one of \['bert', 'lstm_attention', 'resnet'\]"):
     data.InputSpec("gpt")
   with pytest.raises(ValueError, match="BERT inputs are WordPiece ids"):
     data.InputSpec("bert", tokens="words")
@@ -176,7 +176,7 @@ def test_word_vocabulary_comes_from_train_only_with_unk(tmp_path):
   _write_jsonl(tmp_path / "t" / "train.jsonl", rows)
   _write_jsonl(tmp_path / "t" / "test.jsonl", [{"text": "The YAK sat on the cat", "label": "0"}])
   source = data.get_source(f"local:{tmp_path / 't'}")
-  spec = data.InputSpec("lstm", max_len=4, vocab_size=8, min_count=2)
+  spec = data.InputSpec("lstm_attention", max_len=4, vocab_size=8, min_count=2)
   inputs = data.prepare_inputs(source, spec)
 
   counts = collections.Counter(w for r in source.train for w in tokenize.words(r["text"]))
@@ -200,7 +200,7 @@ def test_word_vocabulary_comes_from_train_only_with_unk(tmp_path):
 
 def test_lstm_can_take_wordpiece_ids_without_special_tokens(tmp_path):
   source = data.get_source(f"local:{_text_folder(tmp_path / 't')}")
-  inputs = data.prepare_inputs(source, data.InputSpec("lstm", tokens="wordpiece",
+  inputs = data.prepare_inputs(source, data.InputSpec("lstm_attention", tokens="wordpiece",
                                                       vocab_file=VOCAB_FILE, max_len=8))
   batch = inputs.split("test").gather(np.arange(2))
   reference = _minilm_reference()
@@ -222,7 +222,7 @@ def _fail(*args, **kwargs):
 def test_cache_is_reused_across_runs_and_invalidated_when_its_key_changes(tmp_path, monkeypatch):
   folder = _text_folder(tmp_path / "t")
   cache_dir = tmp_path / "cache"
-  spec = data.InputSpec("lstm", max_len=6, vocab_size=12)
+  spec = data.InputSpec("lstm_attention", max_len=6, vocab_size=12)
 
   first = data.prepare_inputs(data.get_source(f"local:{folder}"), spec, cache_dir=cache_dir)
   train_arrays = dict(first.split("train").arrays)
@@ -243,13 +243,13 @@ def test_cache_is_reused_across_runs_and_invalidated_when_its_key_changes(tmp_pa
 
   # A different max_len is a new entry (and the old one stays valid).
   longer = data.prepare_inputs(data.get_source(f"local:{folder}"),
-                               data.InputSpec("lstm", max_len=7, vocab_size=12),
+                               data.InputSpec("lstm_attention", max_len=7, vocab_size=12),
                                cache_dir=cache_dir)
   assert longer.split("train").arrays["ids"].shape[1] == 7
   assert (longer.cache.hits, longer.cache.misses) == (1, 1)
   # A different vocabulary is a new vocabulary and new tokens.
   smaller = data.prepare_inputs(data.get_source(f"local:{folder}"),
-                                data.InputSpec("lstm", max_len=6, vocab_size=5),
+                                data.InputSpec("lstm_attention", max_len=6, vocab_size=5),
                                 cache_dir=cache_dir)
   smaller.split("train")
   assert (smaller.cache.hits, smaller.cache.misses) == (0, 2)
@@ -292,9 +292,9 @@ def test_a_corrupt_cache_file_is_recomputed(tmp_path):
 
 MOCK_CASES = [
     ("ag_news_subset", data.InputSpec("bert", vocab_file=str(VOCAB_FILE), max_len=32)),
-    ("ag_news_subset", data.InputSpec("lstm", max_len=12)),
+    ("ag_news_subset", data.InputSpec("lstm_attention", max_len=12)),
     ("imdb_reviews", data.InputSpec("bert", vocab_size=120, max_len=24)),  # Trained WordPiece.
-    ("imdb_reviews", data.InputSpec("lstm", max_len=16, vocab_size=50)),
+    ("imdb_reviews", data.InputSpec("lstm_attention", max_len=16, vocab_size=50)),
     ("cifar10", data.InputSpec("resnet")),
 ]
 
@@ -381,7 +381,7 @@ def stand_in_cache(tmp_path_factory):
     # Tokenises 82k glosses: about 10 s on 2 busy cores.
     pytest.param("wordnet_topics", data.InputSpec("bert", vocab_file=str(VOCAB_FILE)),
                  marks=pytest.mark.slow),
-    ("rt_sentiment", data.InputSpec("lstm", vocab_size=10_000)),
+    ("rt_sentiment", data.InputSpec("lstm_attention", vocab_size=10_000)),
     ("fashion_mnist", data.InputSpec("resnet")),
 ])
 def test_full_pipeline_on_stand_ins(name, spec, data_dir, stand_in_cache):
@@ -436,7 +436,7 @@ def _assert_same_batches(a, b):
 @pytest.mark.parametrize("drop_remainder", [True, False])
 def test_resumed_stream_equals_the_uninterrupted_one(tmp_path, drop_remainder):
   folder = _text_folder(tmp_path / "t")
-  spec = data.InputSpec("lstm", max_len=6)
+  spec = data.InputSpec("lstm_attention", max_len=6)
 
   def pipeline():  # A fresh process: new source, inputs and pipeline objects.
     inputs = data.prepare_inputs(data.get_source(f"local:{folder}"), spec, cache_dir=tmp_path)
@@ -478,7 +478,7 @@ def test_resumed_image_stream_equals_the_uninterrupted_one():
 
 
 def test_a_state_from_another_configuration_is_refused(tmp_path):
-  inputs = data.prepare_inputs(data.get_source(f"local:{_text_folder(tmp_path / 't')}"), "lstm")
+  inputs = data.prepare_inputs(data.get_source(f"local:{_text_folder(tmp_path / 't')}"), "lstm_attention")
   with data.Pipeline(inputs, global_batch_size=8, seed=1).train_iterator() as it:
     next(it)
     state = it.get_state()
@@ -494,7 +494,7 @@ def test_a_state_from_another_configuration_is_refused(tmp_path):
 @pytest.mark.parametrize("drop_remainder", [False, True])
 def test_two_processes_see_every_example_exactly_once_per_epoch(tmp_path, drop_remainder):
   inputs = data.prepare_inputs(
-      data.get_source(f"local:{_text_folder(tmp_path / 't', n_train=59)}"), "lstm")
+      data.get_source(f"local:{_text_folder(tmp_path / 't', n_train=59)}"), "lstm_attention")
   n = len(inputs.split("train"))  # 54 after the carve: not a multiple of the batch.
 
   def pipeline(p, count):
@@ -533,8 +533,22 @@ def test_two_processes_see_every_example_exactly_once_per_epoch(tmp_path, drop_r
   assert sorted(real) == list(range(13))
 
 
+def test_a_training_split_smaller_than_the_batch(tmp_path):
+  inputs = data.prepare_inputs(
+      data.get_source(f"local:{_text_folder(tmp_path / 't', n_train=7)}"), "lstm_attention")
+  assert len(inputs.split("train")) == 6  # One of the 7 rows is carved for validation.
+  with pytest.raises(ValueError, match="fewer than global_batch_size=16: no full batch"):
+    data.Pipeline(inputs, global_batch_size=16, local_device_count=1)
+  pipe = data.Pipeline(inputs, global_batch_size=16, drop_remainder=False, local_device_count=1)
+  assert pipe.steps_per_epoch == 1
+  positions, mask = pipe.train_positions(0)
+  assert mask.tolist() == [True] * 6 + [False] * 10
+  assert sorted(positions[:6].tolist()) == list(range(6))
+  assert pipe.train_batch(0)["token_ids"].shape == (16, 256)
+
+
 def test_a_batch_that_does_not_divide_over_devices_is_refused(tmp_path):
-  inputs = data.prepare_inputs(data.get_source(f"local:{_text_folder(tmp_path / 't')}"), "lstm")
+  inputs = data.prepare_inputs(data.get_source(f"local:{_text_folder(tmp_path / 't')}"), "lstm_attention")
   with pytest.raises(ValueError, match=r"global_batch_size=12 does not divide evenly over 2 "
                                        r"process\(es\) x 4 local device\(s\) = 8 devices"):
     data.Pipeline(inputs, global_batch_size=12, process_index=0, process_count=2,

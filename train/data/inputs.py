@@ -7,7 +7,7 @@ with exactly the model's input names plus `label` (int32):
 | model | keys | from |
 |---|---|---|
 | `bert` | `input_ids`, `attention_mask`, `token_type_ids`: int32 [B, max_len] | WordPiece, `[CLS] a [SEP] (b [SEP])` |
-| `lstm` | `token_ids`: int32 [B, max_len], `lengths`: int32 [B] | the word vocabulary, or bare WordPiece ids |
+| `lstm_attention` | `token_ids`: int32 [B, max_len], `lengths`: int32 [B] | the word vocabulary, or bare WordPiece ids |
 | `resnet` | `image`: float32 [B, H, W, C], normalised (and augmented in training) | `images` |
 
 **Text is tokenised once per split**, in one batched call into `tokenizers`, and cached (see `cache`)
@@ -40,11 +40,11 @@ from train.data import tokenize
 
 MODEL_INPUTS: dict[str, tuple[str, ...]] = {
     "bert": ("input_ids", "attention_mask", "token_type_ids"),
-    "lstm": ("token_ids", "lengths"),
+    "lstm_attention": ("token_ids", "lengths"),
     "resnet": ("image",),
 }
-DEFAULT_MAX_LEN = {"bert": 128, "lstm": 256}
-DEFAULT_TOKENS = {"bert": "wordpiece", "lstm": "words"}
+DEFAULT_MAX_LEN = {"bert": 128, "lstm_attention": 256}
+DEFAULT_TOKENS = {"bert": "wordpiece", "lstm_attention": "words"}
 DEFAULT_VOCAB_SIZE = {"wordpiece": 30522, "words": 20_000}
 # BERT's position table (and the MiniLM checkpoint's) has 512 entries.
 BERT_MAX_LEN = 512
@@ -55,9 +55,9 @@ class InputSpec:
   """Which model the inputs are for, and how text becomes ids. Defaults are filled in.
 
   Attributes:
-    model: "bert", "lstm" or "resnet" (the keys of `MODEL_INPUTS`).
-    max_len: tokens per example after truncation and padding (bert 128, lstm 256).
-    tokens: "wordpiece" or "words" (bert: wordpiece only; lstm: words by default).
+    model: "bert", "lstm_attention" or "resnet": the model registry's names (`models.get`).
+    max_len: tokens per example after truncation and padding (bert 128, lstm_attention 256).
+    tokens: "wordpiece" or "words" (bert: wordpiece only; lstm_attention: words by default).
     vocab_file: a WordPiece vocab.txt (a checkpoint's); None learns a vocabulary from train.
     vocab_size: size of a vocabulary learnt from train (WordPiece 30522, words 20,000).
     min_count: words seen fewer times in train become `<unk>` (word vocabulary only).
@@ -90,6 +90,9 @@ class InputSpec:
       raise ValueError(f"tokens={tokens!r}: BERT inputs are WordPiece ids.")
     if self.vocab_file is not None and tokens != "wordpiece":
       raise ValueError("vocab_file is a WordPiece vocab.txt; it needs tokens='wordpiece'.")
+    if tokens == "words" and not self.lowercase:
+      raise ValueError("lowercase=False: the word vocabulary is lowercased; use WordPiece "
+                       "(tokens='wordpiece') for cased text.")
     max_len = DEFAULT_MAX_LEN[self.model] if self.max_len is None else self.max_len
     if isinstance(max_len, bool) or not isinstance(max_len, int) or max_len < 2:
       raise ValueError(f"max_len must be an int >= 2, got {max_len!r}.")
@@ -161,7 +164,7 @@ class SplitInputs:
     ids = a["ids"][positions].astype(np.int32)
     lengths = a["lengths"][positions]
     label = a["labels"][positions]
-    if model == "lstm":
+    if model == "lstm_attention":
       return {"token_ids": ids, "lengths": lengths, "label": label}
     steps = np.arange(ids.shape[1], dtype=np.int32)[None, :]
     attention_mask = (steps < lengths[:, None]).astype(np.int32)
@@ -241,8 +244,6 @@ class Inputs:
     def learn() -> str:
       texts, _, _ = _read_texts(self.source.train)
       if spec.tokens == "words":
-        if not spec.lowercase:
-          raise ValueError("the word vocabulary is lowercased; lowercase=False needs WordPiece.")
         return tokenize.build_word_vocab(texts, size=spec.vocab_size,
                                          min_count=spec.min_count).to_str()
       return tokenize.train_wordpiece(texts, vocab_size=spec.vocab_size,
@@ -265,7 +266,7 @@ class Inputs:
 
     def compute() -> dict[str, np.ndarray]:
       texts, texts_b, labels = _read_texts(split)
-      if texts_b is not None and self.spec.model == "lstm":
+      if texts_b is not None and self.spec.model == "lstm_attention":
         raise ValueError(f"source {self.source.name!r} pairs two texts per example; the LSTM "
                          "reads one.")
       encoded = self.tokenizer.encode(texts, texts_b, max_len=self.spec.max_len)
@@ -295,7 +296,7 @@ def prepare_inputs(source: records.Source, spec: InputSpec | str, *,
 
   Args:
     source: from `get_source`.
-    spec: the `InputSpec`, or "bert" / "lstm" / "resnet" for its defaults.
+    spec: the `InputSpec`, or "bert" / "lstm_attention" / "resnet" for its defaults.
     cache_dir: where tokens, vocabularies and image statistics are cached; None keeps them in
       memory only (computed once per process and source).
   """

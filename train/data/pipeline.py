@@ -176,8 +176,8 @@ class Pipeline:
     self.read_options = grain.ReadOptions(
         num_threads=_check_int("num_threads", num_threads, 0),
         prefetch_buffer_size=_check_int("prefetch_batches", prefetch_batches, 0))
-    self.train = inputs.split("train")
-    self.num_examples = len(self.train)
+    self.train_inputs = inputs.split("train")
+    self.num_examples = len(self.train_inputs)
     if self.steps_per_epoch == 0:
       raise ValueError(f"the training split has {self.num_examples} examples, fewer than "
                        f"global_batch_size={self.global_batch_size}: no full batch (pass "
@@ -229,13 +229,14 @@ class Pipeline:
     mask = np.ones(b, dtype=bool)
     if len(positions) < b:  # The last batch of an epoch without drop_remainder.
       mask[len(positions):] = False
-      positions = np.concatenate([positions, order[: b - len(positions)]])
+      # Cycles through the order if even that is shorter than the gap (a tiny split).
+      positions = np.concatenate([positions, np.resize(order, b - len(positions))])
     return self._local(positions, mask)
 
   def train_batch(self, step: int) -> Batch:
     """This process's batch at global step `step` (what the training iterator yields)."""
     positions, mask = self.train_positions(step)
-    batch = self.train.gather(positions, seed=self.seed, epoch=step // self.steps_per_epoch,
+    batch = self.train_inputs.gather(positions, seed=self.seed, epoch=step // self.steps_per_epoch,
                               train=True)
     if not self.drop_remainder:
       batch["mask"] = mask.astype(np.int32)
