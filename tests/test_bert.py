@@ -104,12 +104,16 @@ def hf_tiny(request, tmp_path_factory):
   `BertModel` saves "embeddings..." keys; `BertForSequenceClassification` saves "bert.embeddings..."
   plus a classifier that the loader must ignore.
   """
-  torch = pytest.importorskip('torch')
-  transformers = pytest.importorskip('transformers')
+  # Test-only dependencies (pyproject's `test` extra), imported here so that the other tests do not
+  # wait for them; missing, they fail the parity tests rather than skip them.
+  import torch  # pylint: disable=g-import-not-at-top
+  import transformers  # pylint: disable=g-import-not-at-top
+
   torch.manual_seed(0)
-  config = transformers.BertConfig(**HF_TINY, num_labels=NUM_CLASSES)
-  config._attn_implementation = 'eager'  # The plain softmax(QK^T)V reference.
+  # 'eager' is the plain softmax(QK^T)V reference (the default would be torch's SDPA kernel).
+  config = transformers.BertConfig(**HF_TINY, num_labels=NUM_CLASSES, attn_implementation='eager')
   model = getattr(transformers, request.param)(config).eval()
+  assert model.config._attn_implementation == 'eager'  # pylint: disable=protected-access
   with torch.no_grad():  # Fresh biases are 0 and LayerNorms identity: perturb them to test them.
     for param in model.parameters():
       param.add_(0.05 * torch.randn_like(param))
@@ -186,7 +190,8 @@ def _minilm_batch(folder):
 
 
 def test_minilm_checkpoint_matches_transformers(minilm_folder):
-  transformers = pytest.importorskip('transformers')
+  import transformers  # pylint: disable=g-import-not-at-top
+
   keys = safetensors.numpy.load_file(os.path.join(minilm_folder, 'model.safetensors')).keys()
   assert 'embeddings.position_ids' in keys  # A stored buffer, which the loader must skip.
   model, variables = bert.load_hf_bert(minilm_folder, num_classes=NUM_CLASSES)
@@ -404,6 +409,20 @@ def test_missing_folder_or_files_fail_clearly(tmp_path, good_checkpoint):
     bert.load_hf_bert(_write(tmp_path / 'no_config', tensors=tensors), num_classes=2)
   with pytest.raises(ValueError, match='No model.safetensors'):
     bert.load_hf_bert(_write(tmp_path / 'no_weights', config=config), num_classes=2)
+
+
+def test_unreadable_files_fail_clearly(tmp_path, good_checkpoint):
+  config, tensors = good_checkpoint
+  bad_json = _write(tmp_path / 'bad_json', tensors=tensors)
+  with open(os.path.join(bad_json, 'config.json'), 'w') as f:
+    f.write('{"hidden_size": 32,')
+  with pytest.raises(ValueError, match='config.json.*not valid JSON'):
+    bert.load_hf_bert(bad_json, num_classes=2)
+  bad_weights = _write(tmp_path / 'bad_weights', config=config)
+  with open(os.path.join(bad_weights, 'model.safetensors'), 'wb') as f:
+    f.write(b'not a safetensors file')
+  with pytest.raises(ValueError, match='model.safetensors.*not a readable safetensors file'):
+    bert.load_hf_bert(bad_weights, num_classes=2)
 
 
 def test_missing_tensor_is_named(tmp_path, good_checkpoint):
