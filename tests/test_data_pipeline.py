@@ -152,7 +152,8 @@ def test_tokenizer_errors_name_the_problem(tmp_path):
     tokenize.wordpiece_from_vocab(VOCAB_FILE).encode(["a"], max_len=2)
   with pytest.raises(ValueError, match="min_count must be an int >= 1"):
     tokenize.build_word_vocab(["a"], min_count=0)
-  with pytest.raises(ValueError, match=r"model must be one of \['bert', 'lstm_attention', 'resnet'\]"):
+  with pytest.raises(ValueError,
+                     match=r"model must be one of \['bert', 'lstm_attention', 'resnet'\]"):
     data.InputSpec("gpt")
   with pytest.raises(ValueError, match="BERT inputs are WordPiece ids"):
     data.InputSpec("bert", tokens="words")
@@ -288,7 +289,7 @@ def test_a_corrupt_cache_file_is_recomputed(tmp_path):
   assert len(calls) == 2 and (cache.hits, cache.misses) == (1, 2)
 
 
-# --- Full pipeline under mock_data -----------------------------------------------------------------
+# --- Full pipeline under mock_data ----------------------------------------------------------------
 
 MOCK_CASES = [
     ("ag_news_subset", data.InputSpec("bert", vocab_file=str(VOCAB_FILE), max_len=32)),
@@ -478,7 +479,8 @@ def test_resumed_image_stream_equals_the_uninterrupted_one():
 
 
 def test_a_state_from_another_configuration_is_refused(tmp_path):
-  inputs = data.prepare_inputs(data.get_source(f"local:{_text_folder(tmp_path / 't')}"), "lstm_attention")
+  source = data.get_source(f"local:{_text_folder(tmp_path / 't')}")
+  inputs = data.prepare_inputs(source, "lstm_attention")
   with data.Pipeline(inputs, global_batch_size=8, seed=1).train_iterator() as it:
     next(it)
     state = it.get_state()
@@ -548,7 +550,8 @@ def test_a_training_split_smaller_than_the_batch(tmp_path):
 
 
 def test_a_batch_that_does_not_divide_over_devices_is_refused(tmp_path):
-  inputs = data.prepare_inputs(data.get_source(f"local:{_text_folder(tmp_path / 't')}"), "lstm_attention")
+  source = data.get_source(f"local:{_text_folder(tmp_path / 't')}")
+  inputs = data.prepare_inputs(source, "lstm_attention")
   with pytest.raises(ValueError, match=r"global_batch_size=12 does not divide evenly over 2 "
                                        r"process\(es\) x 4 local device\(s\) = 8 devices"):
     data.Pipeline(inputs, global_batch_size=12, process_index=0, process_count=2,

@@ -1,4 +1,4 @@
-"""An on-disk cache of derived data (token ids, trained vocabularies), keyed by what it is derived from.
+"""An on-disk cache of derived data (token ids, vocabularies), keyed by what it is derived from.
 
 Tokenising AG News takes tens of seconds and training a vocabulary longer; a second epoch, a second
 run or a second strategy must not pay for it again. Each entry is stored under the sha256 of its

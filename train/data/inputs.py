@@ -6,14 +6,16 @@ with exactly the model's input names plus `label` (int32):
 
 | model | keys | from |
 |---|---|---|
-| `bert` | `input_ids`, `attention_mask`, `token_type_ids`: int32 [B, max_len] | WordPiece, `[CLS] a [SEP] (b [SEP])` |
-| `lstm_attention` | `token_ids`: int32 [B, max_len], `lengths`: int32 [B] | the word vocabulary, or bare WordPiece ids |
-| `resnet` | `image`: float32 [B, H, W, C], normalised (and augmented in training) | `images` |
+| `bert` | `input_ids`, `attention_mask`, `token_type_ids`: int32 [B, L] | WordPiece, [CLS]/[SEP] |
+| `lstm_attention` | `token_ids`: int32 [B, L], `lengths`: int32 [B] | words, or bare WordPiece |
+| `resnet` | `image`: float32 [B, H, W, C], normalised, augmented in training | `images` |
 
-**Text is tokenised once per split**, in one batched call into `tokenizers`, and cached (see `cache`)
-under a key made of the data's identity (the source's fingerprint, the split's name and indices, and
-for local files the file's path, size and modification time), the tokenizer's digest (its
-vocabulary and every setting) and `max_len`. Within a process the arrays are also kept in
+(L is `max_len`.)
+
+**Text is tokenised once per split**, in one batched call into `tokenizers`, and cached (see
+`cache`) under a key made of the data's identity (the source's fingerprint, the split's name and
+indices, and for local files the file's path, size and modification time), the tokenizer's digest
+(its vocabulary and every setting) and `max_len`. Within a process the arrays are also kept in
 `source.memo`, so that later epochs and later pipelines on the same source only index arrays.
 Vocabularies learnt from the data (a word vocabulary, or WordPiece when no checkpoint vocabulary is
 given) are computed from the *training* split only and cached the same way. `tokenizers`' WordPiece
@@ -98,7 +100,8 @@ class InputSpec:
       raise ValueError(f"max_len must be an int >= 2, got {max_len!r}.")
     if self.model == "bert" and max_len > BERT_MAX_LEN:
       raise ValueError(f"max_len={max_len} exceeds BERT's {BERT_MAX_LEN} positions.")
-    if isinstance(self.min_count, bool) or not isinstance(self.min_count, int) or self.min_count < 1:
+    min_count = self.min_count
+    if isinstance(min_count, bool) or not isinstance(min_count, int) or min_count < 1:
       raise ValueError(f"min_count must be an int >= 1, got {self.min_count!r}.")
     object.__setattr__(self, "tokens", tokens)
     object.__setattr__(self, "max_len", max_len)
@@ -281,7 +284,7 @@ class Inputs:
     return self._memo(key, lambda: self.cache.arrays("tokens", key, compute))
 
   def save_vocab(self, path: str | os.PathLike[str]) -> pathlib.Path:
-    """Writes the vocabulary, one token per line in id order (a WordPiece vocab.txt), for the run."""
+    """Writes the vocabulary, one token per line in id order (a vocab.txt), to keep with a run."""
     if self.tokenizer is None:
       raise ValueError(f"model {self.spec.model!r} has no vocabulary.")
     path = pathlib.Path(path)

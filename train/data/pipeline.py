@@ -1,4 +1,4 @@
-"""Batches for training and evaluation: shuffled per (seed, epoch), sharded, resumable, placed ahead.
+"""Training and evaluation batches: shuffled per (seed, epoch), sharded, resumable, placed ahead.
 
 ```python
 inputs = data.prepare_inputs(source, data.InputSpec("bert", vocab_file=...), cache_dir=...)
@@ -16,7 +16,9 @@ for batch in pipe.eval_iterator("validation"): ...   # whole split, last batch p
 Global step `s` of epoch `e` is the slice `[s * B, (s + 1) * B)` of that order, so the global batch
 is the same whatever the number of processes and devices. Process `p` of `P` reads only its
 consecutive `B / P` rows of each global batch; its devices then take consecutive rows of those. A
-global batch that does not divide over all devices raises a `ValueError`.
+global batch that does not divide over all devices raises a `ValueError`. (Tokenisation is the
+exception: each process tokenises a whole split once, or reads it from a shared cache folder,
+since over the epochs every process meets every example.)
 
 **Epoch tails.** With `drop_remainder=True` (the default) an epoch has `N // B` steps and the
 `N % B` positions at the end of its order (a different few each epoch) are not used in it. With
@@ -116,7 +118,7 @@ class BatchIterator(Iterator[Batch]):
     return self._ready.popleft()
 
   def get_state(self) -> dict[str, Any]:
-    """A JSON-able dict to store with the checkpoint; `train_iterator(state=...)` resumes from it."""
+    """A JSON-able dict for the checkpoint; `train_iterator(state=...)` resumes from it."""
     return {"version": STATE_VERSION, "step": self.step, **self._state}
 
   def close(self) -> None:

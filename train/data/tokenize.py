@@ -1,4 +1,4 @@
-"""Text to token ids through the Hugging Face `tokenizers` library: WordPiece for BERT, words for the LSTM.
+"""Text to token ids with Hugging Face `tokenizers`: WordPiece for BERT, words for the LSTM.
 
 Both kinds are a `tokenizers.Tokenizer` wrapped in `TextTokenizer`, which adds what the pipeline
 needs: the ids of padding and of unknown tokens, the vocabulary size, a digest that identifies the
@@ -7,18 +7,18 @@ turns a list of texts into fixed-width id arrays in one call into Rust.
 
 - **WordPiece from a checkpoint** (`wordpiece_from_vocab`): the checkpoint's `vocab.txt`, BERT's
   normaliser (clean text, split CJK characters, lowercase and strip accents when uncased), BERT's
-  pre-tokeniser and the `[CLS] A [SEP] (B [SEP])` template with token types 0 and 1. These are the
-  settings of the `tokenizer.json` that ships with uncased BERT checkpoints such as MiniLM, so the ids
-  match the checkpoint's own tokenizer (the tests check it on real sentences).
+  pre-tokeniser and the `[CLS] A [SEP] (B [SEP])` template with token types 0 and 1. These are
+  the settings of the `tokenizer.json` that ships with uncased BERT checkpoints such as MiniLM, so
+  the ids match the checkpoint's own tokenizer (the tests check it on real sentences).
 - **WordPiece trained on the training split** (`train_wordpiece`), when no checkpoint is given: the
   same pipeline with a vocabulary from `tokenizers`' WordPiece trainer, whose first ids are
   `[PAD]`, `[UNK]`, `[CLS]`, `[SEP]`, `[MASK]`.
-- **Words** (`build_word_vocab`), for the LSTM: `<br />` tags become spaces (IMDb reviews are full of
-  them), text is lowercased, and words are runs of letters/digits/underscore or of punctuation
-  (`tokenizers`' `Whitespace` pre-tokeniser). The vocabulary is built from the texts it is given (the
-  training split only): `<pad>` = 0, `<unk>` = 1, then the words seen at least `min_count` times,
-  most frequent first, ties in alphabetical order, up to `size` entries in all. Any other word is
-  `<unk>`.
+- **Words** (`build_word_vocab`), for the LSTM: `<br />` tags become spaces (IMDb reviews are full
+  of them), text is lowercased, and words are runs of letters/digits/underscore or of punctuation
+  (`tokenizers`' `Whitespace` pre-tokeniser). The vocabulary is built from the texts it is given
+  (the training split only): `<pad>` = 0, `<unk>` = 1, then the words seen at least `min_count`
+  times, most frequent first, ties in alphabetical order, up to `size` entries in all. Any other
+  word is `<unk>`.
 
 `encode` truncates to `max_len` (for pairs, the longer text first, as BERT does) and pads with the
 padding id. A text that yields no tokens at all (say a review that is only `<br />`) is kept as one
@@ -92,7 +92,7 @@ class TextTokenizer:
     self._lock = threading.Lock()
 
   def with_special_tokens(self, add_special_tokens: bool) -> "TextTokenizer":
-    """The same vocabulary, with or without `[CLS] ... [SEP]` (the LSTM takes WordPiece ids bare)."""
+    """The same vocabulary, with or without `[CLS] ... [SEP]` (the LSTM takes bare ids)."""
     if add_special_tokens == self.add_special_tokens:
       return self
     return TextTokenizer(tokenizers.Tokenizer.from_str(self.tokenizer.to_str()), kind=self.kind,
@@ -212,8 +212,8 @@ def train_wordpiece(texts: Iterable[str], *, vocab_size: int = 30522, lowercase:
   tokenizer = tokenizers.Tokenizer(tk_models.WordPiece(unk_token="[UNK]",
                                                        max_input_chars_per_word=100))
   _bert_pipeline(tokenizer, lowercase)
-  trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=list(BERT_SPECIAL_TOKENS),
-                                      show_progress=False)
+  trainer = trainers.WordPieceTrainer(
+      vocab_size=vocab_size, special_tokens=list(BERT_SPECIAL_TOKENS), show_progress=False)
   tokenizer.train_from_iterator(texts, trainer=trainer)
   _bert_template(tokenizer)
   return TextTokenizer(tokenizer, kind="wordpiece", add_special_tokens=add_special_tokens)
@@ -246,7 +246,7 @@ def build_word_vocab(texts: Iterable[str], *, size: int = 20_000, min_count: int
 
 
 def word_tokenizer(vocab: Sequence[str]) -> TextTokenizer:
-  """The word tokenizer over a given vocabulary (id = position; it must hold `<pad>` and `<unk>`)."""
+  """The word tokenizer over `vocab` (id = position; it must hold `<pad>` and `<unk>`)."""
   if len(set(vocab)) != len(vocab):
     raise ValueError("vocab has repeated words.")
   tokenizer = tokenizers.Tokenizer(tk_models.WordLevel({w: i for i, w in enumerate(vocab)},
