@@ -146,12 +146,10 @@ def get(name: str, size: str = 'full', *, num_classes: int, dtype: Any = jnp.flo
     ValueError: for an unknown name, preset or config field, or a bad value; the message lists what
       is known.
   """
-  if name not in _BUILDERS:
-    raise ValueError(f'Unknown model {name!r}; known models: {", ".join(names())}.')
+  module = _module(name)  # Raises for an unknown name, listing the known ones.
   if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 1:
     raise ValueError(f'num_classes must be a positive int, got {num_classes!r}.')
   dtype = _dtype(dtype)
-  module = _module(name)
   if size not in module.PRESETS:
     raise ValueError(
         f'Unknown size {size!r} for model {name!r}; known sizes: {", ".join(module.PRESETS)}.')

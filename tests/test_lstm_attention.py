@@ -257,20 +257,35 @@ def test_bert_word_embeddings_from_the_real_minilm_checkpoint():
 
 def test_bert_word_embeddings_with_the_bert_prefix_and_errors(tmp_path):
   table = np.arange(12, dtype=np.float32).reshape(4, 3)
+  (tmp_path / 'config.json').write_text('{"vocab_size": 4, "hidden_size": 3}')
   safetensors.numpy.save_file({'bert.embeddings.word_embeddings.weight': table},
                               str(tmp_path / 'model.safetensors'))
   np.testing.assert_array_equal(la.read_bert_word_embeddings(tmp_path), table)
   # No vocab.txt here, so the config keeps its unk_id, which this vocabulary is too small for.
   with pytest.raises(ValueError, match='unk_id=5'):
     la.config_for_embeddings(dataclasses.replace(CONFIG, unk_id=5), table, source=tmp_path)
+  with pytest.raises(ValueError, match='vocab_size=7 conflicts'):
+    la.config_for_embeddings(CONFIG, table, source=tmp_path, vocab_size=7)
+  config = la.config_for_embeddings(CONFIG, table, source=tmp_path, unk_id=2, hidden_size=5)
+  assert (config.vocab_size, config.embedding_size, config.unk_id, config.hidden_size) == (
+      4, 3, 2, 5)
 
-  other = tmp_path / 'other'
-  other.mkdir()
-  with pytest.raises(ValueError, match='No model.safetensors'):
-    la.read_bert_word_embeddings(other)
-  safetensors.numpy.save_file({'pooler.dense.weight': table}, str(other / 'model.safetensors'))
+  (tmp_path / 'config.json').write_text('{"vocab_size": 5, "hidden_size": 3}')
+  with pytest.raises(ValueError, match=r"'bert.embeddings.word_embeddings.weight'.*\(4, 3\)"):
+    la.read_bert_word_embeddings(tmp_path)
+  (tmp_path / 'config.json').write_text('{"vocab_size": 4}')
+  with pytest.raises(ValueError, match='hidden_size'):
+    la.read_bert_word_embeddings(tmp_path)
+  (tmp_path / 'config.json').write_text('{"vocab_size": 4, "hidden_size": 3}')
+  safetensors.numpy.save_file({'pooler.dense.weight': table}, str(tmp_path / 'model.safetensors'))
   with pytest.raises(ValueError, match='embeddings.word_embeddings.weight'):
-    la.read_bert_word_embeddings(other)
+    la.read_bert_word_embeddings(tmp_path)
+  (tmp_path / 'model.safetensors').unlink()
+  with pytest.raises(ValueError, match='No model.safetensors'):
+    la.read_bert_word_embeddings(tmp_path)
+  (tmp_path / 'config.json').unlink()
+  with pytest.raises(ValueError, match='No config.json'):
+    la.read_bert_word_embeddings(tmp_path)
 
 
 @pytest.mark.parametrize('field, value', [
