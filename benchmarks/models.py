@@ -235,8 +235,11 @@ def main(argv: list[str] | None = None) -> int:
 
   import models  # pylint: disable=g-import-not-at-top
 
+  bad = sorted(set(args.models) - set(models.names()))
+  if bad:
+    parser.error(f'--models {bad} unknown; known: {", ".join(models.names())}')
   for name in args.models:
-    unknown = sorted(set(args.sizes) - set(models.sizes(name)))  # Also rejects unknown names.
+    unknown = sorted(set(args.sizes) - set(models.sizes(name)))
     if unknown:
       parser.error(f'--sizes {unknown} unknown for {name}; known: {", ".join(models.sizes(name))}')
   bad = sorted(set(args.dtype) - {'float32', 'bfloat16'})
@@ -258,7 +261,8 @@ def main(argv: list[str] | None = None) -> int:
   print(f'command:  {command}')
   print('hardware: ' + ', '.join(f'{k}={v}' for k, v in info.items()))
   print(f'forward+backward (value_and_grad, train mode), {args.steps} timed steps after '
-        f'{args.warmup} warmup; one {"process" if args.in_process else "subprocess"} per config')
+        f'{args.warmup} warmup; '
+        + ('all configs in this process' if args.in_process else 'one subprocess per config'))
   print(HEADER)
   bar = _progress(len(cases))
   results = []
