@@ -190,6 +190,8 @@ def train(config: config_lib.Config) -> dict[str, Any]:
         if global_step % config.log_every == 0:
           pending.append((global_step, metrics))
         if len(pending) >= 50 or i == steps_per_epoch - 1:
+          # The steps so far finish on the training clock; only the transfer and writing don't.
+          jax.block_until_ready(metrics)
           t_io = time.perf_counter()
           rows = [{"step": st, "epoch": epoch, **{k: float(v) for k, v in
                                                    s.launcher.get(m).items()}}
