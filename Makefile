@@ -25,10 +25,10 @@ test-fast: $(STAMP)
 
 # The main job (for now: the overhead benchmark of the transform).
 demo: $(STAMP)
-	$(BIN)/python benchmarks/overhead.py --quick
+	$(BIN)/python -m benchmarks.overhead --quick
 
 overhead: $(STAMP)
-	$(BIN)/python benchmarks/overhead.py
+	$(BIN)/python -m benchmarks.overhead
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -53,29 +53,10 @@ class Case:
 
 def hardware() -> dict[str, Any]:
   """The machine and software that the figures belong to."""
-  import jax  # pylint: disable=g-import-not-at-top
   import jaxlib  # pylint: disable=g-import-not-at-top
+  from train import records  # pylint: disable=g-import-not-at-top
 
-  cpu = platform.processor() or platform.machine()
-  try:
-    with open('/proc/cpuinfo', encoding='utf-8') as f:
-      cpu = next((line.split(':', 1)[1].strip() for line in f if line.startswith('model name')),
-                 cpu)
-  except OSError:
-    pass
-  device = jax.devices()[0]
-  try:
-    usable = len(os.sched_getaffinity(0))
-  except AttributeError:
-    usable = os.cpu_count()
-  return {
-      'cpu': cpu, 'cpu_count': os.cpu_count(), 'cpus_usable': usable,
-      'platform': device.platform, 'device_kind': device.device_kind,
-      'device_count': jax.device_count(), 'jax': jax.__version__, 'jaxlib': jaxlib.__version__,
-      'python': platform.python_version(), 'os': platform.platform(),
-      # Other processes on the machine slow the figures down; this says how busy it was.
-      'load_avg_1m': round(os.getloadavg()[0], 2),
-  }
+  return {**records.hardware(), 'jaxlib': jaxlib.__version__, 'os': platform.platform()}
 
 
 def _git_commit() -> str | None:

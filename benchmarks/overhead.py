@@ -6,15 +6,13 @@ donated params and optimizer state, on parameter trees shaped like ResNet-50
 are timed in interleaved rounds so that machine noise hits them alike, and the
 report gives medians and ratios to plain Adam.
 
-  python benchmarks/overhead.py                    # both trees, float32
-  python benchmarks/overhead.py --trees bert-base --dtypes float32 bfloat16
-  python benchmarks/overhead.py --quick            # a short run (the demo)
+  python -m benchmarks.overhead                    # both trees, float32
+  python -m benchmarks.overhead --trees bert-base --dtypes float32 bfloat16
+  python -m benchmarks.overhead --quick            # a short run (the demo)
 """
 
 import argparse
 import json
-import os
-import platform
 import statistics
 import sys
 import time
@@ -25,6 +23,7 @@ import numpy as np
 import optax
 
 import gradvar_optax
+from train import records
 
 
 def resnet50_shapes() -> list[tuple[int, ...]]:
@@ -81,27 +80,6 @@ def make_step(opt):
   return jax.jit(step, donate_argnums=(0, 1))
 
 
-def hardware() -> dict:
-  dev = jax.devices()[0]
-  cpu = platform.processor() or platform.machine()
-  try:
-    with open("/proc/cpuinfo") as f:
-      names = [l.split(":", 1)[1].strip() for l in f if l.startswith("model name")]
-    cpu = names[0] if names else cpu
-  except OSError:
-    pass
-  return {
-      "device_kind": dev.device_kind,
-      "platform": dev.platform,
-      "device_count": jax.device_count(),
-      "cpu": cpu,
-      "cpu_cores": os.cpu_count(),
-      "jax": jax.__version__,
-      "optax": optax.__version__,
-      "python": platform.python_version(),
-  }
-
-
 def bench_tree(name, dtype, rounds, steps_per_round, progress):
   shapes_fn, expected = TREES[name]
   shapes = shapes_fn()
@@ -154,8 +132,8 @@ def main(argv=None):
   if args.quick:
     args.trees, args.rounds, args.steps = ["resnet50"], 4, 3
 
-  hw = hardware()
-  command = "python " + " ".join([sys.argv[0]] + (argv if argv is not None else sys.argv[1:]))
+  hw = {**records.hardware(jax.devices()), "optax": optax.__version__}
+  command = "python -m benchmarks.overhead " + " ".join(argv if argv is not None else sys.argv[1:])
   print(f"command: {command}")
   print("hardware: " + ", ".join(f"{k}={v}" for k, v in hw.items()))
   rows = []

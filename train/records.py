@@ -59,18 +59,25 @@ def versions() -> dict[str, str | None]:
   return out
 
 
-def hardware(devices) -> dict[str, Any]:
+def hardware(devices=None) -> dict[str, Any]:
+  """The machine and software that a run's or a benchmark's figures belong to."""
+  devices = jax.local_devices() if devices is None else devices
   cpu = platform.processor() or platform.machine()
   try:
     with open("/proc/cpuinfo") as f:
-      names = [l.split(":", 1)[1].strip() for l in f if l.startswith("model name")]
-    cpu = names[0] if names else cpu
+      cpu = next((l.split(":", 1)[1].strip() for l in f if l.startswith("model name")), cpu)
   except OSError:
     pass
+  try:
+    usable = len(os.sched_getaffinity(0))
+  except AttributeError:
+    usable = os.cpu_count()
   return {"device_kind": devices[0].device_kind, "platform": devices[0].platform,
           "device_count": len(devices), "process_count": jax.process_count(),
           "host": socket.gethostname(), "cpu": cpu, "cpu_cores": os.cpu_count(),
-          "python": platform.python_version()}
+          "cpus_usable": usable, "jax": jax.__version__, "python": platform.python_version(),
+          # Other processes slow the figures down; this says how busy the machine was.
+          "load_avg_1m": round(os.getloadavg()[0], 2)}
 
 
 def peak_rss_mb() -> float:

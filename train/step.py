@@ -8,7 +8,6 @@ itself sum the gradient of the replicated params over the axis, and the explicit
 average a sum.
 """
 
-import functools
 from typing import Any, Callable, NamedTuple
 
 import jax
