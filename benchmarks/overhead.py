@@ -98,7 +98,7 @@ def bench_tree(name, dtype, rounds, steps_per_round, progress):
     runners[vname] = {"step": step, "carry": (params, state), "compile_s": time.perf_counter() - t0,
                       "times": []}
   for r in range(rounds):
-    for vname, run in runners.items():
+    for run in runners.values():
       params, state = run["carry"]
       for _ in range(steps_per_round):
         t0 = time.perf_counter()
