@@ -22,21 +22,16 @@ import time
 import jax
 
 from train import config as config_lib
-from train import data
 from train import loop
 from train import records
-from train import step as step_lib
 
 
 def bare_step_time(config: config_lib.Config) -> float:
   """Seconds per step of the compiled step alone, on batches placed before the clock starts."""
   s = loop.setup(config)
-  place = (data.pmap_placement(s.devices) if config.parallel == "pmap"
-           else data.mesh_placement(s.launcher.mesh, step_lib.AXIS))
-  with s.pipeline.train_iterator(place=place, num_epochs=1) as it:
+  with s.pipeline.train_iterator(place=s.launcher.placement(), num_epochs=1) as it:
     batches = list(it)
-  p_train = s.launcher.train(step_lib.make_train_step(
-      s.model, s.model_spec.input_names, s.strategy.optimizer, s.strategy.effective_lr))
+  p_train = loop.train_step(s)
   state = s.launcher.put_state(loop.init_state(s))
   rng = jax.random.key(config.seed + 1)
   p_train = p_train.lower(state, batches[0], rng).compile()

@@ -134,6 +134,12 @@ def evaluate(s: Setup, p_eval, state, split: str, place) -> dict[str, float]:
           f"{split}_accuracy": float(totals["correct"]) / count, f"{split}_examples": int(count)}
 
 
+def train_step(s: Setup):
+  """The run's data-parallel train step under its launcher (compiled on first use)."""
+  return s.launcher.train(step_lib.make_train_step(
+      s.model, s.model_spec.input_names, s.strategy.optimizer, s.strategy.effective_lr))
+
+
 @jax.jit
 def _accumulate(acc, metrics):
   return jax.tree.map(jnp.add, acc, metrics)
@@ -158,10 +164,8 @@ def train(config: config_lib.Config) -> dict[str, Any]:
                         "config": repr(s.model_spec.config)}}
   recorder.write_json("run.json", run_info)
 
-  place = (data.pmap_placement(s.devices) if config.parallel == "pmap"
-           else data.mesh_placement(s.launcher.mesh, step_lib.AXIS))
-  p_train = s.launcher.train(step_lib.make_train_step(
-      s.model, s.model_spec.input_names, s.strategy.optimizer, s.strategy.effective_lr))
+  place = s.launcher.placement()
+  p_train = train_step(s)
   p_eval = s.launcher.eval(step_lib.make_eval_step(s.model, s.model_spec.input_names))
   state = s.launcher.put_state(init_state(s))
   rng = jax.random.key(config.seed + 1)

@@ -122,6 +122,13 @@ class Launcher:
     return jax.jit(jax.shard_map(eval_step, mesh=self.mesh, in_specs=(P(), P(AXIS)),
                                  out_specs=P(), check_vma=False))
 
+  def placement(self) -> Callable:
+    """`batch -> batch` on the devices, in the layout this launcher's step takes."""
+    from train.data import placement  # pylint: disable=g-import-not-at-top
+    if self.parallel == "pmap":
+      return placement.pmap_placement(self.devices)
+    return placement.mesh_placement(self.mesh, AXIS)
+
   def put_state(self, state):
     """A host (or single-device) state, replicated as the launcher wants it."""
     if self.parallel == "pmap":
