@@ -13,6 +13,8 @@ import pytest
 import tensorflow_datasets as tfds
 from tensorboard.backend.event_processing import event_file_loader
 
+import gradvar_optax
+
 from train import __main__ as cli
 from train import config as config_lib
 from train import loop
@@ -182,3 +184,23 @@ def test_pmap_and_shard_map_are_bitwise_equal_and_match_one_device(tmp_path, dat
     finals[n] = _final_params(config.workdir)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-5),
                finals[8], finals[1])
+
+
+@pytest.mark.parametrize("name, field, value", [("gradvar-window20", "norms", 20),
+                                                ("gradvar-factor0.05", "factor", 0.05)])
+def test_ablation_variants_change_only_their_knob(name, field, value):
+  params = {"w": jnp.ones(3)}
+  state = strategies.build(name, 1e-3, 4, 2).optimizer.init(params)
+  gv = jax.tree_util.tree_leaves(state, is_leaf=lambda x: isinstance(x, gradvar_optax.GradVarState))
+  gv = [x for x in gv if isinstance(x, gradvar_optax.GradVarState)]
+  assert len(gv) == 1
+  if field == "norms":
+    assert gv[0].norms.shape == (value,)
+  else:
+    # The factor is not state: a rising variability must scale by exactly 1 - factor.
+    opt = strategies.build(name, 1e-3, 4, 2).optimizer
+    s = opt.init(params)
+    # Decisions come every 5 steps: a constant window (v = 0), then one ending in a jump (v > 0).
+    for n in [1.0] * 9 + [5.0]:
+      _, s = opt.update({"w": jnp.full(3, n)}, s, params)
+    assert float(gradvar_optax.lr_scale(s)) == pytest.approx(1 - value)

@@ -149,6 +149,19 @@ def gradvar_deadband(lr, steps_per_epoch, epochs):
   )
 
 
+@register("gradvar-window20")
+def gradvar_window20(lr, steps_per_epoch, epochs):
+  """Ablation: gradvar measuring the variability over the last 20 batches instead of 5."""
+  return Strategy(gradvar_optax.gradvar(optax.adam(lr), window=20), _times_gradvar(_constant(lr)))
+
+
+@register("gradvar-factor0.05")
+def gradvar_factor005(lr, steps_per_epoch, epochs):
+  """Ablation: gradvar with the gentler factor 0.05 (x0.95 on a rise, x1.05 on a fall)."""
+  return Strategy(gradvar_optax.gradvar(optax.adam(lr), factor=0.05),
+                  _times_gradvar(_constant(lr)))
+
+
 @register("gradvar-before-adam")
 def gradvar_before_adam(lr, steps_per_epoch, epochs):
   """Ablation: the factor placed before Adam, ``chain(scale_by_gradvar(), adam)``.
