@@ -45,6 +45,12 @@ class Config:
   # Tokenised inputs and vocabularies are cached here (default: <workdir>/../.cache).
   cache_dir: Optional[str] = None
   quiet: bool = False
+  # Checkpoints go to <workdir>/checkpoints after every epoch, and every N steps if set.
+  checkpoint_every_steps: Optional[int] = None
+  # How many checkpoints to keep; two or more let a damaged latest one fall back to the previous.
+  keep_checkpoints: int = 3
+  # Skip updates whose gradients are not finite (optax.apply_if_finite) instead of stopping.
+  skip_nonfinite: bool = False
   # Model options: `checkpoint` (pretrained weights) and any field of the model's config.
   model: dict = dataclasses.field(default_factory=dict)
   # Input options: `max_len`, `vocab_size`, `min_count`, `vocab_file`, `augment`.
@@ -129,15 +135,18 @@ def validate(config: Config) -> None:
     fail("parallel", f"must be one of {', '.join(PARALLEL)}, got {config.parallel!r}")
   if config.dtype not in DTYPES:
     fail("dtype", f"must be one of {', '.join(DTYPES)}, got {config.dtype!r}")
-  for name in ("epochs", "batch_size", "log_every"):
+  for name in ("epochs", "batch_size", "log_every", "keep_checkpoints"):
     value = getattr(config, name)
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
       fail(name, f"must be a positive int, got {value!r}")
-  for name in ("num_devices", "train_examples", "eval_examples", "eval_batch_size"):
+  for name in ("num_devices", "train_examples", "eval_examples", "eval_batch_size",
+               "checkpoint_every_steps"):
     value = getattr(config, name)
     if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
       fail(name, f"must be a positive int or None, got {value!r}")
   if not isinstance(config.lr, (int, float)) or not config.lr > 0:
     fail("lr", f"must be positive, got {config.lr!r}")
+  if not isinstance(config.skip_nonfinite, bool):
+    fail("skip_nonfinite", f"must be a bool, got {config.skip_nonfinite!r}")
   if not config.workdir:
     fail("workdir", "is required")
