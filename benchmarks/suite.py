@@ -1,0 +1,373 @@
+"""Suite files: a small declarative TOML that names a comparison's whole grid.
+
+A suite says which tasks, strategies and seeds to run, for how many epochs, at which base LR and
+model size, plus the LR grid for `--tune` and the thresholds that `calibrate` fixes before the
+comparison. `benchmarks/suites/tiny.toml` is a complete example:
+
+    name = "tiny"
+    description = "..."
+    seeds = [0, 1, 2]                 # evaluation seeds: the same for every strategy (paired)
+    strategies = ["fixed", "gradvar"]
+    baseline = "fixed"                # paired differences are taken against it
+    epochs = 12
+    lr = 1e-3
+    lr_grid = [3e-4, 1e-3, 3e-3]      # --tune: every strategy gets this grid
+    tune_seeds = [1000]               # --tune: selection runs, apart from the evaluation seeds
+    tune_tasks = ["rt_sentiment"]     # --tune: only these tasks (default: all)
+    [defaults]                        # config fields (see `python -m train --help`) for every run
+    model_size = "small"
+    [tasks.rt_sentiment]              # one table per task; config fields that override defaults
+    train_examples = 4000
+    [calibration]                     # written by `python -m benchmarks calibrate`
+    ...
+
+Config fields are the `train.config.Config` fields; `model` and `data` sub-tables (or dotted keys
+such as `model.depth = 18`) become `--set model.X=` / `data.X=`. The runner owns `task`,
+`strategy`, `seed`, `workdir`, `cache_dir`, `data_dir` and `quiet`, so a suite cannot set them.
+Every error names the file and the field.
+"""
+
+import dataclasses
+import pathlib
+import re
+import tomllib
+from typing import Any, Optional
+
+import tomli_w
+
+from train import config as config_lib
+
+SUITES_DIR = pathlib.Path(__file__).resolve().parent / "suites"
+RULE = "median over the reference seeds of the best validation loss, x {factor:g}"
+DEFAULT_FACTOR = 1.05
+DEFAULT_REFERENCE_SEEDS = (100, 101, 102)
+DEFAULT_TUNE_SEEDS = (1000,)
+# A run diverged when its loss is non-finite, or when an epoch's training loss exceeds this
+# multiple of the first epoch's (the first epoch's mean already includes the initial loss).
+DEFAULT_EXPLODE_FACTOR = 2.0
+
+_RESERVED = frozenset({"task", "strategy", "seed", "workdir", "cache_dir", "data_dir", "quiet"})
+_TOP_KEYS = frozenset({"name", "description", "seeds", "strategies", "baseline", "epochs", "lr",
+                       "lr_grid", "tune_seeds", "tune_tasks", "explode_factor", "defaults",
+                       "tasks", "calibration"})
+_CALIBRATION_KEYS = frozenset({"rule", "factor", "strategy", "lr", "reference_seeds",
+                               "thresholds", "reference_best_val_loss", "date", "commit"})
+
+
+@dataclasses.dataclass(frozen=True)
+class Calibration:
+  """Validation-loss thresholds per task, fixed from reference runs before the comparison."""
+  factor: float = DEFAULT_FACTOR
+  reference_seeds: tuple[int, ...] = DEFAULT_REFERENCE_SEEDS
+  thresholds: dict = dataclasses.field(default_factory=dict)
+  raw: dict = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+  """One training run of the grid; `kind` is its folder under the output: runs, tune, reference."""
+  task: str
+  strategy: str
+  lr: float
+  seed: int
+  epochs: int
+  settings: tuple[tuple[str, Any], ...]  # (config key, value), model.X / data.X flattened
+  kind: str = "runs"
+
+  @property
+  def key(self) -> tuple:
+    return (self.kind, self.task, self.strategy, self.lr, self.seed)
+
+  def relpath(self) -> pathlib.Path:
+    return pathlib.Path(self.kind, self.task, self.strategy, lr_dirname(self.lr),
+                        f"seed{self.seed}")
+
+  def set_args(self) -> list[str]:
+    """The `--set` assignments, formatted so `train.config.apply_overrides` reads them back."""
+    out = []
+    for key, value in self.settings:
+      if "." in key:  # model.X / data.X are read with ast.literal_eval
+        text = repr(value)
+      elif isinstance(value, bool):
+        text = "true" if value else "false"
+      elif value is None:
+        text = "none"
+      else:
+        text = str(value)
+      out.append(f"{key}={text}")
+    return out
+
+  def config(self, workdir: str = "-") -> config_lib.Config:
+    base = config_lib.Config(task=self.task, workdir=workdir, strategy=self.strategy,
+                             lr=self.lr, seed=self.seed, epochs=self.epochs)
+    return config_lib.apply_overrides(base, self.set_args())
+
+
+@dataclasses.dataclass(frozen=True)
+class Suite:
+  name: str
+  description: str
+  path: Optional[pathlib.Path]
+  text: str
+  seeds: tuple[int, ...]
+  strategies: tuple[str, ...]
+  baseline: str
+  epochs: int
+  lr: float
+  lr_grid: tuple[float, ...]
+  tune_seeds: tuple[int, ...]
+  tune_tasks: tuple[str, ...]
+  explode_factor: float
+  defaults: dict
+  tasks: dict  # task -> its override table (insertion order is the report's order)
+  calibration: Calibration
+
+  def task_settings(self, task: str) -> dict:
+    merged = {**_flatten(self.defaults), **_flatten(self.tasks[task])}
+    return merged
+
+  def run(self, task: str, strategy: str, seed: int, lr: Optional[float] = None,
+          kind: str = "runs") -> Run:
+    settings = self.task_settings(task)
+    epochs = settings.pop("epochs", self.epochs)
+    task_lr = settings.pop("lr", self.lr)
+    return Run(task, strategy, float(task_lr if lr is None else lr), int(seed), int(epochs),
+               tuple(sorted(settings.items())), kind)
+
+  def task_lr(self, task: str) -> float:
+    return float(self.task_settings(task).get("lr", self.lr))
+
+  def grid(self) -> list[Run]:
+    """The untuned evaluation runs, seed-major: after each seed the comparison is complete."""
+    return [self.run(t, s, seed) for seed in self.seeds for t in self.tasks
+            for s in self.strategies]
+
+  def tune_grid(self) -> list[Run]:
+    return [self.run(t, s, seed, lr=lr, kind="tune") for t in self.tune_tasks
+            for seed in self.tune_seeds for lr in self.lr_grid for s in self.strategies]
+
+  def reference_grid(self, tasks=None) -> list[Run]:
+    return [self.run(t, self.baseline, seed, kind="reference")
+            for t in (tasks or self.tasks) for seed in self.calibration.reference_seeds]
+
+  def narrow(self, tasks=None, strategies=None, seeds: Optional[int] = None) -> "Suite":
+    """The suite restricted to some tasks and strategies and to its first `seeds` seeds."""
+    changes = {}
+    if tasks:
+      _check_subset("--tasks", tasks, self.tasks)
+      changes["tasks"] = {t: self.tasks[t] for t in tasks}
+      changes["tune_tasks"] = tuple(t for t in self.tune_tasks if t in tasks)
+    if strategies:
+      _check_subset("--strategies", strategies, self.strategies)
+      changes["strategies"] = tuple(strategies)
+    if seeds is not None:
+      if not 1 <= seeds <= len(self.seeds):
+        raise ValueError(f"--seeds: must be between 1 and {len(self.seeds)} (the suite's "
+                         f"seeds are {list(self.seeds)}), got {seeds}")
+      changes["seeds"] = self.seeds[:seeds]
+    return dataclasses.replace(self, **changes)
+
+
+def _check_subset(flag, chosen, known):
+  unknown = [c for c in chosen if c not in known]
+  if unknown:
+    raise ValueError(f"{flag}: {', '.join(unknown)} not in the suite ({', '.join(known)})")
+
+
+def lr_dirname(lr: float) -> str:
+  return f"lr{lr:g}"
+
+
+def _flatten(table: dict, prefix: str = "") -> dict:
+  out = {}
+  for key, value in table.items():
+    if isinstance(value, dict):
+      out.update(_flatten(value, f"{prefix}{key}."))
+    else:
+      out[f"{prefix}{key}"] = value
+  return out
+
+
+def resolve_path(name_or_path: str) -> pathlib.Path:
+  """`cpu` means benchmarks/suites/cpu.toml; anything ending in .toml is a path."""
+  if name_or_path.endswith(".toml"):
+    path = pathlib.Path(name_or_path)
+  else:
+    path = SUITES_DIR / f"{name_or_path}.toml"
+  if not path.is_file():
+    known = ", ".join(sorted(p.stem for p in SUITES_DIR.glob("*.toml")))
+    raise ValueError(f"--suite: no suite file {path} (suites here: {known})")
+  return path
+
+
+def load(name_or_path: str) -> Suite:
+  path = resolve_path(name_or_path)
+  return parse(path.read_text(), path)
+
+
+def parse(text: str, path: Optional[pathlib.Path] = None) -> Suite:
+  """Reads and checks a suite; every error names the file and the field."""
+  where = str(path) if path else "<suite>"
+  try:
+    raw = tomllib.loads(text)
+  except tomllib.TOMLDecodeError as e:
+    raise ValueError(f"{where}: not valid TOML: {e}") from None
+
+  def fail(field, message):
+    raise ValueError(f"{where}: {field}: {message}")
+
+  unknown = sorted(set(raw) - _TOP_KEYS)
+  if unknown:
+    fail(unknown[0], f"unknown key; known keys: {', '.join(sorted(_TOP_KEYS))}")
+  for field in ("name", "seeds", "strategies", "epochs", "tasks"):
+    if field not in raw:
+      fail(field, "is required")
+
+  def str_list(field, default=None):
+    value = raw.get(field, default)
+    if (not isinstance(value, list) or not value
+        or not all(isinstance(v, str) for v in value)):
+      fail(field, f"must be a non-empty list of strings, got {value!r}")
+    if len(set(value)) != len(value):
+      fail(field, f"has duplicates: {value!r}")
+    return tuple(value)
+
+  def int_list(field, value):
+    if (not isinstance(value, (list, tuple)) or not value
+        or not all(isinstance(v, int) and not isinstance(v, bool) for v in value)):
+      fail(field, f"must be a non-empty list of ints, got {value!r}")
+    if len(set(value)) != len(value):
+      fail(field, f"has duplicates: {list(value)!r}")
+    return tuple(value)
+
+  def positive(field, value, kinds=(int, float)):
+    if isinstance(value, bool) or not isinstance(value, kinds) or not value > 0:
+      fail(field, f"must be a positive number, got {value!r}")
+    return value
+
+  name = raw["name"]
+  if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
+    fail("name", f"must be a plain name (letters, digits, _ . -), got {name!r}")
+  description = raw.get("description", "")
+  if not isinstance(description, str):
+    fail("description", "must be a string")
+  seeds = int_list("seeds", raw["seeds"])
+  strategy_names = str_list("strategies")
+  from train import strategies as strategies_lib  # pylint: disable=g-import-not-at-top
+  from train import tasks as tasks_lib  # pylint: disable=g-import-not-at-top
+  for s in strategy_names:
+    if s not in strategies_lib.names():
+      fail("strategies", f"unknown strategy {s!r}; known: {', '.join(strategies_lib.names())}")
+  baseline = raw.get("baseline", "fixed")
+  if baseline not in strategy_names:
+    fail("baseline", f"{baseline!r} must be one of the suite's strategies {list(strategy_names)}")
+  epochs = positive("epochs", raw["epochs"], (int,))
+  lr = float(positive("lr", raw.get("lr", 1e-3)))
+  lr_grid = tuple(float(positive(f"lr_grid[{i}]", v)) for i, v in enumerate(raw.get("lr_grid", [])))
+  if len(set(lr_grid)) != len(lr_grid):
+    fail("lr_grid", f"has duplicates: {list(lr_grid)!r}")
+  tune_seeds = int_list("tune_seeds", raw.get("tune_seeds", list(DEFAULT_TUNE_SEEDS)))
+  explode = float(positive("explode_factor", raw.get("explode_factor", DEFAULT_EXPLODE_FACTOR)))
+
+  tasks = raw["tasks"]
+  if not isinstance(tasks, dict) or not tasks:
+    fail("tasks", "must hold at least one [tasks.NAME] table")
+  for t, table in tasks.items():
+    if t not in tasks_lib.names():
+      fail(f"tasks.{t}", f"unknown task; known tasks: {', '.join(tasks_lib.names())}")
+    if not isinstance(table, dict):
+      fail(f"tasks.{t}", "must be a table")
+    _check_settings(fail, f"tasks.{t}", table)
+  defaults = raw.get("defaults", {})
+  if not isinstance(defaults, dict):
+    fail("defaults", "must be a table")
+  _check_settings(fail, "defaults", defaults)
+  tune_tasks = str_list("tune_tasks", list(tasks)) if "tune_tasks" in raw else tuple(tasks)
+  for t in tune_tasks:
+    if t not in tasks:
+      fail("tune_tasks", f"{t!r} is not one of the suite's tasks {list(tasks)}")
+
+  overlap = set(seeds) & set(tune_seeds)
+  if overlap:
+    fail("tune_seeds", f"{sorted(overlap)} are also evaluation seeds; tuning on them would leak "
+                       "the selection into the comparison")
+  calibration = _parse_calibration(fail, raw.get("calibration", {}), tasks, seeds, tune_seeds)
+  suite = Suite(name, description, path, text, seeds, strategy_names, baseline, epochs, lr,
+                lr_grid, tune_seeds, tune_tasks, explode, defaults, tasks, calibration)
+  # Every run's config is checked now, so a typo fails before hours of training, not during.
+  for t in tasks:
+    try:
+      config = suite.run(t, baseline, seeds[0]).config()
+      config_lib.validate(config)
+    except ValueError as e:
+      fail(f"tasks.{t}", f"resolves to a bad run config: {e}")
+  return suite
+
+
+def _check_settings(fail, where, table):
+  fields = {f.name for f in dataclasses.fields(config_lib.Config)}
+  for key, value in table.items():
+    if key in _RESERVED:
+      fail(f"{where}.{key}", "is set by the runner, not by the suite")
+    if key in ("model", "data"):
+      if not isinstance(value, dict):
+        fail(f"{where}.{key}", "must be a table of options")
+    elif key not in fields:
+      fail(f"{where}.{key}", f"unknown config field; known: {', '.join(sorted(fields - _RESERVED))}")
+
+
+def _parse_calibration(fail, raw, tasks, seeds, tune_seeds) -> Calibration:
+  if not isinstance(raw, dict):
+    fail("calibration", "must be a table")
+  unknown = sorted(set(raw) - _CALIBRATION_KEYS)
+  if unknown:
+    fail(f"calibration.{unknown[0]}", f"unknown key; known: {', '.join(sorted(_CALIBRATION_KEYS))}")
+  factor = raw.get("factor", DEFAULT_FACTOR)
+  if isinstance(factor, bool) or not isinstance(factor, (int, float)) or not factor >= 1:
+    fail("calibration.factor", f"must be a number >= 1, got {factor!r}")
+  ref = raw.get("reference_seeds", list(DEFAULT_REFERENCE_SEEDS))
+  if (not isinstance(ref, list) or not ref
+      or not all(isinstance(v, int) and not isinstance(v, bool) for v in ref)):
+    fail("calibration.reference_seeds", f"must be a non-empty list of ints, got {ref!r}")
+  overlap = set(ref) & (set(seeds) | set(tune_seeds))
+  if overlap:
+    fail("calibration.reference_seeds",
+         f"{sorted(overlap)} are also evaluation or tuning seeds; thresholds must come from "
+         "separate reference runs")
+  thresholds = raw.get("thresholds", {})
+  if not isinstance(thresholds, dict):
+    fail("calibration.thresholds", "must be a table of task = value")
+  for t, v in thresholds.items():
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0:
+      fail(f"calibration.thresholds.{t}", f"must be a positive number, got {v!r}")
+  return Calibration(float(factor), tuple(ref), {t: float(v) for t, v in thresholds.items()},
+                     dict(raw))
+
+
+def with_calibration(text: str, calibration: dict) -> str:
+  """The suite text with its [calibration] tables replaced; everything else is kept verbatim.
+
+  The rest of the file, comments included, stays as written. The result is checked by parsing:
+  if the textual edit would not give exactly the old suite plus the new calibration (e.g. an
+  inline `calibration = {...}`), the whole file is rewritten by tomli-w instead.
+  """
+  kept, skipping = [], False
+  header = re.compile(r"^\s*\[\[?\s*([^\]]+?)\s*\]\]?\s*(#.*)?$")
+  for line in text.splitlines():
+    m = header.match(line)
+    if m:
+      first = m.group(1).split(".")[0].strip().strip('"\'')
+      skipping = first == "calibration"
+    if not skipping:
+      kept.append(line)
+  while kept and not kept[-1].strip():
+    kept.pop()
+  new = "\n".join(kept) + "\n\n" + tomli_w.dumps({"calibration": calibration})
+  expected = {**tomllib.loads(text), "calibration": calibration}
+  try:
+    ok = tomllib.loads(new) == expected
+  except tomllib.TOMLDecodeError:
+    ok = False
+  if ok:
+    return new
+  return tomli_w.dumps(expected)
