@@ -1,6 +1,9 @@
 """Command line: `python -m train --task NAME --strategy NAME --workdir DIR [...]`.
 
-Run from the repository root. See `python -m train --help`.
+Run from the repository root. See `python -m train --help`. Exit status: 0 when the run finished;
+2 for a bad config or a refused start or resume; 3 when a non-finite loss stopped the run (the last
+good checkpoint is kept); 75 (EX_TEMPFAIL) when SIGTERM/SIGINT stopped it after saving a
+checkpoint, which `--resume` continues.
 """
 
 import argparse
@@ -42,6 +45,16 @@ def parser() -> argparse.ArgumentParser:
   p.add_argument("--quiet", action="store_true", help="no progress bars (for CI)")
   p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                  help="override a config field; repeatable")
+  p.add_argument("--resume", nargs="?", const="latest", choices=("latest", "allow-fresh"),
+                 help="continue the run in --workdir from its latest good checkpoint; "
+                      "=allow-fresh starts over when there is none")
+  p.add_argument("--checkpoint-every", type=int, metavar="K",
+                 help="also checkpoint every K steps (default: after every epoch only)")
+  p.add_argument("--keep-checkpoints", type=int, default=3, metavar="N",
+                 help="checkpoints to keep (default: 3)")
+  p.add_argument("--skip-nonfinite", action="store_true",
+                 help="skip steps with a non-finite gradient (optax.apply_if_finite) and count "
+                      "them, instead of stopping")
   return p
 
 
@@ -51,7 +64,9 @@ def config_from_args(argv=None) -> config_lib.Config:
       task=args.task, workdir=args.workdir, strategy=args.strategy, model_size=args.model_size,
       epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
       parallel=args.parallel, dtype=args.dtype, data_dir=args.data_dir,
-      tfds_data_dir=args.tfds_data_dir, num_devices=args.num_devices, quiet=args.quiet)
+      tfds_data_dir=args.tfds_data_dir, num_devices=args.num_devices, quiet=args.quiet,
+      checkpoint_every_steps=args.checkpoint_every, keep_checkpoints=args.keep_checkpoints,
+      skip_nonfinite=args.skip_nonfinite)
   config = config_lib.apply_overrides(config, args.set)
   config_lib.validate(config)
   return config
@@ -64,11 +79,19 @@ def main(argv=None) -> int:
     print(f"error: {e}", file=sys.stderr)
     return 2
   from train import loop  # pylint: disable=g-import-not-at-top  # jax and data only when training
+  from train import checkpoint  # pylint: disable=g-import-not-at-top
   try:
-    result = loop.train(config)
+    result = loop.train(config, resume=parser().parse_args(argv).resume or False)
   except ValueError as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
+  except loop.NonFiniteError as e:
+    print(f"error: {e}; the last good checkpoint is kept in {config.workdir}/checkpoints",
+          file=sys.stderr)
+    return 3
+  except checkpoint.Preempted as e:
+    print(f"stopped: {e}", file=sys.stderr)
+    return 75
   print(json.dumps({k: result[k] for k in ("epoch", "val_loss", "val_accuracy",
                                            "test_loss", "test_accuracy")}))
   return 0
