@@ -1,0 +1,104 @@
+"""The committed suites: every run resolves to a valid config, and `seed` is the seed's setup.
+
+`seed` cannot train on these CPU machines (full-size models, TFDS downloads), so it is checked as a
+dry run: every (task, strategy) is resolved with the tiny preset on `tfds.testing.mock_data`, and
+its data, model and optimizer are built and traced (`jax.eval_shape`), without training.
+"""
+
+import dataclasses
+
+import jax
+import pytest
+import tensorflow_datasets as tfds
+
+import gradvar_optax
+from benchmarks import suite as suite_lib
+from train import config as config_lib
+from train import loop
+from train import strategies
+from train import tasks
+
+COMMITTED = ("cpu", "ablations", "demo", "seed", "gpu_check")
+STAND_INS = {"fashion_mnist", "wordnet_topics", "rt_sentiment"}
+
+
+def _has_gradvar(opt_state) -> bool:
+  leaves = jax.tree_util.tree_leaves(
+      opt_state, is_leaf=lambda x: isinstance(x, gradvar_optax.GradVarState))
+  return any(isinstance(x, gradvar_optax.GradVarState) for x in leaves)
+
+
+@pytest.mark.parametrize("name", COMMITTED)
+def test_every_run_of_a_committed_suite_resolves(name):
+  suite = suite_lib.load(name)
+  runs = suite.grid()
+  assert len(runs) == len(suite.tasks) * len(suite.strategies) * len(suite.seeds)
+  assert len({r.key for r in runs}) == len(runs)
+  for run in runs:
+    config = run.config(workdir="/nonexistent")
+    config_lib.validate(config)
+    assert config.task in tasks.names() and config.strategy in strategies.names()
+    # The seed's optimizer settings everywhere: batch 32 and base LR 1e-3.
+    assert (config.batch_size, config.lr) == (32, 1e-3)
+
+
+@pytest.mark.parametrize("name", ["cpu", "ablations", "demo"])
+def test_cpu_suites_use_the_stand_ins_and_enough_epochs(name):
+  suite = suite_lib.load(name)
+  assert set(suite.tasks) <= STAND_INS
+  for run in suite.grid():
+    config = run.config()
+    assert config.model_size == "small" and config.num_devices == 1
+  if name != "demo":  # the stability metric needs a 5-epoch window after the curve settles
+    assert suite.epochs >= 10 and len(suite.seeds) >= 3
+
+
+def test_ablations_cover_placement_window_smoothing_and_factor():
+  suite = suite_lib.load("ablations")
+  assert list(suite.tasks) == ["rt_sentiment"] and suite.baseline == "gradvar"
+  assert {"gradvar-before-adam", "gradvar-window20", "gradvar-smooth",
+          "gradvar-factor0.05"} <= set(suite.strategies)
+  # Exactly the cpu suite's settings for this task, so the two reports can be read together.
+  cpu = suite_lib.load("cpu")
+  assert (suite.run("rt_sentiment", "gradvar", 0).config()
+          == cpu.run("rt_sentiment", "gradvar", 0).config())
+
+
+def test_seed_suite_is_the_seeds_setup():
+  suite = suite_lib.load("seed")
+  models = {t: tasks.get(t).model for t in suite.tasks}
+  assert models == {"ag_news": "bert", "cifar10": "resnet", "imdb": "lstm_attention"}
+  assert set(suite.strategies) == {"fixed", "step", "gradvar", "cosine"}
+  assert suite.epochs == 20
+  for run in suite.grid():
+    config = run.config()
+    assert (config.model_size, config.batch_size, config.lr, config.epochs) == (
+        "full", 32, 1e-3, 20)
+
+
+@pytest.mark.slow
+def test_seed_suite_dry_run_builds_every_model_and_optimizer(tmp_path):
+  suite = suite_lib.load("seed")
+  built = set()
+  with tfds.testing.mock_data(num_examples=40, policy=tfds.testing.MockPolicy.USE_CODE):
+    for run in suite.grid():
+      if (run.task, run.strategy) in built:
+        continue
+      config = dataclasses.replace(
+          run.config(workdir=str(tmp_path / "runs" / run.task / run.strategy)),
+          model_size="tiny", train_examples=32, eval_examples=16, num_devices=1,
+          cache_dir=str(tmp_path / "cache"))
+      s = loop.setup(config)
+      variables = jax.eval_shape(s.model_spec.init, jax.random.key(0))
+      opt_state = jax.eval_shape(s.strategy.optimizer.init, variables["params"])
+      assert _has_gradvar(opt_state) == run.strategy.startswith("gradvar")
+      # One forward pass on a real (mock) batch traces through the whole model.
+      batch = s.pipeline.train_batch(0)
+      logits = jax.eval_shape(
+          lambda v, b: s.model.apply(v, **{k: b[k] for k in s.model_spec.input_names},
+                                     train=False), variables, batch)
+      assert logits.shape[-1] == s.source.num_classes
+      # The run would take the seed's full-size model: only `model_size` was changed here.
+      assert s.pipeline.steps_per_epoch >= 1
+      built.add((run.task, run.strategy))
+  assert len(built) == len(suite.tasks) * len(suite.strategies)
