@@ -12,6 +12,7 @@ import platform
 from typing import Any, Optional
 
 from benchmarks import metrics
+from benchmarks import plots
 from benchmarks import suite as suite_lib
 from train import records
 
@@ -339,7 +340,7 @@ def _side_by_side(results: dict, task: str) -> str:
                  "tuned lr", "best val loss", "final val acc", "epochs to thr."], rows)
 
 
-def markdown(results: dict, plots: list[str]) -> str:
+def markdown(results: dict, plot_files: dict[str, list[str]]) -> str:
   meta = results["meta"]
   n = len(results["seeds"])
   lines = [f"# Benchmark report: suite `{results['suite']}`", ""]
@@ -410,9 +411,8 @@ def markdown(results: dict, plots: list[str]) -> str:
                 f"{results.get('tune_seeds', '')} per LR (bold: picked). The evaluation seeds "
                 "are not used for the pick.", "", _tuning_table(results, task), "",
                 "Untuned and tuned side by side:", "", _side_by_side(results, task), ""]
-    task_plots = [p for p in plots if f"_{task}" in p]
-    if task_plots:
-      lines += [f"![{p}](plots/{p})" for p in task_plots] + [""]
+    if plot_files.get(task):
+      lines += [f"![{p}](plots/{p})" for p in plot_files[task]] + [""]
   missing = [(task, setting, s, g["missing_seeds"]) for task, e in results["tasks"].items()
              for setting, v in e["settings"].items() for s, g in v["strategies"].items()
              if g["missing_seeds"]]
@@ -438,11 +438,7 @@ def write(out: pathlib.Path) -> str:
   results, runs = collect(out)
   suite = suite_lib.parse((out / "suite.toml").read_text(), out / "suite.toml")
   results["tune_seeds"] = list(suite.tune_seeds)
-  try:
-    from benchmarks import plots as plots_lib  # pylint: disable=g-import-not-at-top
-  except ImportError:
-    plots_lib = None
-  plot_files = plots_lib.write_all(results, runs, out / "plots") if plots_lib else []
+  plot_files = plots.write_all(results, runs, out / "plots")
   results["plots"] = plot_files
   (out / "results.json").write_text(json.dumps(_jsonable(results), indent=2) + "\n")
   (out / "REPORT.md").write_text(markdown(results, plot_files))

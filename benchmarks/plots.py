@@ -1,0 +1,200 @@
+"""The report's PNG plots (matplotlib, Agg): curves with 95% t bands, and the seed metrics' chart.
+
+Per task:
+- `val_loss_<task>.png`: validation loss against epoch per strategy, mean over seeds with a 95%
+  Student-t band, and the threshold (`..._tuned.png` for the tuned LRs);
+- `effective_lr_<task>.png`: the effective learning rate against step per strategy;
+- `gradvar_<task>.png`: gradient variability and `lr_scale` against step, for the strategies
+  that have an `lr_scale` (the gradvar ones);
+- `summary_<task>.png`: epochs to threshold (per seed; "not reached" drawn above the axis, never
+  averaged), stability, final validation accuracy and training time, mean ± 95% CI.
+"""
+
+import pathlib
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402  pylint: disable=g-import-not-at-top
+
+from benchmarks import metrics  # noqa: E402
+
+_DPI = 110
+
+
+def _colors(strategies):
+  cmap = plt.get_cmap("tab10")
+  return {s: cmap(i % 10) for i, s in enumerate(strategies)}
+
+
+def _band(ax, xs_by_seed: list[dict], label: str, color, log: bool = False) -> bool:
+  """Mean over seeds at every x all seeds have, with a 95% t band; False if nothing to draw."""
+  if not xs_by_seed:
+    return False
+  common = sorted(set.intersection(*(set(d) for d in xs_by_seed)))
+  xs, mean, low, high = [], [], [], []
+  for x in common:
+    values = [d[x] for d in xs_by_seed]
+    if not all(metrics.finite(v) for v in values):
+      continue
+    iv = metrics.t_interval(values)
+    xs.append(x)
+    mean.append(iv.mean)
+    low.append(iv.low if iv.low is not None else iv.mean)
+    high.append(iv.high if iv.high is not None else iv.mean)
+  if not xs:
+    return False
+  ax.plot(xs, mean, color=color, label=f"{label} (n={len(xs_by_seed)})", lw=1.6)
+  if len(xs_by_seed) > 1:
+    if log:  # a band below zero cannot be drawn on a log axis
+      low = [max(l, m * 1e-3) for l, m in zip(low, mean)]
+    ax.fill_between(xs, low, high, color=color, alpha=0.2, lw=0)
+  return True
+
+
+def _series(records, key, x="epoch", rows="epochs"):
+  return [{r[x]: r.get(key) for r in getattr(rec, rows) if x in r} for rec in records]
+
+
+def _by_strategy(runs, setting, task):
+  out = {}
+  for (s_, t, strategy, _), rec in sorted(runs.items(), key=lambda kv: kv[0][3]):
+    if s_ == setting and t == task:
+      out.setdefault(strategy, []).append(rec)
+  return out
+
+
+def _save(fig, path: pathlib.Path) -> str:
+  fig.tight_layout()
+  fig.savefig(path, dpi=_DPI)
+  plt.close(fig)
+  return path.name
+
+
+def val_loss(results, runs, task, setting, path) -> str | None:
+  groups = _by_strategy(runs, setting, task)
+  if not groups:
+    return None
+  colors = _colors(results["strategies"])
+  fig, ax = plt.subplots(figsize=(7, 4.2))
+  for strategy in results["strategies"]:
+    if strategy in groups:
+      lr = results["tasks"][task]["settings"][setting]["strategies"][strategy]["lr"]
+      _band(ax, _series(groups[strategy], "val_loss"), f"{strategy} (lr {lr:g})",
+            colors[strategy])
+  threshold = results["tasks"][task]["threshold"]
+  if threshold is not None:
+    ax.axhline(threshold, color="k", ls="--", lw=1, label=f"threshold {threshold:.4g}")
+  ax.set(xlabel="epoch", ylabel="validation loss",
+         title=f"{task}: validation loss ({setting}; mean, 95% t band over seeds)")
+  ax.legend(fontsize=8)
+  ax.grid(alpha=0.3)
+  return _save(fig, path)
+
+
+def effective_lr(results, runs, task, path) -> str | None:
+  groups = _by_strategy(runs, "untuned", task)
+  if not groups:
+    return None
+  colors = _colors(results["strategies"])
+  fig, ax = plt.subplots(figsize=(7, 4.2))
+  drawn = False
+  for strategy in results["strategies"]:
+    if strategy in groups:
+      drawn |= _band(ax, _series(groups[strategy], "effective_lr", "step", "steps"), strategy,
+                     colors[strategy], log=True)
+  if not drawn:
+    plt.close(fig)
+    return None
+  ax.set_yscale("log")
+  ax.set(xlabel="step", ylabel="effective learning rate",
+         title=f"{task}: effective LR per step (mean over seeds)")
+  ax.legend(fontsize=8)
+  ax.grid(alpha=0.3, which="both")
+  return _save(fig, path)
+
+
+def gradvar(results, runs, task, path) -> str | None:
+  groups = _by_strategy(runs, "untuned", task)
+  chosen = [s for s in results["strategies"] if s in groups and any(
+      metrics.finite(r.get("lr_scale")) for rec in groups[s] for r in rec.steps)]
+  if not chosen:
+    return None
+  colors = _colors(results["strategies"])
+  fig, (top, bottom) = plt.subplots(2, 1, figsize=(7, 6), sharex=True)
+  for strategy in chosen:
+    _band(top, _series(groups[strategy], "variability", "step", "steps"), strategy,
+          colors[strategy])
+    _band(bottom, _series(groups[strategy], "lr_scale", "step", "steps"), strategy,
+          colors[strategy])
+  top.set(ylabel="gradient variability", title=f"{task}: gradvar's signal and its LR scale")
+  bottom.set(xlabel="step", ylabel="lr_scale")
+  for ax in (top, bottom):
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+  return _save(fig, path)
+
+
+def summary(results, task, setting, path) -> str | None:
+  entry = results["tasks"][task]
+  groups = entry["settings"][setting]["strategies"]
+  names = [s for s in results["strategies"] if groups[s]["seeds"]]
+  if not names:
+    return None
+  colors = _colors(results["strategies"])
+  fig, axes = plt.subplots(1, 4, figsize=(14, 3.8))
+  ax = axes[0]
+  if entry["threshold"] is None:
+    ax.text(0.5, 0.5, "no calibrated threshold", ha="center", va="center",
+            transform=ax.transAxes)
+  else:
+    reached = [v for s in names
+               for v in groups[s]["reach"]["epochs_to_threshold"]["values"].values()
+               if v is not None]
+    top = (max(reached) if reached else 1) + 1
+    for i, s in enumerate(names):
+      values = list(groups[s]["reach"]["epochs_to_threshold"]["values"].values())
+      ys = [top if v is None else v for v in values]
+      xs = [i + 0.08 * (j - (len(ys) - 1) / 2) for j in range(len(ys))]
+      ax.scatter(xs, ys, color=colors[s], marker="o", zorder=3)
+      nr = sum(v is None for v in values)
+      if nr:
+        ax.annotate(f"{nr} n.r.", (i, top), textcoords="offset points", xytext=(0, 6),
+                    ha="center", fontsize=8)
+    ax.axhline(top, color="0.6", ls=":", lw=1)
+  ax.set(title="epochs to threshold (per seed)", xticks=range(len(names)))
+  ax.set_xticklabels(names, rotation=30, ha="right", fontsize=8)
+  for ax, key, title in ((axes[1], "stability", "stability (std val loss, last 5)"),
+                         (axes[2], "final_val_accuracy", "final val accuracy"),
+                         (axes[3], "train_time_s", "train time (s)")):
+    for i, s in enumerate(names):
+      iv = groups[s]["summary"][key]
+      if iv["mean"] is None:
+        continue
+      ax.errorbar([i], [iv["mean"]], yerr=None if iv["half_width"] is None
+                  else [[iv["half_width"]], [iv["half_width"]]],
+                  fmt="o", color=colors[s], capsize=4)
+      per_seed = [m[key] for m in groups[s]["per_seed"].values() if metrics.finite(m[key])]
+      ax.scatter([i + 0.15] * len(per_seed), per_seed, color=colors[s], s=8, alpha=0.5)
+    ax.set(title=title, xticks=range(len(names)))
+    ax.set_xticklabels(names, rotation=30, ha="right", fontsize=8)
+    ax.grid(alpha=0.3, axis="y")
+  fig.suptitle(f"{task} ({setting}): mean ± 95% t CI over seeds (dots: seeds)", fontsize=10)
+  return _save(fig, path)
+
+
+def write_all(results: dict, runs: dict, folder: pathlib.Path) -> dict[str, list[str]]:
+  """Writes every plot; returns the file names per task."""
+  folder.mkdir(parents=True, exist_ok=True)
+  out = {}
+  for task, entry in results["tasks"].items():
+    files = [val_loss(results, runs, task, "untuned", folder / f"val_loss_{task}.png")]
+    if "tuned" in entry["settings"]:
+      files.append(val_loss(results, runs, task, "tuned", folder / f"val_loss_{task}_tuned.png"))
+    files += [effective_lr(results, runs, task, folder / f"effective_lr_{task}.png"),
+              gradvar(results, runs, task, folder / f"gradvar_{task}.png"),
+              summary(results, task, "untuned", folder / f"summary_{task}.png")]
+    if "tuned" in entry["settings"]:
+      files.append(summary(results, task, "tuned", folder / f"summary_{task}_tuned.png"))
+    out[task] = [f for f in files if f]
+  return out
