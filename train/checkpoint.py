@@ -25,7 +25,7 @@ import signal
 import threading
 import warnings
 import zlib
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import jax
 import numpy as np
@@ -108,22 +108,27 @@ class Checkpoints:
         state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)))
     return True
 
-  def _read(self, step: int, abstract) -> Restored:
-    restored = self._manager.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
-    meta = restored["meta"]
+  def _read_meta(self, step: int) -> dict[str, Any]:
+    meta = self._manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
+    meta = meta["meta"]
     if not isinstance(meta, dict) or meta.get("version") != META_VERSION:
       raise ValueError(f"its metadata is not version {META_VERSION}")
     if meta.get("step") != step:
       raise ValueError(f"its metadata names step {meta.get('step')}")
-    if _digest(restored["state"]) != meta["digest"]:
-      raise ValueError("its arrays do not match the checksums saved with them")
-    return Restored(step, restored["state"], meta)
+    return meta
 
-  def restore_latest(self, abstract, config: dict[str, Any]) -> tuple[Optional[Restored],
-                                                                        list[str]]:
+  def _read_state(self, step: int, meta: dict[str, Any], abstract) -> Any:
+    state = self._manager.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(abstract)))["state"]
+    if _digest(state) != meta["digest"]:
+      raise ValueError("its arrays do not match the checksums saved with them")
+    return state
+
+  def restore_latest(self, abstract_for: Callable[[dict], Any], config: dict[str, Any]
+                     ) -> tuple[Optional[Restored], list[str]]:
     """The latest checkpoint that reads back intact, and what was skipped on the way (reasons).
 
+    `abstract_for(saved_config)` gives the restore target of a checkpoint saved with that config.
     Damaged checkpoints newer than the one restored are deleted, so that the run can save those
     steps again. A checkpoint of a different config raises `ValueError` naming the fields.
     """
@@ -131,22 +136,31 @@ class Checkpoints:
     for reason in skipped:
       warnings.warn(f"{self.directory}: skipping {reason}", stacklevel=2)
     for step in reversed(self.steps()):
+      meta = state = None
       try:
-        restored = self._read(step, abstract)
+        meta = self._read_meta(step)
       except Exception as e:  # pylint: disable=broad-except  # orbax/tensorstore raise many kinds
-        reason = f"checkpoint {step} ({type(e).__name__}: {_first_line(e)})"
+        error = e
+      if meta is not None:
+        # Checked before the arrays: another config's arrays would not fit the target anyway.
+        differ = mismatched_fields(meta.get("config", {}), config)
+        if differ:
+          changes = ", ".join(f"{k}: {meta['config'].get(k)!r} -> {config.get(k)!r}"
+                              for k in differ)
+          raise ValueError(f"resume: the config differs from the checkpointed run's in fields "
+                           f"that change its trajectory ({changes}); use a new workdir, or "
+                           "the checkpointed values")
+        try:
+          state = self._read_state(step, meta, abstract_for(meta["config"]))
+        except Exception as e:  # pylint: disable=broad-except
+          error = e
+      if state is None:
+        reason = f"checkpoint {step} ({type(error).__name__}: {_first_line(error)})"
         skipped.append(reason)
         warnings.warn(f"{self.directory}: skipping damaged {reason}", stacklevel=2)
         continue
-      differ = mismatched_fields(restored.meta.get("config", {}), config)
-      if differ:
-        changes = ", ".join(f"{k}: {restored.meta['config'].get(k)!r} -> {config.get(k)!r}"
-                            for k in differ)
-        raise ValueError(f"resume: the config differs from the checkpointed run's in fields "
-                         f"that change its trajectory ({changes}); use a new workdir, or "
-                         "the checkpointed values")
       self._delete_after(step)
-      return restored, skipped
+      return Restored(step, state, meta), skipped
     return None, skipped
 
   def _delete_after(self, step: int) -> None:
@@ -197,7 +211,7 @@ def truncate_records(workdir: pathlib.Path, step: int, epochs_done: int) -> dict
     path = workdir / name
     if not path.exists():
       continue
-    lines = path.read_text().count("\n")
+    lines = len(path.read_text().splitlines())
     rows = [r for r in _read_jsonl(path) if r[key] <= last]
     removed[name] = lines - len(rows)
     if removed[name]:

@@ -217,9 +217,36 @@ class _Position:
   elapsed: float = 0.0
 
 
-def _abstract(s: Setup):
-  return {"train": jax.eval_shape(lambda: init_state(s)),
-          "rng": jax.eval_shape(lambda: jax.random.key_data(jax.random.key(0)))}
+def _abstract_for(s: Setup):
+  """The restore target of a checkpoint saved with a given config (as JSON).
+
+  Only `skip_nonfinite` may differ between the checkpoint and the run (a run stopped by a NaN
+  can continue with steps skipped); it adds or removes the `ApplyIfFiniteState` around the
+  optimizer state, which `_convert_skip` then matches to this run.
+  """
+  abstract = jax.eval_shape(lambda: init_state(s))
+  rng = jax.eval_shape(lambda: jax.random.key_data(jax.random.key(0)))
+
+  def abstract_for(saved: dict[str, Any]):
+    opt = abstract.opt_state
+    saved_skip = bool(saved.get("skip_nonfinite", False))
+    if s.config.skip_nonfinite and not saved_skip:
+      opt = opt.inner_state
+    elif saved_skip and not s.config.skip_nonfinite:
+      opt = jax.eval_shape(lambda o: optax.ApplyIfFiniteState(
+          jnp.zeros((), jnp.int32), jnp.array(True), jnp.zeros((), jnp.int32), o), opt)
+    return {"train": abstract._replace(opt_state=opt), "rng": rng}
+
+  return abstract_for
+
+
+def _convert_skip(state: step_lib.TrainState, saved_skip: bool, skip: bool):
+  if skip and not saved_skip:
+    return state._replace(opt_state=optax.ApplyIfFiniteState(
+        np.zeros((), np.int32), np.array(True), np.zeros((), np.int32), state.opt_state))
+  if saved_skip and not skip:
+    return state._replace(opt_state=state.opt_state.inner_state)
+  return state
 
 
 def _resume_from(s: Setup, workdir: pathlib.Path, ckpts: checkpoint_lib.Checkpoints,
@@ -227,7 +254,7 @@ def _resume_from(s: Setup, workdir: pathlib.Path, ckpts: checkpoint_lib.Checkpoi
   """The starting state, RNG and position: fresh, or from the latest good checkpoint."""
   restored, skipped = None, []
   if mode is not None:
-    restored, skipped = ckpts.restore_latest(_abstract(s), s.config.to_json())
+    restored, skipped = ckpts.restore_latest(_abstract_for(s), s.config.to_json())
   if restored is None:
     if mode == "latest":
       why = ("; skipped: " + "; ".join(skipped)) if skipped else ""
@@ -257,7 +284,9 @@ def _resume_from(s: Setup, workdir: pathlib.Path, ckpts: checkpoint_lib.Checkpoi
   logging.warning("resuming %s from step %d (epoch %d done)%s", workdir, position.step,
                   position.epochs_done, f"; dropped the later {dropped}" if dropped else "")
   rng = jax.random.wrap_key_data(restored.state["rng"])
-  return restored.state["train"], rng, position, {"step": position.step,
+  state = _convert_skip(restored.state["train"], bool(meta["config"].get("skip_nonfinite")),
+                        s.config.skip_nonfinite)
+  return state, rng, position, {"step": position.step,
                                                   "epochs_done": position.epochs_done,
                                                   "skipped": skipped}
 

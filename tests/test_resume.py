@@ -1,0 +1,334 @@
+"""Checkpoints and `--resume`: real `kill -9` and SIGTERM of `python -m train` subprocesses.
+
+Every training subprocess is the same tiny run (the LSTM task on its stand-in, 2 CPU devices,
+2 epochs of 8 steps, a checkpoint every 3 steps) and shares one JAX compilation cache, so only
+the first one compiles. Runs that are interrupted and resumed must end bitwise equal to the
+uninterrupted reference: final params, the whole last checkpoint (optimizer state and gradvar
+ring buffer included) and the deterministic record fields.
+"""
+
+import json
+import os
+import pathlib
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+from train import checkpoint
+from train import config as config_lib
+from train import loop
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+STEPS_PER_EPOCH, EPOCHS, EVERY, WINDOW = 8, 2, 3, 5  # gradvar's default window
+DETERMINISTIC_EPOCH_FIELDS = (
+    "epoch", "step", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "effective_lr",
+    "effective_lr_mean", "lr_scale", "lr_scale_mean", "variability_mean")
+
+
+def subprocess_env(tmp_path_factory, data_dir) -> dict[str, str]:
+  """The environment of a training subprocess: 2 CPU devices and the session's compile cache."""
+  cache = tmp_path_factory.getbasetemp() / "jax-compilation-cache"
+  cache.mkdir(exist_ok=True)
+  return {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2",
+          "JAX_COMPILATION_CACHE_DIR": str(cache),
+          "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+          "GRADVAR_DATA_DIR": str(data_dir), "PYTHONPATH": str(ROOT),
+          "TF_CPP_MIN_LOG_LEVEL": "3"}
+
+
+def train_args(workdir, cache_dir, *extra) -> list[str]:
+  return [sys.executable, "-m", "train", "--task", "rt_sentiment", "--strategy", "gradvar",
+          "--model-size", "tiny", "--epochs", str(EPOCHS), "--batch-size", "8",
+          "--num-devices", "2", "--workdir", str(workdir), "--quiet",
+          "--checkpoint-every", str(EVERY), "--set", "train_examples=64",
+          "--set", "eval_examples=16", "--set", "log_every=1", "--set", f"cache_dir={cache_dir}",
+          *extra]
+
+
+def run(args, env, timeout=600) -> subprocess.CompletedProcess:
+  return subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def start(args, env, log: pathlib.Path) -> subprocess.Popen:
+  return subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+                          stderr=open(log, "w"))
+
+
+def wait_for_checkpoint(proc, workdir, step, log, timeout=600.0) -> None:
+  """Returns as soon as checkpoint `step` is complete (orbax renames it into place when done)."""
+  path = pathlib.Path(workdir, "checkpoints", str(step))
+  deadline = time.monotonic() + timeout
+  while not path.is_dir():
+    if proc.poll() is not None:
+      pytest.fail(f"the run exited ({proc.returncode}) before checkpoint {step}:\n"
+                  f"{log.read_text()}")
+    if time.monotonic() > deadline:
+      proc.kill()
+      pytest.fail(f"no checkpoint {step} after {timeout} s")
+    time.sleep(0.005)
+
+
+def resumed_from(stderr: str) -> int:
+  line = next(l for l in stderr.splitlines() if "resuming" in l)
+  return int(line.split(" from step ")[1].split()[0])
+
+
+def jsonl(path) -> list[dict]:
+  return [json.loads(l) for l in pathlib.Path(path).read_text().splitlines()]
+
+
+def last_checkpoint(workdir):
+  """The newest checkpoint's arrays and metadata, read without a target (plain containers)."""
+  with ocp.CheckpointManager(pathlib.Path(workdir, "checkpoints").absolute()) as manager:
+    step = manager.latest_step()
+    restored = manager.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(), meta=ocp.args.JsonRestore()))
+  return step, restored["state"], restored["meta"]
+
+
+def final_params(workdir):
+  with ocp.StandardCheckpointer() as ckptr:
+    return ckptr.restore(pathlib.Path(workdir, "final").absolute())
+
+
+def assert_same_run(workdir, reference) -> None:
+  """Bitwise the same end state and the same deterministic records, with no row twice."""
+  jax.tree.map(np.testing.assert_array_equal, final_params(workdir), final_params(reference))
+  step, state, meta = last_checkpoint(workdir)
+  ref_step, ref_state, ref_meta = last_checkpoint(reference)
+  assert step == ref_step == STEPS_PER_EPOCH * EPOCHS
+  # The whole TrainState: params, opt_state with Adam's moments and gradvar's ring buffer, RNG.
+  jax.tree.map(np.testing.assert_array_equal, state, ref_state)
+  assert meta["digest"] == ref_meta["digest"] and meta["data"] == ref_meta["data"]
+  assert jsonl(pathlib.Path(workdir, "steps.jsonl")) == jsonl(pathlib.Path(reference,
+                                                                           "steps.jsonl"))
+  rows = jsonl(pathlib.Path(workdir, "epochs.jsonl"))
+  ref_rows = jsonl(pathlib.Path(reference, "epochs.jsonl"))
+  assert [r["epoch"] for r in rows] == list(range(1, EPOCHS + 1))
+  assert ([{k: r[k] for k in DETERMINISTIC_EPOCH_FIELDS} for r in rows]
+          == [{k: r[k] for k in DETERMINISTIC_EPOCH_FIELDS} for r in ref_rows])
+  run_json = json.loads(pathlib.Path(workdir, "run.json").read_text())
+  assert run_json["end"] is not None and "stopped" not in run_json
+  assert run_json["test"] == json.loads(pathlib.Path(reference, "run.json").read_text())["test"]
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory, data_dir):
+  return subprocess_env(tmp_path_factory, data_dir)
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory):
+  return tmp_path_factory.mktemp("token-cache")
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, env, cache_dir):
+  """An uninterrupted run (it also fills the compilation cache for the others)."""
+  workdir = tmp_path_factory.mktemp("reference") / "run"
+  result = run(train_args(workdir, cache_dir), env)
+  assert result.returncode == 0, result.stderr
+  assert json.loads(result.stdout.splitlines()[-1])["epoch"] == EPOCHS
+  # Checkpoints: every 3 steps and after each epoch, the newest 3 kept.
+  assert sorted(int(p.name) for p in (workdir / "checkpoints").iterdir()) == [12, 15, 16]
+  return workdir
+
+
+def copy_run(reference, tmp_path) -> pathlib.Path:
+  workdir = tmp_path / "run"
+  shutil.copytree(reference, workdir)
+  return workdir
+
+
+@pytest.mark.slow
+def test_kill_9_mid_window_and_mid_epoch_then_resume_is_bitwise_equal(reference, env, cache_dir,
+                                                                       tmp_path):
+  workdir = tmp_path / "run"
+  args = train_args(workdir, cache_dir)
+  # Killed twice: once in epoch 1, once in epoch 2 of the resumed run, each just after a
+  # checkpoint lands; the newest checkpoint is then 3 or 6, then 9 or 12 (a race, both fine).
+  for attempt, (step, allowed) in enumerate([(3, {3, 6}), (9, {9, 12})]):
+    log = tmp_path / f"attempt{attempt}.log"
+    proc = start(args + (["--resume"] if attempt else []), env, log)
+    wait_for_checkpoint(proc, workdir, step, log)
+    proc.send_signal(signal.SIGKILL)
+    assert proc.wait(timeout=60) == -signal.SIGKILL
+    assert json.loads((workdir / "run.json").read_text())["end"] is None
+    newest = max(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
+    assert newest in allowed
+    # Mid-epoch and mid-window: the ring buffer holds a partial window, the epoch is half done.
+    assert newest % STEPS_PER_EPOCH and newest % WINDOW
+  result = run(args + ["--resume"], env)
+  assert result.returncode == 0, result.stderr
+  assert resumed_from(result.stderr) in {9, 12}
+  assert len(json.loads((workdir / "run.json").read_text())["resumes"]) == 2
+  assert_same_run(workdir, reference)
+
+
+@pytest.mark.slow
+def test_sigterm_saves_at_the_next_step_and_exits_then_resume_is_bitwise_equal(
+    reference, env, cache_dir, tmp_path):
+  workdir = tmp_path / "run"
+  log = tmp_path / "sigterm.log"
+  proc = start(train_args(workdir, cache_dir), env, log)
+  wait_for_checkpoint(proc, workdir, 3, log)
+  proc.send_signal(signal.SIGTERM)
+  assert proc.wait(timeout=120) == 75, log.read_text()  # EX_TEMPFAIL: resume me
+  stderr = log.read_text()
+  assert "SIGTERM" in stderr and "--resume" in stderr
+  run_json = json.loads((workdir / "run.json").read_text())
+  assert run_json["end"] is None
+  stopped = run_json["stopped"]
+  assert stopped["reason"] == "SIGTERM" and 3 < stopped["step"] < STEPS_PER_EPOCH
+  steps = sorted(int(p.name) for p in (workdir / "checkpoints").iterdir())
+  assert steps[-1] == stopped["step"]  # saved where it stopped, mid-epoch
+  # Every step up to the checkpoint is in the records, none after it.
+  assert [r["step"] for r in jsonl(workdir / "steps.jsonl")] == list(range(1, steps[-1] + 1))
+  result = run(train_args(workdir, cache_dir, "--resume"), env)
+  assert result.returncode == 0, result.stderr
+  assert resumed_from(result.stderr) == stopped["step"]
+  assert_same_run(workdir, reference)
+
+
+def _damage(checkpoint_dir: pathlib.Path) -> None:
+  """Truncates the largest file of a checkpoint's arrays to half its size."""
+  files = [p for p in (checkpoint_dir / "state").rglob("*") if p.is_file()]
+  biggest = max(files, key=lambda p: p.stat().st_size)
+  data = biggest.read_bytes()
+  biggest.write_bytes(data[:len(data) // 2])
+
+
+@pytest.mark.slow
+def test_damaged_latest_checkpoint_falls_back_with_a_warning(reference, env, cache_dir,
+                                                             tmp_path):
+  workdir = copy_run(reference, tmp_path)
+  _damage(workdir / "checkpoints" / "16")
+  # Harmless changes are allowed on resume: checkpoint cadence and how many to keep.
+  result = run(train_args(workdir, cache_dir, "--resume", "--keep-checkpoints", "4"), env)
+  assert result.returncode == 0, result.stderr
+  assert "skipping damaged checkpoint 16" in result.stderr
+  assert resumed_from(result.stderr) == 15
+  # The rows written after checkpoint 15 (step 16, epoch 2) were dropped, then written again.
+  assert "dropped the later 1 rows of steps.jsonl, 1 rows of epochs.jsonl" in result.stderr
+  assert_same_run(workdir, reference)
+
+
+def _config(workdir, cache_dir, data_dir, **changes):
+  base = dict(task="rt_sentiment", workdir=str(workdir), strategy="gradvar", model_size="tiny",
+              epochs=EPOCHS, batch_size=8, num_devices=2, train_examples=64, eval_examples=16,
+              log_every=1, quiet=True, cache_dir=str(cache_dir), data_dir=str(data_dir),
+              checkpoint_every_steps=EVERY)
+  return config_lib.Config(**{**base, **changes})
+
+
+@pytest.mark.slow
+def test_no_usable_checkpoint_refuses_unless_allow_fresh(reference, env, cache_dir, data_dir,
+                                                         tmp_path):
+  workdir = copy_run(reference, tmp_path)
+  for step in (12, 15, 16):
+    _damage(workdir / "checkpoints" / str(step))
+  records = (workdir / "epochs.jsonl").read_text()
+  with pytest.warns(UserWarning, match="skipping damaged checkpoint"):
+    with pytest.raises(checkpoint.NoCheckpointError,
+                       match=r"no usable checkpoint.*checkpoint 16.*checkpoint 15.*checkpoint 12"
+                             r".*allow-fresh"):
+      loop.train(_config(workdir, cache_dir, data_dir), resume=True)
+  assert (workdir / "epochs.jsonl").read_text() == records  # nothing touched
+  # allow-fresh warns, removes the old records and checkpoints, and trains from the start.
+  result = run(train_args(workdir, cache_dir, "--resume=allow-fresh"), env)
+  assert result.returncode == 0, result.stderr
+  assert "skipping damaged checkpoint 16" in result.stderr and "starting" in result.stderr
+  assert "resuming" not in result.stderr
+  assert_same_run(workdir, reference)
+
+
+@pytest.mark.slow
+def test_resume_refuses_a_config_that_changes_the_trajectory(reference, cache_dir, data_dir,
+                                                             tmp_path):
+  workdir = copy_run(reference, tmp_path)
+  config = _config(workdir, cache_dir, data_dir, lr=3e-3, seed=1,
+                   model={"hidden_size": 16})
+  with pytest.raises(ValueError, match=r"lr: 0.001 -> 0.003.*model: \{\} -> \{'hidden_size': 16\}"
+                                       r".*seed: 0 -> 1"):
+    loop.train(config, resume=True)
+  config = _config(workdir, cache_dir, data_dir, strategy="fixed")
+  with pytest.raises(ValueError, match="strategy: 'gradvar' -> 'fixed'"):
+    loop.train(config, resume="latest")
+
+
+def test_changed_fields_are_named_and_harmless_ones_allowed():
+  saved = _config("/a", "/c", "/d").to_json()
+  current = _config("/b", "/c2", "/d2", quiet=False, log_every=5, checkpoint_every_steps=None,
+                    keep_checkpoints=1, eval_batch_size=64, skip_nonfinite=True).to_json()
+  assert checkpoint.mismatched_fields(saved, current) == []
+  current = _config("/a", "/c", "/d", batch_size=16, epochs=3, data={"max_len": 32},
+                    strategy="gradvar-window20", parallel="shard_map", num_devices=1).to_json()
+  assert checkpoint.mismatched_fields(saved, current) == [
+      "batch_size", "data", "epochs", "num_devices", "parallel", "strategy"]
+
+
+def test_a_workdir_with_a_run_is_refused_without_resume(tmp_path, data_dir):
+  workdir = tmp_path / "run"
+  workdir.mkdir()
+  (workdir / "steps.jsonl").write_text('{"step": 1}\n')
+  with pytest.raises(ValueError, match=f"config.workdir: {workdir} already holds a run"):
+    loop.train(_config(workdir, tmp_path / "cache", data_dir))
+  with pytest.raises(ValueError, match="resume: must be"):
+    loop.train(_config(workdir, tmp_path / "cache", data_dir), resume="newest")
+
+
+def test_resume_without_any_checkpoint_refuses(tmp_path, data_dir):
+  config = _config(tmp_path / "run", tmp_path / "cache", data_dir, train_examples=16,
+                   eval_examples=8)
+  with pytest.raises(checkpoint.NoCheckpointError, match="no usable checkpoint.*allow-fresh"):
+    loop.train(config, resume=True)
+
+
+def test_truncate_records_keeps_rows_up_to_the_checkpoint_and_drops_a_cut_row(tmp_path):
+  (tmp_path / "steps.jsonl").write_text(
+      "".join(json.dumps({"step": s, "epoch": 1 + (s > 4)}) + "\n" for s in range(1, 8))
+      + '{"step": 8, "ep')  # cut short by a kill
+  (tmp_path / "epochs.jsonl").write_text('{"epoch": 1}\n{"epoch": 2}\n')
+  removed = checkpoint.truncate_records(tmp_path, step=5, epochs_done=1)
+  assert removed == {"steps.jsonl": 3, "epochs.jsonl": 1}
+  assert [r["step"] for r in jsonl(tmp_path / "steps.jsonl")] == [1, 2, 3, 4, 5]
+  assert jsonl(tmp_path / "epochs.jsonl") == [{"epoch": 1}]
+
+
+def test_checkpoint_round_trips_optimizer_namedtuples_and_rejects_bad_checksums(tmp_path):
+  import optax  # pylint: disable=g-import-not-at-top
+  import gradvar_optax  # pylint: disable=g-import-not-at-top
+  from train import step as step_lib  # pylint: disable=g-import-not-at-top
+  params = {"w": np.arange(6, dtype=np.float32).reshape(2, 3)}
+  opt = optax.apply_if_finite(gradvar_optax.gradvar(optax.adam(1e-3)), 3)
+  state = step_lib.TrainState(np.int32(7), params, {}, jax.device_get(opt.init(params)))
+  tree = {"train": state, "rng": np.array([1, 2], np.uint32)}
+  abstract = jax.eval_shape(lambda: tree)
+  ckpts = checkpoint.Checkpoints(tmp_path / "ckpt", keep=2)
+  config = {"task": "t"}
+  assert ckpts.save(7, tree, {"config": config})
+  assert not ckpts.save(7, tree, {"config": config})  # one save per step
+  restored, skipped = ckpts.restore_latest(lambda saved: abstract, config)
+  assert skipped == [] and restored.step == 7
+  assert type(restored.state["train"].opt_state) is optax.ApplyIfFiniteState
+  assert type(restored.state["train"].opt_state.inner_state) is gradvar_optax.GradVarState
+  jax.tree.map(np.testing.assert_array_equal, restored.state, tree)
+  # Arrays that read back but differ from what was saved are caught by the checksums.
+  changed = {"train": state._replace(step=np.int32(8)), "rng": tree["rng"]}
+  ckpts.save(9, changed, {"config": config})
+  meta_file = next((ckpts.directory / "9" / "meta").rglob("metadata"))
+  meta = json.loads(meta_file.read_text())
+  meta["digest"][0] += 1
+  meta_file.write_text(json.dumps(meta))
+  with pytest.warns(UserWarning, match="checkpoint 9 .*checksums"):
+    restored, skipped = ckpts.restore_latest(lambda saved: abstract, config)
+  assert restored.step == 7 and len(skipped) == 1
+  assert ckpts.steps() == [7]  # the damaged newer one is gone, so step 9 can be saved again
+  ckpts.close()
