@@ -303,8 +303,9 @@ def _full_table(results: dict, task: str, setting: str) -> str:
     if all(g["summary"][key]["n"] == 0 for g in groups.values()):
       continue
     rows.append([label] + [_ci(g["summary"][key], fmt) for g in groups.values()])
-  rows.append(["final val loss: sd across seeds"]
-              + [_num(g["summary"]["final_val_loss"]["sd"], "{:.4f}") for g in groups.values()])
+  for key in ("final_val_loss", "stability"):
+    rows.append([f"{_LABEL[key]}: sd across seeds"]
+                + [_num(g["summary"][key]["sd"], "{:.4f}") for g in groups.values()])
   return _table(header, rows)
 
 
@@ -371,16 +372,17 @@ def markdown(results: dict, plot_files: dict[str, list[str]]) -> str:
             "- **Threshold**: fixed before the comparison by `python -m benchmarks calibrate`: "
             + (results["calibration"].get("rule", "not calibrated") if results["calibration"]
                else "not calibrated, so convergence speed is not reported")
-            + (f" (reference seeds {results['calibration'].get('reference_seeds')})"
-               if results["calibration"] else "") + ".",
+            + (f" (reference seeds {results['calibration']['reference_seeds']}, strategy "
+               f"`{results['calibration'].get('strategy', results['baseline'])}`)"
+               if "reference_seeds" in results["calibration"] else "") + ".",
             "- **Epochs / train seconds to threshold**: the first epoch whose validation loss is "
             "at or below the threshold, and the training clock (evaluation excluded) up to its "
             "end. A run that never gets there is *n.r.* (not reached): it is counted (reached/n) "
             "and shown per seed, never averaged; the median orders it after every reached "
             "value and is '–' when it falls on one.",
             "- **Stability**: population std of the validation loss over the last 5 epochs of a "
-            "run, then mean ± CI over seeds. The sd of the final validation loss across seeds is "
-            "given as well.",
+            "run (all its epochs if it has fewer), then mean ± CI over seeds. The sd across "
+            "seeds of the final validation loss and of the stability is given as well.",
             "- **Diverged**: a non-finite loss, or an epoch's training loss above "
             "the suite's explode_factor times the first epoch's.",
             "- **Accuracy**: final and best validation accuracy over the epochs; test accuracy of "
@@ -392,7 +394,8 @@ def markdown(results: dict, plot_files: dict[str, list[str]]) -> str:
             f"(sample sd, n-1 degrees of freedom). With {n} seeds the half-width is "
             + (f"{metrics.t_critical(n) / math.sqrt(n):.2f} standard deviations"
                if n >= 2 else "undefined (1 seed: no interval)")
-            + " (with 3 seeds, about 2.5 sd): intervals are wide, and a difference whose "
+            + ("" if n == 3 else " (with 3 seeds, about 2.5 sd)")
+            + ": intervals are wide, and a difference whose "
             "interval includes 0 is not shown to exist. Paired differences are per seed "
             f"(strategy − {results['baseline']}), then mean ± CI.", ""]
   for task, entry in results["tasks"].items():
