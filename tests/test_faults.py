@@ -1,0 +1,116 @@
+"""Non-finite steps: stop with an error by default, skip and count them with `--skip-nonfinite`.
+
+The fault is real and data-dependent: the LSTM's embedding table is made smaller than the
+vocabulary (`model.vocab_size`), so a batch holding one of the rarest words looks up a row past
+the end of the table, which `jnp.take` fills with NaN. The test knows from the pipeline itself
+which steps' batches hold such a word, and so which steps must fail.
+"""
+
+import json
+import math
+import pathlib
+
+import jax
+import numpy as np
+import pytest
+
+from test_resume import EPOCHS, EVERY, STEPS_PER_EPOCH, final_params, jsonl, last_checkpoint
+from test_resume import resumed_from, run, subprocess_env, train_args
+from train import config as config_lib
+from train import loop
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory, data_dir):
+  return subprocess_env(tmp_path_factory, data_dir)
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory):
+  return tmp_path_factory.mktemp("token-cache")
+
+
+@pytest.fixture(scope="module")
+def poison(cache_dir, data_dir, tmp_path_factory):
+  """An embedding size that makes a few steps non-finite, and those steps (1-based)."""
+  config = config_lib.Config(
+      task="rt_sentiment", workdir=str(tmp_path_factory.mktemp("unused")), model_size="tiny",
+      epochs=EPOCHS, batch_size=8, num_devices=2, train_examples=64, eval_examples=16,
+      cache_dir=str(cache_dir), data_dir=str(data_dir))
+  s = loop.setup(config)
+  assert s.pipeline.steps_per_epoch == STEPS_PER_EPOCH
+  top = [int(s.pipeline.train_batch(step)["token_ids"].max())
+         for step in range(STEPS_PER_EPOCH * EPOCHS)]
+  # The largest table size whose first bad step comes after the first checkpoint (step 3), so
+  # that a good checkpoint exists when the run stops, and that leaves most steps finite.
+  for size in range(s.inputs.vocab_size - 1, 2, -1):
+    bad = [step + 1 for step, t in enumerate(top) if t >= size]
+    if bad and bad[0] > EVERY and len(bad) <= len(top) // 2:
+      return size, bad
+  pytest.fail(f"no table size gives a usable fault pattern; batch maxima {top}")
+
+
+def fault_args(workdir, cache_dir, size, *extra):
+  return train_args(workdir, cache_dir, "--set", f"model.vocab_size={size}",
+                    "--set", "model.word_dropout_rate=0.0", *extra)
+
+
+@pytest.fixture(scope="module")
+def skipped_run(poison, env, cache_dir, tmp_path_factory):
+  size, _ = poison
+  workdir = tmp_path_factory.mktemp("skip") / "run"
+  result = run(fault_args(workdir, cache_dir, size, "--skip-nonfinite"), env)
+  assert result.returncode == 0, result.stderr
+  return workdir
+
+
+def _finite(tree) -> bool:
+  return all(np.isfinite(x).all() for x in jax.tree.leaves(tree) if np.issubdtype(x.dtype,
+                                                                                  np.floating))
+
+
+@pytest.mark.slow
+def test_skip_nonfinite_skips_and_counts_exactly_the_bad_steps(poison, skipped_run):
+  _, bad = poison
+  rows = jsonl(skipped_run / "epochs.jsonl")
+  assert [r["nonfinite_steps"] for r in rows] == [
+      sum(1 for b in bad if (b - 1) // STEPS_PER_EPOCH == e) for e in range(EPOCHS)]
+  # Epoch means are over the finite steps; the step rows show the skipped ones as null.
+  assert all(math.isfinite(r["train_loss"]) for r in rows)
+  steps = jsonl(skipped_run / "steps.jsonl")
+  assert [r["step"] for r in steps if r["loss"] is None] == bad
+  expected_loss = np.mean([r["loss"] for r in steps[:STEPS_PER_EPOCH] if r["loss"] is not None])
+  np.testing.assert_allclose(rows[0]["train_loss"], expected_loss, rtol=1e-5)
+  # optax.apply_if_finite skipped those updates: its own count agrees, and the state is finite.
+  _, state, _ = last_checkpoint(skipped_run)
+  assert int(state["train"]["opt_state"]["total_notfinite"]) == len(bad)
+  assert _finite(state) and _finite(final_params(skipped_run))
+  assert json.loads((skipped_run / "run.json").read_text())["end"] is not None
+
+
+@pytest.mark.slow
+def test_nonfinite_stops_naming_the_step_keeps_the_good_checkpoint_and_resumes_skipping(
+    poison, skipped_run, env, cache_dir, tmp_path):
+  size, bad = poison
+  workdir = tmp_path / "run"
+  result = run(fault_args(workdir, cache_dir, size), env)
+  assert result.returncode == 3, result.stderr
+  first = bad[0]
+  epoch = (first - 1) // STEPS_PER_EPOCH + 1
+  assert f"non-finite loss or gradient at step {first} (epoch {epoch})" in result.stderr
+  run_json = json.loads((workdir / "run.json").read_text())
+  assert run_json["end"] is None and run_json["stopped"]["step"] == first
+  # Only the checkpoints from before the bad step exist, and they are finite.
+  saved = sorted(int(p.name) for p in (workdir / "checkpoints").iterdir())
+  due = {s for s in range(1, first) if s % EVERY == 0 or s % STEPS_PER_EPOCH == 0}
+  assert saved == sorted(due)[-3:]
+  step, state, _ = last_checkpoint(workdir)
+  assert step == saved[-1] and _finite(state)
+  # The stopped run continues with the bad steps skipped, and ends where the skipping run did.
+  result = run(fault_args(workdir, cache_dir, size, "--skip-nonfinite", "--resume"), env)
+  assert result.returncode == 0, result.stderr
+  assert resumed_from(result.stderr) == saved[-1]
+  assert ([r["nonfinite_steps"] for r in jsonl(workdir / "epochs.jsonl")]
+          == [r["nonfinite_steps"] for r in jsonl(skipped_run / "epochs.jsonl")])
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7),
+               final_params(workdir), final_params(skipped_run))
