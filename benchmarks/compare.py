@@ -325,11 +325,14 @@ def prepare_out(suite: suite_lib.Suite, out: pathlib.Path, argv: list[str]) -> N
 
 
 def tuned_runs(suite: suite_lib.Suite, out: pathlib.Path) -> list[suite_lib.Run]:
-  """The evaluation seeds at each strategy's picked LR (tasks not tuned keep their LR)."""
+  """The evaluation seeds at each strategy's picked LR, for picks whose tuning runs all finished.
+
+  Tasks not tuned keep their LR; a strategy whose tuning runs failed gets no tuned runs.
+  """
   from benchmarks import report  # pylint: disable=g-import-not-at-top
   picks = report.tuning_selection(suite, out)
   return [suite.run(t, s, seed, lr=picks[t][s]["lr"]) for seed in suite.seeds
-          for t in suite.tune_tasks for s in suite.strategies]
+          for t in suite.tune_tasks for s in suite.strategies if picks[t][s]["complete"]]
 
 
 def compare(suite: suite_lib.Suite, out: pathlib.Path, argv: list[str], tune: bool = False,

@@ -94,25 +94,29 @@ def _finished(out: pathlib.Path, run: suite_lib.Run) -> Optional[RunRecord]:
 def tuning_selection(suite: suite_lib.Suite, out: pathlib.Path) -> dict:
   """Per tuned task and strategy: the LR grid's scores on the tuning seeds and the pick.
 
-  Score: mean over the tuning seeds of the best validation loss; missing or diverged runs score
-  +inf. The evaluation seeds take no part, so the selection does not leak into the comparison.
+  Score: mean over the tuning seeds of the best validation loss; a diverged run scores +inf. The
+  evaluation seeds take no part, so the selection does not leak into the comparison. A pick is
+  `complete` only when every tuning run of the strategy has finished; the runner trains, and
+  the report shows, tuned results only for complete picks.
   """
   picks = {}
   for task in suite.tune_tasks:
     picks[task] = {}
     for strategy in suite.strategies:
-      scores = {}
+      scores, states = {}, {}
       for lr in suite.lr_grid:
-        values = []
+        values, state = [], []
         for seed in suite.tune_seeds:
           rec = _finished(out, suite.run(task, strategy, seed, lr=lr, kind="tune"))
           m = rec.metrics(None, suite.explode_factor) if rec else None
-          values.append(None if m is None or m["diverged"] else m["best_val_loss"])
-        scores[lr] = values
+          state.append("missing" if m is None else "diverged" if m["diverged"] else "ok")
+          values.append(m["best_val_loss"] if state[-1] == "ok" else None)
+        scores[lr], states[f"{lr:g}"] = values, state
       picks[task][strategy] = {"lr": metrics.select_lr(scores),
                                "scores": {f"{lr:g}": v for lr, v in scores.items()},
-                               "complete": all(metrics.finite(v) for vs in scores.values()
-                                               for v in vs)}
+                               "states": states,
+                               "complete": all(x != "missing" for st in states.values()
+                                               for x in st)}
   return picks
 
 
@@ -169,7 +173,7 @@ def collect(out: pathlib.Path) -> tuple[dict, dict]:
     threshold = thresholds.get(task)
     entry = {"threshold": threshold, "settings": {}}
     settings = {"untuned": {s: suite.task_lr(task) for s in suite.strategies}}
-    if task in picks:
+    if task in picks and all(p["complete"] for p in picks[task].values()):
       settings["tuned"] = {s: picks[task][s]["lr"] for s in suite.strategies}
     for setting, lrs in settings.items():
       groups = {}
@@ -318,10 +322,11 @@ def _tuning_table(results: dict, task: str) -> str:
     for lr in grid:
       vals = p["scores"][lr]
       ok = [v for v in vals if metrics.finite(v)]
+      states = p["states"][lr]
       cell = (_num(sum(ok) / len(ok), "{:.4f}") if len(ok) == len(vals) and vals
-              else "diverged/missing")
+              else "missing" if "missing" in states else "diverged")
       cells.append(f"**{cell}**" if float(lr) == p["lr"] else cell)
-    rows.append([strategy] + cells + [f"{p['lr']:g}"])
+    rows.append([strategy] + cells + [f"{p['lr']:g}" if p["complete"] else "(incomplete)"])
   return _table(["strategy"] + [f"lr {lr}" for lr in grid] + ["picked"], rows)
 
 
@@ -412,8 +417,12 @@ def markdown(results: dict, plot_files: dict[str, list[str]]) -> str:
       lines += ["### Tuning", "",
                 "Mean best validation loss on the tuning seeds "
                 f"{results.get('tune_seeds', '')} per LR (bold: picked). The evaluation seeds "
-                "are not used for the pick.", "", _tuning_table(results, task), "",
-                "Untuned and tuned side by side:", "", _side_by_side(results, task), ""]
+                "are not used for the pick.", "", _tuning_table(results, task), ""]
+      if "tuned" in entry["settings"]:
+        lines += ["Untuned and tuned side by side:", "", _side_by_side(results, task), ""]
+      else:
+        lines += ["Tuning is incomplete (some tuning runs are missing), so no tuned results "
+                  "are shown.", ""]
     if plot_files.get(task):
       lines += [f"![{p}](plots/{p})" for p in plot_files[task]] + [""]
   missing = [(task, setting, s, g["missing_seeds"]) for task, e in results["tasks"].items()

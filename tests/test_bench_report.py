@@ -202,9 +202,18 @@ def test_tune_picks_on_tuning_seeds_and_reports_side_by_side(tmp_path, monkeypat
   # Tuning seed 1000: fixed is best at 3e-3, gradvar at 1e-3 (3e-3 diverges for it).
   tune = {("fixed", 1e-3): [0.9, 0.7], ("fixed", 3e-3): [0.9, 0.6],
           ("gradvar", 1e-3): [0.9, 0.65], ("gradvar", 3e-3): [0.9, None]}
-  for (strategy, lr), losses in tune.items():
+  def tune_run(strategy, lr):
     write_run(out / suite.run("rt_sentiment", strategy, 1000, lr=lr, kind="tune").relpath(),
-              losses, strategy=strategy)
+              tune[(strategy, lr)], strategy=strategy)
+
+  for strategy, lr in list(tune)[:3]:
+    tune_run(strategy, lr)
+  # gradvar's tuning is incomplete: it gets no tuned runs yet, and the report no tuned table.
+  assert not report.tuning_selection(suite, out)["rt_sentiment"]["gradvar"]["complete"]
+  assert {r.strategy for r in compare.tuned_runs(suite, out)} == {"fixed"}
+  report.write(out)
+  assert "Tuning is incomplete" in (out / "REPORT.md").read_text()
+  tune_run("gradvar", 3e-3)
   for seed in suite.seeds:  # the evaluation seeds at fixed's picked LR
     write_run(out / suite.run("rt_sentiment", "fixed", seed, lr=3e-3).relpath(),
               [0.9, 0.65, 0.6], 0.9)
@@ -227,6 +236,6 @@ def test_tune_picks_on_tuning_seeds_and_reports_side_by_side(tmp_path, monkeypat
       ["per_seed"])
   md = (out / "REPORT.md").read_text()
   assert "### Tuning" in md and "Untuned and tuned side by side" in md
-  assert "diverged/missing" in md  # gradvar at 3e-3
+  assert "| gradvar | **0.6500** | diverged | 0.001 |" in md
   assert (out / "plots" / "val_loss_rt_sentiment_tuned.png").exists()
   assert (out / "plots" / "summary_rt_sentiment_tuned.png").exists()
