@@ -36,7 +36,9 @@ def subprocess_env(tmp_path_factory, data_dir) -> dict[str, str]:
   """The environment of a training subprocess: 2 CPU devices and the session's compile cache."""
   cache = tmp_path_factory.getbasetemp() / "jax-compilation-cache"
   cache.mkdir(exist_ok=True)
-  return {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2",
+  # CPU whatever the machine: bitwise resumes on GPU need the determinism flags (README).
+  return {**os.environ, "JAX_PLATFORMS": "cpu",
+          "XLA_FLAGS": "--xla_force_host_platform_device_count=2",
           "JAX_COMPILATION_CACHE_DIR": str(cache),
           "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
           "GRADVAR_DATA_DIR": str(data_dir), "PYTHONPATH": str(ROOT),
@@ -217,6 +219,25 @@ def test_damaged_latest_checkpoint_falls_back_with_a_warning(reference, env, cac
   assert resumed_from(result.stderr) == 15
   # The rows written after checkpoint 15 (step 16, epoch 2) were dropped, then written again.
   assert "dropped the later 1 rows of steps.jsonl, 1 rows of epochs.jsonl" in result.stderr
+  assert_same_run(workdir, reference)
+
+
+@pytest.mark.slow
+def test_resnet_under_shard_map_resumes_batch_stats_bitwise_mid_epoch(env, cache_dir, tmp_path):
+  """The other launcher, and a model with BatchNorm state."""
+  def args(workdir, *extra):
+    return train_args(workdir, cache_dir, "--task", "fashion_mnist", "--parallel", "shard_map",
+                      *extra)  # the later --task wins
+  reference = tmp_path / "reference"
+  result = run(args(reference), env)
+  assert result.returncode == 0, result.stderr
+  workdir = copy_run(reference, tmp_path)
+  _damage(workdir / "checkpoints" / "16")
+  result = run(args(workdir, "--resume"), env)
+  assert result.returncode == 0, result.stderr
+  assert resumed_from(result.stderr) == 15  # step 7 of 8 in epoch 2, mid-window
+  _, state, _ = last_checkpoint(workdir)
+  assert jax.tree.leaves(state["train"]["batch_stats"])  # BatchNorm state is compared too
   assert_same_run(workdir, reference)
 
 
