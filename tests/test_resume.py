@@ -353,3 +353,25 @@ def test_checkpoint_round_trips_optimizer_namedtuples_and_rejects_bad_checksums(
   assert restored.step == 7 and len(skipped) == 1
   assert ckpts.steps() == [7]  # the damaged newer one is gone, so step 9 can be saved again
   ckpts.close()
+
+
+def test_cli_flags_set_the_checkpoint_and_fault_fields(tmp_path):
+  from train import __main__ as cli  # pylint: disable=g-import-not-at-top
+  base = ["--task", "rt_sentiment", "--workdir", str(tmp_path / "w")]
+  config = cli.config_from_args(base)
+  assert (config.checkpoint_every_steps, config.keep_checkpoints, config.skip_nonfinite) == (
+      None, 3, False)
+  config = cli.config_from_args(base + ["--checkpoint-every", "50", "--keep-checkpoints", "5",
+                                        "--skip-nonfinite"])
+  assert (config.checkpoint_every_steps, config.keep_checkpoints, config.skip_nonfinite) == (
+      50, 5, True)
+  config = cli.config_from_args(base + ["--set", "checkpoint_every_steps=7",
+                                        "--set", "skip_nonfinite=true"])
+  assert config.checkpoint_every_steps == 7 and config.skip_nonfinite
+  assert cli.parser().parse_args(base + ["--resume"]).resume == "latest"
+  assert cli.parser().parse_args(base + ["--resume=allow-fresh"]).resume == "allow-fresh"
+  assert cli.parser().parse_args(base).resume is None
+  with pytest.raises(ValueError, match="keep_checkpoints"):
+    cli.config_from_args(base + ["--keep-checkpoints", "0"])
+  with pytest.raises(ValueError, match="checkpoint_every_steps"):
+    cli.config_from_args(base + ["--checkpoint-every", "-2"])

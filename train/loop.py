@@ -3,6 +3,12 @@
 The loop is fixed; what varies between runs is the config and the strategy (AlgoPerf's split).
 The training clock runs only while steps run: evaluation, logging and checkpoint I/O are not
 counted in `train_time_s`, while `elapsed_s` counts everything since the start.
+
+A run checkpoints after every epoch (and every `checkpoint_every_steps` steps, and on SIGTERM or
+SIGINT) into `<workdir>/checkpoints` (see `train.checkpoint`); `train(config, resume=True)`
+continues from the latest good one exactly as if it had never stopped: same state, same batches,
+same epoch sums, records cut back to the checkpoint. Non-finite steps stop the run before anything
+non-finite is saved, or, with `skip_nonfinite`, are skipped and counted.
 """
 
 import dataclasses
