@@ -11,6 +11,7 @@ import json
 import sys
 
 from train import config as config_lib
+from train import distributed
 from train import strategies
 from train import tasks
 
@@ -55,6 +56,7 @@ def parser() -> argparse.ArgumentParser:
   p.add_argument("--skip-nonfinite", action="store_true",
                  help="skip steps with a non-finite gradient (optax.apply_if_finite) and count "
                       "them, instead of stopping")
+  distributed.add_flags(p)
   return p
 
 
@@ -75,9 +77,16 @@ def config_from_args(argv=None) -> config_lib.Config:
 def main(argv=None) -> int:
   try:
     config = config_from_args(argv)
+    multihost = distributed.options_from_args(parser().parse_args(argv))
   except ValueError as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
+  if multihost is not None:
+    try:  # Before anything touches a device.
+      distributed.initialize(multihost)
+    except (ValueError, RuntimeError) as e:
+      print(f"error: {e}", file=sys.stderr)
+      return 2
   from train import loop  # pylint: disable=g-import-not-at-top  # jax and data only when training
   from train import checkpoint  # pylint: disable=g-import-not-at-top
   try:

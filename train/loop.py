@@ -55,14 +55,17 @@ def _subset(split: data.Split, n: int | None) -> data.Split:
 
 
 def _devices(config: config_lib.Config) -> list:
-  devices = jax.local_devices()
-  if config.num_devices is not None:
-    if config.num_devices > len(devices):
-      raise ValueError(f"config.num_devices: {config.num_devices} asked, {len(devices)} present")
-    devices = devices[:config.num_devices]
+  """The run's devices: the first `num_devices` local ones (default: all) of every process."""
+  local = len(jax.local_devices())
+  n = local if config.num_devices is None else config.num_devices
+  if n > local:
+    raise ValueError(f"config.num_devices: {n} asked, {local} present")
+  devices = [d for p in range(jax.process_count())
+             for d in jax.local_devices(process_index=p)[:n]]
   if config.batch_size % len(devices):
+    processes = f" ({jax.process_count()} processes x {n})" if jax.process_count() > 1 else ""
     raise ValueError(f"config.batch_size: {config.batch_size} does not divide over "
-                     f"{len(devices)} devices; use a multiple of {len(devices)}")
+                     f"{len(devices)} devices{processes}; use a multiple of {len(devices)}")
   return devices
 
 
@@ -121,8 +124,10 @@ def setup(config: config_lib.Config) -> Setup:
       **model_options)
 
   eval_batch = config.eval_batch_size or config.batch_size * 8
+  # Each process reads its own block of every global batch (the pipeline asks jax which).
   pipeline = data.Pipeline(inputs, global_batch_size=config.batch_size, seed=config.seed,
-                           eval_batch_size=eval_batch, local_device_count=len(devices))
+                           eval_batch_size=eval_batch,
+                           local_device_count=len(devices) // jax.process_count())
   strategy = strategies.build(config.strategy, config.lr, pipeline.steps_per_epoch,
                               config.epochs)
   if config.skip_nonfinite:
@@ -413,7 +418,7 @@ def _train(s: Setup, workdir: pathlib.Path, ckpts: checkpoint_lib.Checkpoints, s
         # Compiled ahead of the clock, on the first batch, which then trains as usual.
         first = next(it)
         t_compile = time.perf_counter()
-        p_train = p_train.lower(state, first, rng).compile()
+        p_train = s.launcher.compile(p_train, state, first, rng)
         run_info["compile_s"] = time.perf_counter() - t_compile
         batches = itertools.chain([first], it)
       for epoch in range(epochs_done + 1, config.epochs + 1):

@@ -8,12 +8,15 @@ itself sum the gradient of the replicated params over the axis, and the explicit
 average a sum.
 """
 
+import collections
+import functools
 from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 import gradvar_optax
@@ -102,17 +105,39 @@ def make_eval_step(model, input_names) -> Callable:
 
 
 class Launcher:
-  """Runs the per-device functions on `devices`, under pmap or shard_map, and places the state."""
+  """Runs the per-device functions under pmap or shard_map on `devices`, and places the state.
+
+  `devices` are the run's devices on every process (a multi-host run lists all of them, as
+  `jax.devices()` does); they are put in process order, the order in which the pipeline hands out
+  the row blocks of a global batch, so one process and several give the same step. Each process
+  feeds its own devices' rows and reads its own replicas:
+
+  - pmap: each process passes arrays with a leading axis over its local devices (pmap's
+    multi-process convention) and gets its local replicas back.
+  - shard_map: global `jax.Array`s over a mesh of all devices; the state is replicated (`P()`).
+  """
 
   def __init__(self, parallel: str, devices):
     self.parallel = parallel
-    self.devices = list(devices)
+    self.devices = sorted(devices, key=lambda d: d.process_index)  # stable: keeps local order
+    self.local_devices = [d for d in self.devices if d.process_index == jax.process_index()]
+    per_process = collections.Counter(d.process_index for d in self.devices)
+    if not self.local_devices or len(set(per_process.values())) != 1:
+      raise ValueError(f"devices: every process must take part with as many devices as the "
+                       f"others; got {dict(per_process)} devices per process index, and "
+                       f"process {jax.process_index()} runs this")
+    self.multiprocess = len(per_process) > 1
     self.mesh = Mesh(np.array(self.devices), (AXIS,))
+    self._local_mesh = Mesh(np.array(self.local_devices), (AXIS,))
+    # (in_specs, out_specs) of each pmapped function, for `compile` on several processes.
+    self._pmap_specs: dict[Callable, tuple[Any, Any]] = {}
 
   def train(self, train_step):
     if self.parallel == "pmap":
-      return jax.pmap(train_step, axis_name=AXIS, in_axes=(0, 0, None), donate_argnums=(0,),
-                      devices=self.devices)
+      fn = jax.pmap(train_step, axis_name=AXIS, in_axes=(0, 0, None), donate_argnums=(0,),
+                    devices=self.devices)
+      self._pmap_specs[fn] = ((P(AXIS), P(AXIS), P()), (P(AXIS), P(AXIS)))
+      return fn
     return jax.jit(jax.shard_map(train_step, mesh=self.mesh, in_specs=(P(), P(AXIS), P()),
                                  out_specs=(P(), P()), check_vma=False), donate_argnums=(0,))
 
@@ -122,25 +147,69 @@ class Launcher:
     return jax.jit(jax.shard_map(eval_step, mesh=self.mesh, in_specs=(P(), P(AXIS)),
                                  out_specs=P(), check_vma=False))
 
+  def compile(self, fn, *args) -> Callable:
+    """`fn` (from `train`) compiled ahead of time for `args`; called like `fn`.
+
+    On several processes, jax.pmap's compiled form takes and returns global arrays, not the
+    per-process ones that pmap itself takes; the conversion (no copy) is added here.
+    """
+    compiled = fn.lower(*args).compile()
+    if self.parallel != "pmap" or not self.multiprocess:
+      return compiled
+    in_specs, out_specs = self._pmap_specs[fn]
+
+    def run(*local_args):
+      global_args = multihost_utils.host_local_array_to_global_array(
+          local_args, self.mesh, in_specs)
+      return multihost_utils.global_array_to_host_local_array(
+          compiled(*global_args), self.mesh, out_specs)
+
+    return run
+
   def placement(self) -> Callable:
     """`batch -> batch` on the devices, in the layout this launcher's step takes."""
     from train.data import placement  # pylint: disable=g-import-not-at-top
     if self.parallel == "pmap":
-      return placement.pmap_placement(self.devices)
+      return placement.pmap_placement(self.local_devices)
     return placement.mesh_placement(self.mesh, AXIS)
 
   def put_state(self, state):
-    """A host (or single-device) state, replicated as the launcher wants it."""
+    """A host (or single-device) state, replicated as the launcher wants it.
+
+    Every process must pass the same values (the same init from the same seed, or the same
+    checkpoint): each one fills only its own devices' replicas from them.
+    """
     if self.parallel == "pmap":
-      # The leading axis split over the devices: the layout pmap gives its own inputs.
-      n = len(self.devices)
-      sharding = NamedSharding(self.mesh, P(AXIS))
-      return jax.tree.map(
-          lambda x: jax.device_put(jnp.broadcast_to(x, (n,) + jnp.shape(x)), sharding), state)
-    return jax.device_put(state, NamedSharding(self.mesh, P()))
+      # The leading axis split over the local devices: the layout pmap gives its own inputs.
+      return jax.tree.map(functools.partial(
+          _replicate, sharding=NamedSharding(self._local_mesh, P(AXIS)),
+          copies=len(self.local_devices)), state)
+    return jax.tree.map(functools.partial(
+        _replicate, sharding=NamedSharding(self.mesh, P()), copies=None), state)
 
   def get(self, tree):
-    """One replica of a replicated value, as NumPy on the host."""
-    if self.parallel == "pmap":
-      return jax.tree.map(lambda x: np.asarray(x[0]), tree)
-    return jax.device_get(tree)
+    """One replica of a replicated value, as NumPy on the host (this process's first device).
+
+    Works when the value spans devices of other processes too: every replica is the same, and
+    the first local one is read without any communication.
+    """
+    def replica(x):
+      if not isinstance(x, jax.Array):
+        return np.asarray(x)
+      value = np.asarray(x.addressable_data(0))
+      return value[0] if self.parallel == "pmap" else value  # pmap: [1, ...] per device
+
+    return jax.tree.map(replica, tree)
+
+
+def _replicate(x, *, sharding: NamedSharding, copies: int | None) -> jax.Array:
+  """`x` on every device of `sharding`, from this process's copy (a leading axis of `copies`)."""
+  if isinstance(x, jax.Array) and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+    data = _replicate(jax.random.key_data(x), sharding=sharding, copies=copies)
+    return jax.random.wrap_key_data(data, impl=jax.random.key_impl(x))
+  host = np.asarray(x)
+  if copies is not None:
+    host = np.broadcast_to(host, (copies,) + host.shape)
+  # Each process builds only its addressable shards, which a device_put of a global sharding
+  # could not do from one process's value.
+  return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])

@@ -1,0 +1,263 @@
+"""Multi-host training with real `jax.distributed` processes on 127.0.0.1.
+
+Two processes with two CPU devices each must train exactly what one process with four devices
+trains on the same global batches (float tolerance, identical gradvar decisions), under both
+launchers; a run that loses a process must fail within a bounded time instead of hanging; and
+checkpoints written by two processes must resume in two processes.
+"""
+
+import json
+import os
+import pathlib
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+from train import __main__ as cli
+from train import distributed
+from train import step as step_lib
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+# 96 examples in batches of 8: 12 steps an epoch, so gradvar (window 5, every 5 steps) decides at
+# steps 10, 15 and 20 of the 24.
+RUN = ["--task", "rt_sentiment", "--strategy", "gradvar", "--model-size", "tiny", "--epochs", "2",
+       "--batch-size", "8", "--quiet", "--set", "train_examples=96", "--set", "eval_examples=20",
+       "--set", "log_every=1"]
+# A lost peer is declared dead after this many seconds without heartbeats.
+HEARTBEAT_S = 5
+# Generous: two processes share two busy cores with the rest of the suite.
+RUN_TIMEOUT_S = 420
+
+
+def _free_port() -> int:
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+def _jsonl(path):
+  return [json.loads(line) for line in pathlib.Path(path).read_text().splitlines()]
+
+
+def _final_params(workdir):
+  with ocp.StandardCheckpointer() as ckptr:
+    return ckptr.restore(pathlib.Path(workdir, "final").absolute())
+
+
+def _env(data_dir, jax_cache) -> dict:
+  env = dict(os.environ)
+  env.update({
+      "XLA_FLAGS": "--xla_force_host_platform_device_count=2", "GRADVAR_DATA_DIR": str(data_dir),
+      # The processes compile the same programs: the second one reads the first one's.
+      "JAX_COMPILATION_CACHE_DIR": str(jax_cache),
+      "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+      "PYTHONUNBUFFERED": "1"})
+  return env
+
+
+def _launch(argv, workdir, env, logs: pathlib.Path) -> list[subprocess.Popen]:
+  """Starts process 0 and 1 of a run (stdout/stderr to files: pipes could fill and block)."""
+  port = _free_port()
+  logs.mkdir(parents=True, exist_ok=True)
+  procs = []
+  for i in range(2):
+    cmd = [sys.executable, "-m", "train", *argv, "--workdir", str(workdir), "--distributed",
+           "--coordinator", f"127.0.0.1:{port}", "--num-processes", "2", "--process-id", str(i),
+           "--heartbeat-timeout", str(HEARTBEAT_S), "--init-timeout", "120"]
+    procs.append(subprocess.Popen(cmd, cwd=REPO, env=env, stdout=open(logs / f"{i}.out", "w"),
+                                  stderr=open(logs / f"{i}.err", "w")))
+  return procs
+
+
+def _logs(logs: pathlib.Path) -> str:
+  return "\n".join(f"--- process {i} stderr:\n{(logs / f'{i}.err').read_text()[-3000:]}"
+                   for i in range(2))
+
+
+def _finish(procs, logs: pathlib.Path) -> list[str]:
+  """Waits for both processes (killing both on timeout); returns their stdouts."""
+  deadline = time.monotonic() + RUN_TIMEOUT_S
+  try:
+    for p in procs:
+      p.wait(timeout=max(1.0, deadline - time.monotonic()))
+  except subprocess.TimeoutExpired:
+    for p in procs:
+      p.kill()
+      p.wait()
+    pytest.fail(f"the 2-process run did not finish in {RUN_TIMEOUT_S} s\n{_logs(logs)}")
+  codes = [p.returncode for p in procs]
+  assert codes == [0, 0], f"exit codes {codes}\n{_logs(logs)}"
+  return [(logs / f"{i}.out").read_text() for i in range(2)]
+
+
+@pytest.fixture(scope="module")
+def shared(tmp_path_factory, data_dir):
+  """A folder for the module's runs, whose token and compilation caches they all share."""
+  root = tmp_path_factory.mktemp("multihost")
+  return dict(root=root, env=_env(data_dir, root / "jax_cache"),
+              base=[*RUN, "--set", f"cache_dir={root / 'cache'}", "--data-dir", str(data_dir)])
+
+
+@pytest.fixture(scope="module")
+def runs(shared):
+  """`runs(parallel)`: the 2x2 run of RUN under `parallel` and the 1x4 reference, made once."""
+  root, made = shared["root"], {}
+
+  def get(parallel):
+    if "one" not in made:
+      # One reference serves both launchers: in one process they agree bitwise (test_train).
+      # It runs first and fills the token cache that the two processes then read.
+      made["one"] = root / "one"
+      assert cli.main([*shared["base"], "--workdir", str(made["one"]), "--num-devices", "4"]) == 0
+    if parallel not in made:
+      base = [*shared["base"], "--parallel", parallel]
+      two, logs = root / f"two_{parallel}", root / f"logs_{parallel}"
+      made[parallel] = dict(base=base, one=made["one"], two=two,
+                            stdouts=_finish(_launch(base, two, shared["env"], logs), logs))
+    return made[parallel]
+
+  return get
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("parallel", ["pmap", "shard_map"])
+def test_two_processes_train_like_one_process(runs, parallel):
+  r = runs(parallel)
+  one_steps, two_steps = _jsonl(r["one"] / "steps.jsonl"), _jsonl(r["two"] / "steps.jsonl")
+  # Only process 0 writes: one row per step, no duplicates from the other process.
+  assert [s["step"] for s in two_steps] == list(range(1, 25))
+  assert [e["epoch"] for e in _jsonl(r["two"] / "epochs.jsonl")] == [1, 2]
+  assert len(list((r["two"] / "tb").glob("events.out.tfevents.*"))) == 1
+  # The same gradvar decisions, step by step, and at least one decision was taken.
+  scales = [s["lr_scale"] for s in two_steps]
+  assert scales == [s["lr_scale"] for s in one_steps]
+  assert len(set(scales)) > 1
+  np.testing.assert_allclose([s["loss"] for s in two_steps], [s["loss"] for s in one_steps],
+                             rtol=1e-5)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
+               _final_params(r["two"]), _final_params(r["one"]))
+  # Evaluation is a global reduction: both processes report the same figures, those of 1x4.
+  results = [json.loads(out.strip().splitlines()[-1]) for out in r["stdouts"]]
+  assert results[0] == results[1]
+  one_epochs, two_epochs = _jsonl(r["one"] / "epochs.jsonl"), _jsonl(r["two"] / "epochs.jsonl")
+  np.testing.assert_allclose([e["val_loss"] for e in two_epochs],
+                             [e["val_loss"] for e in one_epochs], rtol=1e-5)
+  run = json.loads((r["two"] / "run.json").read_text())
+  assert run["hardware"]["process_count"] == 2 and run["hardware"]["device_count"] == 4
+
+
+@pytest.mark.slow
+def test_two_processes_resume_from_their_checkpoint(runs, shared, tmp_path):
+  r = runs("shard_map")
+  workdir = tmp_path / "resumed"
+  shutil.copytree(r["two"], workdir)
+  saved = sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
+  assert saved[-2:] == [12, 24]  # after each epoch
+  # As if both processes died before the end: resume from the end of epoch 1.
+  shutil.rmtree(workdir / "checkpoints" / "24")
+  shutil.rmtree(workdir / "final")
+  _finish(_launch([*r["base"], "--resume"], workdir, shared["env"], tmp_path / "logs"),
+          tmp_path / "logs")
+  # Exactly the uninterrupted two-process run: params, gradvar decisions, records.
+  jax.tree.map(np.testing.assert_array_equal, _final_params(workdir), _final_params(r["two"]))
+  steps = _jsonl(workdir / "steps.jsonl")
+  assert [s["step"] for s in steps] == list(range(1, 25))
+  assert [s["lr_scale"] for s in steps] == [s["lr_scale"] for s in _jsonl(r["two"] /
+                                                                          "steps.jsonl")]
+  assert [e["epoch"] for e in _jsonl(workdir / "epochs.jsonl")] == [1, 2]
+
+
+@pytest.mark.slow
+def test_a_lost_process_stops_the_other_within_a_bounded_time(shared, tmp_path):
+  workdir, logs = tmp_path / "run", tmp_path / "logs"
+  argv = [*shared["base"], "--parallel", "pmap"]
+  argv[argv.index("--epochs") + 1] = "1000"  # far longer than the test waits
+  procs = _launch(argv, workdir, shared["env"], logs)
+  try:
+    deadline = time.monotonic() + RUN_TIMEOUT_S
+    steps = workdir / "steps.jsonl"
+    # Both processes are training once process 0 has logged steps (each step is collective).
+    while not (steps.exists() and len(steps.read_text().splitlines()) >= 3):
+      assert all(p.poll() is None for p in procs), f"a process exited early\n{_logs(logs)}"
+      assert time.monotonic() < deadline, f"no steps in {RUN_TIMEOUT_S} s\n{_logs(logs)}"
+      time.sleep(0.5)
+    procs[1].send_signal(signal.SIGKILL)
+    killed = time.monotonic()
+    try:
+      procs[0].wait(timeout=90)
+    except subprocess.TimeoutExpired:
+      pytest.fail(f"process 0 still runs 90 s after its peer died\n{_logs(logs)}")
+    waited = time.monotonic() - killed
+  finally:
+    for p in procs:
+      if p.poll() is None:
+        p.kill()
+        p.wait()
+  assert procs[0].returncode != 0, _logs(logs)
+  # Detection takes about one heartbeat timeout (or less, when a collective fails first).
+  assert waited < 6 * HEARTBEAT_S + 30, f"{waited:.0f} s\n{_logs(logs)}"
+  assert not (workdir / "run.json").exists() or json.loads(
+      (workdir / "run.json").read_text())["end"] is None
+
+
+# --- Flags and the launcher's host copies, in this process ------------------------------------
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--coordinator", "10.0.0.1:1234"], "--coordinator needs --distributed"),
+    (["--distributed", "--coordinator", "10.0.0.1"], "--coordinator: expected HOST:PORT"),
+    (["--distributed", "--coordinator", "h:1", "--num-processes", "2", "--process-id", "2"],
+     "--process-id"),
+    (["--distributed", "--heartbeat-timeout", "0"], "--heartbeat-timeout"),
+])
+def test_bad_distributed_flags_fail_before_joining(flags, message, tmp_path, capsys):
+  argv = ["--task", "rt_sentiment", "--workdir", str(tmp_path / "w"), *flags]
+  assert cli.main(argv) == 2
+  assert message in capsys.readouterr().err
+  assert not jax.distributed.is_initialized()
+
+
+def test_distributed_without_a_cluster_says_what_to_pass(tmp_path):
+  env = {k: v for k, v in os.environ.items()
+         if not k.startswith(("SLURM_", "OMPI_", "PMI_", "JAX_COORDINATOR", "TPU_", "MEGASCALE"))}
+  out = subprocess.run(
+      [sys.executable, "-m", "train", "--task", "rt_sentiment", "--workdir",
+       str(tmp_path / "w"), "--distributed", "--init-timeout", "20"],
+      cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+  assert out.returncode == 2, out.stderr
+  assert "--coordinator HOST:PORT, --num-processes N and --process-id I" in out.stderr
+
+
+def test_options_from_flags():
+  args = cli.parser().parse_args(["--task", "t", "--workdir", "w", "--distributed",
+                                  "--heartbeat-timeout", "7"])
+  assert distributed.options_from_args(args) == distributed.Options(heartbeat_timeout_s=7)
+  args = cli.parser().parse_args(["--task", "t", "--workdir", "w"])
+  assert distributed.options_from_args(args) is None
+
+
+@pytest.mark.parametrize("parallel", ["pmap", "shard_map"])
+def test_put_state_then_get_round_trips_a_host_state(parallel):
+  launcher = step_lib.Launcher(parallel, jax.local_devices()[:4])
+  host = {"w": np.arange(6, dtype=np.float32).reshape(2, 3), "count": np.int32(7),
+          "key": jax.random.key(3)}
+  placed = launcher.put_state(host)
+  for name in ("w", "count"):
+    shards = placed[name].addressable_shards
+    assert {s.device for s in shards} == set(launcher.devices)
+    for s in shards:  # every device holds the whole value (pmap: as its row of the device axis)
+      data = np.asarray(s.data)
+      np.testing.assert_array_equal(data[0] if parallel == "pmap" else data, host[name])
+  back = launcher.get({"w": placed["w"], "count": placed["count"]})
+  np.testing.assert_array_equal(back["w"], host["w"])
+  assert back["count"] == 7 and isinstance(back["w"], np.ndarray)
+  keys = placed["key"] if parallel == "shard_map" else placed["key"][0]
+  np.testing.assert_array_equal(jax.random.key_data(keys), jax.random.key_data(host["key"]))
