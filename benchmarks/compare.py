@@ -395,7 +395,7 @@ def calibrate(suite: suite_lib.Suite, out: pathlib.Path, argv: list[str], tasks=
   calibration = {
       "rule": suite_lib.RULE.format(factor=factor),
       "factor": factor,
-      "strategy": suite.baseline,
+      "strategy": suite.calibration_strategy,
       "lr": suite.lr,
       "reference_seeds": list(suite.calibration.reference_seeds),
       "date": records.now(),

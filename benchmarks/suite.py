@@ -146,8 +146,13 @@ class Suite:
     return [self.run(t, s, seed, lr=lr, kind="tune") for t in self.tune_tasks
             for seed in self.tune_seeds for lr in self.lr_grid for s in self.strategies]
 
+  @property
+  def calibration_strategy(self) -> str:
+    """The strategy of the reference runs: `calibration.strategy`, else the baseline."""
+    return self.calibration.raw.get("strategy", self.baseline)
+
   def reference_grid(self, tasks=None) -> list[Run]:
-    return [self.run(t, self.baseline, seed, kind="reference")
+    return [self.run(t, self.calibration_strategy, seed, kind="reference")
             for t in (tasks or self.tasks) for seed in self.calibration.reference_seeds]
 
   def narrow(self, tasks=None, strategies=None, seeds: Optional[int] = None) -> "Suite":
@@ -292,6 +297,9 @@ def parse(text: str, path: Optional[pathlib.Path] = None) -> Suite:
     fail("tune_seeds", f"{sorted(overlap)} are also evaluation seeds; tuning on them would leak "
                        "the selection into the comparison")
   calibration = _parse_calibration(fail, raw.get("calibration", {}), tasks, seeds, tune_seeds)
+  if calibration.raw.get("strategy", baseline) not in strategy_names:
+    fail("calibration.strategy", f"{calibration.raw['strategy']!r} must be one of the suite's "
+                                 f"strategies {list(strategy_names)}")
   suite = Suite(name, description, path, text, seeds, strategy_names, baseline, epochs, lr,
                 lr_grid, tune_seeds, tune_tasks, explode, defaults, tasks, calibration)
   # Every run's config is checked now, so a typo fails before hours of training, not during.

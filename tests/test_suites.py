@@ -102,3 +102,14 @@ def test_seed_suite_dry_run_builds_every_model_and_optimizer(tmp_path):
       assert s.pipeline.steps_per_epoch >= 1
       built.add((run.task, run.strategy))
   assert len(built) == len(suite.tasks) * len(suite.strategies)
+
+
+def test_calibration_strategy_can_differ_from_the_baseline():
+  ablations = suite_lib.load("ablations")
+  # Thresholds from plain Adam, as in every suite; paired differences against gradvar.
+  assert ablations.baseline == "gradvar" and ablations.calibration_strategy == "fixed"
+  assert {r.strategy for r in ablations.reference_grid()} == {"fixed"}
+  assert suite_lib.load("cpu").calibration_strategy == "fixed"
+  text = ablations.text.replace('strategy = "fixed"', 'strategy = "prodigy"')
+  with pytest.raises(ValueError, match="calibration.strategy"):
+    suite_lib.parse(text)
