@@ -2,14 +2,13 @@
 
 Two processes with two CPU devices each must train exactly what one process with four devices
 trains on the same global batches (float tolerance, identical gradvar decisions), under both
-launchers; a run that loses a process must fail within a bounded time instead of hanging; and
-checkpoints written by two processes must resume in two processes.
+launchers; a run that loses a process must fail within a bounded time instead of hanging; and a
+preempted two-process run must save on both and resume exactly.
 """
 
 import json
 import os
 import pathlib
-import shutil
 import signal
 import socket
 import subprocess
@@ -82,8 +81,8 @@ def _logs(logs: pathlib.Path) -> str:
                    for i in range(2))
 
 
-def _finish(procs, logs: pathlib.Path) -> list[str]:
-  """Waits for both processes (killing both on timeout); returns their stdouts."""
+def _finish(procs, logs: pathlib.Path, codes=(0, 0)) -> list[str]:
+  """Waits for both processes (killing both on timeout) and checks their exit codes; stdouts."""
   deadline = time.monotonic() + RUN_TIMEOUT_S
   try:
     for p in procs:
@@ -93,9 +92,23 @@ def _finish(procs, logs: pathlib.Path) -> list[str]:
       p.kill()
       p.wait()
     pytest.fail(f"the 2-process run did not finish in {RUN_TIMEOUT_S} s\n{_logs(logs)}")
-  codes = [p.returncode for p in procs]
-  assert codes == [0, 0], f"exit codes {codes}\n{_logs(logs)}"
+  got = tuple(p.returncode for p in procs)
+  assert got == tuple(codes), f"exit codes {got}\n{_logs(logs)}"
   return [(logs / f"{i}.out").read_text() for i in range(2)]
+
+
+def _wait_for(condition, procs, logs: pathlib.Path, what: str) -> None:
+  """Polls `condition` while both processes run; on failure both are killed."""
+  deadline = time.monotonic() + RUN_TIMEOUT_S
+  while not condition():
+    problem = ("a process exited early" if any(p.poll() is not None for p in procs) else
+               f"no {what} in {RUN_TIMEOUT_S} s" if time.monotonic() > deadline else None)
+    if problem:
+      for p in procs:
+        p.kill()
+        p.wait()
+      pytest.fail(f"{problem}\n{_logs(logs)}")
+    time.sleep(0.2)
 
 
 @pytest.fixture(scope="module")
@@ -155,23 +168,30 @@ def test_two_processes_train_like_one_process(runs, parallel):
 
 
 @pytest.mark.slow
-def test_two_processes_resume_from_their_checkpoint(runs, shared, tmp_path):
+def test_sigterm_to_one_process_checkpoints_both_and_resume_continues_exactly(runs, shared,
+                                                                             tmp_path):
   r = runs("shard_map")
-  workdir = tmp_path / "resumed"
-  shutil.copytree(r["two"], workdir)
-  saved = sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
-  assert saved[-2:] == [12, 24]  # after each epoch
-  # As if both processes died before the end: resume from the end of epoch 1.
-  shutil.rmtree(workdir / "checkpoints" / "24")
-  shutil.rmtree(workdir / "final")
-  _finish(_launch([*r["base"], "--resume"], workdir, shared["env"], tmp_path / "logs"),
-          tmp_path / "logs")
+  workdir, logs = tmp_path / "run", tmp_path / "logs"
+  procs = _launch(r["base"], workdir, shared["env"], logs)
+  # Once joined, a SIGTERM is a preemption notice that JAX passes to every process; they agree
+  # on a step, save there together and exit (75: EX_TEMPFAIL, resumable).
+  _wait_for(lambda: "distributed: process 1 of 2" in (logs / "1.err").read_text(), procs, logs,
+            "join")
+  procs[1].send_signal(signal.SIGTERM)
+  _finish(procs, logs, codes=(75, 75))
+  for i in range(2):
+    assert "SIGTERM: saved a checkpoint at step" in (logs / f"{i}.err").read_text()
+  saved = [int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit()]
+  assert len(saved) == 1 and 0 < saved[0] < 24
+  assert not (workdir / "final").exists()
+
+  resumed = tmp_path / "logs_resumed"
+  _finish(_launch([*r["base"], "--resume"], workdir, shared["env"], resumed), resumed)
   # Exactly the uninterrupted two-process run: params, gradvar decisions, records.
   jax.tree.map(np.testing.assert_array_equal, _final_params(workdir), _final_params(r["two"]))
-  steps = _jsonl(workdir / "steps.jsonl")
+  steps, full = _jsonl(workdir / "steps.jsonl"), _jsonl(r["two"] / "steps.jsonl")
   assert [s["step"] for s in steps] == list(range(1, 25))
-  assert [s["lr_scale"] for s in steps] == [s["lr_scale"] for s in _jsonl(r["two"] /
-                                                                          "steps.jsonl")]
+  assert [s["lr_scale"] for s in steps] == [s["lr_scale"] for s in full]
   assert [e["epoch"] for e in _jsonl(workdir / "epochs.jsonl")] == [1, 2]
 
 
@@ -182,13 +202,10 @@ def test_a_lost_process_stops_the_other_within_a_bounded_time(shared, tmp_path):
   argv[argv.index("--epochs") + 1] = "1000"  # far longer than the test waits
   procs = _launch(argv, workdir, shared["env"], logs)
   try:
-    deadline = time.monotonic() + RUN_TIMEOUT_S
     steps = workdir / "steps.jsonl"
     # Both processes are training once process 0 has logged steps (each step is collective).
-    while not (steps.exists() and len(steps.read_text().splitlines()) >= 3):
-      assert all(p.poll() is None for p in procs), f"a process exited early\n{_logs(logs)}"
-      assert time.monotonic() < deadline, f"no steps in {RUN_TIMEOUT_S} s\n{_logs(logs)}"
-      time.sleep(0.5)
+    _wait_for(lambda: steps.exists() and len(steps.read_text().splitlines()) >= 3, procs, logs,
+              "steps")
     procs[1].send_signal(signal.SIGKILL)
     killed = time.monotonic()
     try:

@@ -24,6 +24,7 @@ import warnings
 
 import jax
 import jax.numpy as jnp
+from jax.experimental import multihost_utils
 import numpy as np
 import optax
 import orbax.checkpoint as ocp
@@ -349,6 +350,9 @@ def train(config: config_lib.Config, resume: bool | str = False) -> dict[str, An
     raise ValueError(f"config.workdir: {workdir} already holds a run ({', '.join(present)}); "
                      "resume it (--resume) or use a new workdir")
   s = setup(config)
+  if jax.process_count() > 1:
+    # Every process has looked at the workdir before any of them writes to it.
+    multihost_utils.sync_global_devices("train: workdir checked")
   ckpts = checkpoint_lib.Checkpoints(workdir / "checkpoints", keep=config.keep_checkpoints)
   try:
     state, rng, position, resumed = _resume_from(s, workdir, ckpts, mode, present)
