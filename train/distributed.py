@@ -69,7 +69,7 @@ def initialize(options: Options) -> None:
         coordinator_address=options.coordinator, num_processes=options.num_processes,
         process_id=options.process_id, initialization_timeout=options.init_timeout_s,
         heartbeat_timeout_seconds=options.heartbeat_timeout_s,
-        # A peer that already died must not keep this one waiting at exit either.
+        # At exit every process waits for the others; one whose peer failed must not linger.
         shutdown_timeout_seconds=options.heartbeat_timeout_s)
   except ValueError as e:
     raise ValueError(
