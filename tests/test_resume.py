@@ -37,8 +37,12 @@ def subprocess_env(tmp_path_factory, data_dir) -> dict[str, str]:
   cache = tmp_path_factory.getbasetemp() / "jax-compilation-cache"
   cache.mkdir(exist_ok=True)
   # CPU whatever the machine: bitwise resumes on GPU need the determinism flags (README).
-  return {**os.environ, "JAX_PLATFORMS": "cpu",
-          "XLA_FLAGS": "--xla_force_host_platform_device_count=2",
+  # Single-threaded Eigen kernels and a long collective timeout: on 2 busy cores, XLA:CPU once
+  # stalled an all-reduce past its 40 s default (a device's half ran as the continuation of a
+  # multi-threaded matmul on a starved pool thread) and aborted the run.
+  flags = ("--xla_force_host_platform_device_count=2 --xla_cpu_multi_thread_eigen=false "
+           "--xla_cpu_collective_call_terminate_timeout_seconds=600")
+  return {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": flags,
           "JAX_COMPILATION_CACHE_DIR": str(cache),
           "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
           "GRADVAR_DATA_DIR": str(data_dir), "PYTHONPATH": str(ROOT),

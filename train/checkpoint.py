@@ -90,9 +90,10 @@ class Checkpoints:
 
   def _open(self) -> ocp.CheckpointManager:
     options = ocp.CheckpointManagerOptions(
-        max_to_keep=self._keep, create=True, cleanup_tmp_directories=True,
-        # Saves write a host copy; writing it synchronously keeps a kill from leaving a step
-        # that claims to be done, and the loop keeps the time off the training clock.
+        preservation_policy=ocp.checkpoint_managers.LatestN(self._keep), create=True,
+        cleanup_tmp_directories=True,
+        # Synchronous: when `save` returns the step is on disk, so a preempted run can exit at
+        # once, and the loop can take the save's time off the training clock.
         enable_async_checkpointing=False)
     return ocp.CheckpointManager(self.directory, options=options)
 
