@@ -182,7 +182,7 @@ def test_sigterm_to_one_process_checkpoints_both_and_resume_continues_exactly(ru
   for i in range(2):
     assert "SIGTERM: saved a checkpoint at step" in (logs / f"{i}.err").read_text()
   saved = [int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit()]
-  assert len(saved) == 1 and 0 < saved[0] < 24
+  assert saved and max(saved) < 24  # stopped before the end, saved where it stopped
   assert not (workdir / "final").exists()
 
   resumed = tmp_path / "logs_resumed"
