@@ -54,7 +54,12 @@ def _final_params(workdir):
 def _env(data_dir, jax_cache) -> dict:
   env = dict(os.environ)
   env.update({
-      "XLA_FLAGS": "--xla_force_host_platform_device_count=2", "GRADVAR_DATA_DIR": str(data_dir),
+      # Two devices per process; single-threaded Eigen kernels and a long in-process collective
+      # timeout, as in test_resume: on busy cores XLA:CPU once stalled an all-reduce past its
+      # 40 s default. A lost peer is still detected by the heartbeats (HEARTBEAT_S).
+      "XLA_FLAGS": "--xla_force_host_platform_device_count=2 --xla_cpu_multi_thread_eigen=false "
+                   "--xla_cpu_collective_call_terminate_timeout_seconds=600",
+      "JAX_PLATFORMS": "cpu", "GRADVAR_DATA_DIR": str(data_dir),
       # The processes compile the same programs: the second one reads the first one's.
       "JAX_COMPILATION_CACHE_DIR": str(jax_cache),
       "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
