@@ -9,7 +9,8 @@ the global step (optimizer updates taken) and holding two items:
   the abstract state), so the NamedTuples of optax and gradvar come back as themselves.
 - `meta` (JSON): where the run stands (global step, epochs whose records are written, the data
   iterator's state, the sums of the epoch's metrics so far, the clocks), the config it ran with,
-  and a CRC-32 of every leaf of `state`, so that silently damaged arrays are detected, not trained on.
+  and a CRC-32 of every leaf of `state`, so that silently damaged arrays are detected, not
+  trained on.
 
 Every process calls the manager (orbax coordinates the primary host itself); only process 0
 writes records, so only it truncates them.

@@ -125,10 +125,8 @@ def setup(config: config_lib.Config) -> Setup:
       **model_options)
 
   eval_batch = config.eval_batch_size or config.batch_size * 8
-  # Each process reads its own block of every global batch (the pipeline asks jax which).
   pipeline = data.Pipeline(inputs, global_batch_size=config.batch_size, seed=config.seed,
-                           eval_batch_size=eval_batch,
-                           local_device_count=len(devices) // jax.process_count())
+                           eval_batch_size=eval_batch, local_device_count=len(devices))
   strategy = strategies.build(config.strategy, config.lr, pipeline.steps_per_epoch,
                               config.epochs)
   if config.skip_nonfinite:
@@ -298,9 +296,8 @@ def _resume_from(s: Setup, workdir: pathlib.Path, ckpts: checkpoint_lib.Checkpoi
   rng = jax.random.wrap_key_data(restored.state["rng"])
   state = _convert_skip(restored.state["train"], bool(meta["config"].get("skip_nonfinite")),
                         s.config.skip_nonfinite)
-  return state, rng, position, {"step": position.step,
-                                                  "epochs_done": position.epochs_done,
-                                                  "skipped": skipped}
+  resumed = {"step": position.step, "epochs_done": position.epochs_done, "skipped": skipped}
+  return state, rng, position, resumed
 
 
 def _run_info(s: Setup, workdir: pathlib.Path, resumed: dict | None) -> dict[str, Any]:
@@ -422,7 +419,7 @@ def _train(s: Setup, workdir: pathlib.Path, ckpts: checkpoint_lib.Checkpoints, s
         # Compiled ahead of the clock, on the first batch, which then trains as usual.
         first = next(it)
         t_compile = time.perf_counter()
-        p_train = s.launcher.compile(p_train, state, first, rng)
+        p_train = p_train.lower(state, first, rng).compile()
         run_info["compile_s"] = time.perf_counter() - t_compile
         batches = itertools.chain([first], it)
       for epoch in range(epochs_done + 1, config.epochs + 1):
