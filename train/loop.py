@@ -125,8 +125,10 @@ def setup(config: config_lib.Config) -> Setup:
       **model_options)
 
   eval_batch = config.eval_batch_size or config.batch_size * 8
+  # Each process reads its own block of every global batch (the pipeline asks jax which).
   pipeline = data.Pipeline(inputs, global_batch_size=config.batch_size, seed=config.seed,
-                           eval_batch_size=eval_batch, local_device_count=len(devices))
+                           eval_batch_size=eval_batch,
+                           local_device_count=len(devices) // jax.process_count())
   strategy = strategies.build(config.strategy, config.lr, pipeline.steps_per_epoch,
                               config.epochs)
   if config.skip_nonfinite:
@@ -419,7 +421,7 @@ def _train(s: Setup, workdir: pathlib.Path, ckpts: checkpoint_lib.Checkpoints, s
         # Compiled ahead of the clock, on the first batch, which then trains as usual.
         first = next(it)
         t_compile = time.perf_counter()
-        p_train = p_train.lower(state, first, rng).compile()
+        p_train = s.launcher.compile(p_train, state, first, rng)
         run_info["compile_s"] = time.perf_counter() - t_compile
         batches = itertools.chain([first], it)
       for epoch in range(epochs_done + 1, config.epochs + 1):
