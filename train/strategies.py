@@ -101,12 +101,12 @@ def cosine(lr, steps_per_epoch, epochs):
   return Strategy(optax.adam(schedule), _scheduled(schedule))
 
 
-def _plateau_state(state) -> optax.contrib.ReduceLROnPlateauState:
-  """The plateau state, found by type: a lookup by the name "scale" would also match the Adam
-  moments of any parameter named "scale" (LayerNorm, BatchNorm)."""
-  is_plateau = lambda x: isinstance(x, optax.contrib.ReduceLROnPlateauState)
-  (found,) = [x for x in jax.tree_util.tree_leaves(state, is_leaf=is_plateau) if is_plateau(x)]
-  return found
+def _plateau_scale(state) -> jax.Array:
+  """The plateau's LR scale. The name "scale" alone would also match the Adam moments of any
+  parameter named "scale" (LayerNorm, BatchNorm), so the lookup keeps only the plateau state's."""
+  return optax.tree_utils.tree_get(
+      state, "scale",
+      filtering=lambda path, _: getattr(path[-1], "tuple_name", None) == "ReduceLROnPlateauState")
 
 
 @register("plateau")
@@ -123,7 +123,7 @@ def plateau(lr, steps_per_epoch, epochs):
           factor=0.5, patience=2, rtol=1e-4, accumulation_size=steps_per_epoch, min_scale=1e-3
       ),
   )
-  return Strategy(opt, lambda state, step: lr * _plateau_state(state).scale)
+  return Strategy(opt, lambda state, step: lr * _plateau_scale(state))
 
 
 @register("gradvar")
