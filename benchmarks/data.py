@@ -27,7 +27,7 @@ matter to its cost).
 
 Examples:
 
-  python benchmarks/data.py --data-dir ../shared/data
+  python benchmarks/data.py --data-dir "$GRADVAR_DATA_DIR"
   python benchmarks/data.py --pipelines bert --epochs 3 --out data_bench.json
 """
 

@@ -5,7 +5,7 @@ and evaluation, and includes data loading, prefetch, metric accumulation and log
 against a bare loop that calls the same compiled step on batches already on the devices. Runs are
 interleaved and repeated; the report gives medians per step and the ratios.
 
-  python -m benchmarks.loop --data-dir ../shared/data                 # rt_sentiment, small
+  python -m benchmarks.loop --data-dir "$GRADVAR_DATA_DIR"          # rt_sentiment, small
   python -m benchmarks.loop --task fashion_mnist --examples 3200 --repeats 3
 """
 

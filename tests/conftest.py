@@ -23,8 +23,8 @@ def data_dir() -> pathlib.Path:
   value = os.environ.get("GRADVAR_DATA_DIR")
   if not value:
     pytest.fail(
-        "GRADVAR_DATA_DIR is not set. Point it at the stand-in data sets, e.g. "
-        "`GRADVAR_DATA_DIR=../shared/data make test` (see README.md).",
+        "GRADVAR_DATA_DIR is not set. Point it at the folder of the stand-in data "
+        "sets and rerun, as the README's test command does (see README.md, Data).",
         pytrace=False,
     )
   path = pathlib.Path(value)

@@ -46,8 +46,8 @@ def resolve_data_dir(data_dir: str | os.PathLike[str] | None, for_name: str) -> 
   if not value:
     raise ValueError(
         f"{for_name!r} is read from the stand-in data folder, but no folder was given: pass "
-        f"data_dir (the CLI's --data-dir) or set {DATA_DIR_ENV}, e.g. "
-        f"{DATA_DIR_ENV}=../shared/data (the folder whose README describes the stand-ins).")
+        f"data_dir (the CLI's --data-dir) or set {DATA_DIR_ENV} to the folder of the stand-in "
+        "data sets (see the README's Data section).")
   return pathlib.Path(value)
 
 
