@@ -15,19 +15,11 @@ import numpy as np
 import pytest
 
 from test_resume import EPOCHS, EVERY, STEPS_PER_EPOCH, final_params, jsonl, last_checkpoint
-from test_resume import resumed_from, run, subprocess_env, train_args
+from test_resume import resumed_from, run, train_args
+# test_resume's module-scoped fixtures: the subprocess environment and the token cache.
+from test_resume import cache_dir, env  # pylint: disable=unused-import
 from train import config as config_lib
 from train import loop
-
-
-@pytest.fixture(scope="module")
-def env(tmp_path_factory, data_dir):
-  return subprocess_env(tmp_path_factory, data_dir)
-
-
-@pytest.fixture(scope="module")
-def cache_dir(tmp_path_factory):
-  return tmp_path_factory.mktemp("token-cache")
 
 
 @pytest.fixture(scope="module")
