@@ -8,7 +8,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from optax._src import numerics
 
 
 class GradVarState(NamedTuple):
@@ -222,9 +221,9 @@ def gradvar(
     norms = jnp.where(
         finite, state.norms.at[state.count % window].set(norm), state.norms
     )
-    count = jnp.where(finite, numerics.safe_increment(state.count), state.count)
+    count = jnp.where(finite, optax.safe_increment(state.count), state.count)
     skipped = jnp.where(
-        finite, state.skipped, numerics.safe_increment(state.skipped)
+        finite, state.skipped, optax.safe_increment(state.skipped)
     )
     decide = finite & (count % window == 0)
     # The first decision has no earlier window to compare with.

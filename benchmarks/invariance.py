@@ -1,0 +1,144 @@
+"""Checks that a refactor left training unchanged: one run with an older commit and with this tree.
+
+    python -m benchmarks.invariance                  # the cpu suite's rt_sentiment gradvar run, seed 0
+    python -m benchmarks.invariance --quick          # a tiny config (what tests/test_invariance.py runs)
+    python -m benchmarks.invariance --base COMMIT --strategy fixed
+
+The older commit is exported with `git archive` into a temporary folder and both trees run the same
+`python -m train` command line with this interpreter, on the same machine, each with its own cache.
+Every deterministic field of their records must be bitwise equal: each step row, each epoch row
+without its clock and memory fields, and the test metrics. Exit status 0 when they are, 1 when not.
+"""
+
+import argparse
+import json
+import math
+import os
+import pathlib
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+# The last commit before the seams refactor (issue 15).
+REFACTOR_BASE = "59bcf7349261bce19e69df036b4b6911794375f3"
+# Epoch-row fields that measure the machine, not the trajectory.
+MACHINE_FIELDS = frozenset({"train_time_s", "train_time_total_s", "elapsed_s", "cpu_time_s",
+                            "examples_per_s", "peak_rss_mb", "device_memory_mb"})
+# The cpu suite's settings for rt_sentiment (benchmarks/suites/cpu.toml).
+FULL = ["--model-size", "small", "--epochs", "10", "--batch-size", "32", "--lr", "1e-3",
+        "--num-devices", "1", "--set", "log_every=5", "--set", "eval_examples=800",
+        "--set", "train_examples=1500"]
+QUICK = ["--model-size", "tiny", "--epochs", "2", "--batch-size", "16", "--lr", "1e-3",
+         "--num-devices", "1", "--set", "log_every=1", "--set", "eval_examples=64",
+         "--set", "train_examples=160"]
+
+
+def data_dir() -> str:
+  """The stand-ins: the project's own data/ when it has one, else $GRADVAR_DATA_DIR."""
+  own = ROOT / "data"
+  if (own / "rt_sentiment").is_dir():
+    return str(own)
+  value = os.environ.get("GRADVAR_DATA_DIR")
+  if not value:
+    raise SystemExit("invariance: no data/ in the project and GRADVAR_DATA_DIR is not set")
+  return value
+
+
+def export(commit: str, folder: pathlib.Path) -> None:
+  """Writes `commit`'s tree into `folder`; fails loudly when the clone lacks that commit."""
+  archive = subprocess.run(["git", "-C", str(ROOT), "archive", "--format=tar", commit],
+                           capture_output=True, check=False)
+  if archive.returncode:
+    raise SystemExit(f"invariance: git archive {commit} failed (a shallow clone?): "
+                     f"{archive.stderr.decode().strip()}")
+  folder.mkdir(parents=True)
+  subprocess.run(["tar", "-x", "-C", str(folder)], input=archive.stdout, check=True)
+
+
+def train(tree: pathlib.Path, workdir: pathlib.Path, args: list[str]) -> float:
+  """Runs `python -m train` in `tree`; returns its wall time."""
+  env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(tree)}
+  env.pop("XLA_FLAGS", None)
+  cmd = [sys.executable, "-m", "train", "--workdir", str(workdir), "--quiet", *args]
+  t0 = time.perf_counter()
+  done = subprocess.run(cmd, cwd=tree, env=env, capture_output=True, text=True, check=False)
+  if done.returncode:
+    raise SystemExit(f"invariance: training in {tree} failed ({done.returncode}):\n"
+                     f"{done.stderr[-3000:]}")
+  return time.perf_counter() - t0
+
+
+def _rows(path: pathlib.Path) -> list[dict]:
+  return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _same(a, b) -> bool:
+  if isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b):
+    return True
+  return a == b and type(a) is type(b)
+
+
+def differences(old: pathlib.Path, new: pathlib.Path) -> list[str]:
+  """Every deterministic field that differs between two runs' records, as readable lines."""
+  found = []
+
+  def compare(where: str, a: dict, b: dict, ignore=frozenset()) -> None:
+    for key in sorted((set(a) | set(b)) - ignore):
+      if key not in a or key not in b:
+        found.append(f"{where}: {key} only in {'new' if key in b else 'old'}")
+      elif not _same(a[key], b[key]):
+        found.append(f"{where}: {key} {a[key]!r} != {b[key]!r}")
+
+  for name, ignore in (("steps.jsonl", frozenset()), ("epochs.jsonl", MACHINE_FIELDS)):
+    a, b = _rows(old / name), _rows(new / name)
+    if len(a) != len(b):
+      found.append(f"{name}: {len(a)} rows != {len(b)} rows")
+    for i, (ra, rb) in enumerate(zip(a, b)):
+      compare(f"{name} row {i + 1}", ra, rb, ignore)
+  test_a = json.loads((old / "run.json").read_text())["test"]
+  test_b = json.loads((new / "run.json").read_text())["test"]
+  compare("run.json test", test_a, test_b)
+  return found
+
+
+def parser() -> argparse.ArgumentParser:
+  p = argparse.ArgumentParser(prog="python -m benchmarks.invariance", description=__doc__,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+  p.add_argument("--base", default=REFACTOR_BASE, help="the older commit (default: the last "
+                 "commit before the seams refactor)")
+  p.add_argument("--task", default="rt_sentiment")
+  p.add_argument("--strategy", default="gradvar")
+  p.add_argument("--seed", type=int, default=0)
+  p.add_argument("--quick", action="store_true", help="a tiny config instead of the cpu suite's")
+  p.add_argument("--out", help="keep both runs here (default: a temporary folder)")
+  return p
+
+
+def main(argv=None) -> int:
+  args = parser().parse_args(argv)
+  run_args = ["--task", args.task, "--strategy", args.strategy, "--seed", str(args.seed),
+              "--data-dir", data_dir(), *(QUICK if args.quick else FULL)]
+  with tempfile.TemporaryDirectory(prefix="invariance-") as tmp:
+    out = pathlib.Path(args.out) if args.out else pathlib.Path(tmp)
+    base_tree = out / "base-tree"
+    export(args.base, base_tree)
+    # Separate parents: each run tokenises into its own <workdir>/../.cache.
+    old, new = out / "old" / "run", out / "new" / "run"
+    t_old = train(base_tree, old, run_args)
+    t_new = train(ROOT, new, run_args)
+    found = differences(old, new)
+    steps = len(_rows(new / "steps.jsonl"))
+    print(f"invariance: {args.task}/{args.strategy} seed {args.seed} "
+          f"({'quick' if args.quick else 'cpu suite'} config), base {args.base[:12]} "
+          f"({t_old:.0f} s) against {ROOT} ({t_new:.0f} s): {steps} step rows compared")
+    for line in found[:40]:
+      print("  " + line)
+    print("invariance: " + ("records differ" if found else "every deterministic field is "
+                            "bitwise equal"))
+    return 1 if found else 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
