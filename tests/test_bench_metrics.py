@@ -130,6 +130,9 @@ def test_run_metrics_from_records():
   assert m["peak_rss_mb"] == 103.0 and m["device_memory_mb"] is None
   assert m["stability"] == pytest.approx(math.sqrt(((0.9 - 0.7333333) ** 2 + (0.6 - 0.7333333) ** 2
                                                     + (0.7 - 0.7333333) ** 2) / 3), rel=1e-5)
+  # One recorded step with a non-finite loss is a divergence, whatever the epochs say.
+  assert metrics.run_metrics(epochs, [step_row(loss=0.9), step_row(loss=None)], None,
+                             threshold=0.65)["diverged"]
 
 
 def test_run_metrics_of_a_run_without_rows():
