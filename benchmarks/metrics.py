@@ -17,9 +17,13 @@ Conventions, which REPORT.md repeats:
 import dataclasses
 import math
 import statistics
+import typing
 from typing import Any, Iterable, Mapping, Optional, Sequence
 
 from scipy import stats as scipy_stats
+
+if typing.TYPE_CHECKING:
+  from train import records
 
 LAST_EPOCHS = 5
 
@@ -36,20 +40,22 @@ def reach_index(losses: Sequence[Optional[float]], threshold: float) -> Optional
   return None
 
 
-def epochs_to_threshold(rows: Sequence[Mapping], threshold: Optional[float]) -> Optional[int]:
+def epochs_to_threshold(rows: Sequence["records.EpochRow"],
+                        threshold: Optional[float]) -> Optional[int]:
   """The epoch number (1-based, as recorded) at which val_loss first reaches the threshold."""
   if threshold is None:
     return None
-  i = reach_index([r.get("val_loss") for r in rows], threshold)
-  return None if i is None else int(rows[i]["epoch"])
+  i = reach_index([r.val_loss for r in rows], threshold)
+  return None if i is None else int(rows[i].epoch)
 
 
-def seconds_to_threshold(rows: Sequence[Mapping], threshold: Optional[float]) -> Optional[float]:
+def seconds_to_threshold(rows: Sequence["records.EpochRow"],
+                         threshold: Optional[float]) -> Optional[float]:
   """Training-clock seconds (evaluation excluded) until the end of the reaching epoch."""
   if threshold is None:
     return None
-  i = reach_index([r.get("val_loss") for r in rows], threshold)
-  return None if i is None else float(rows[i]["train_time_total_s"])
+  i = reach_index([r.val_loss for r in rows], threshold)
+  return None if i is None else float(rows[i].train_time_total_s)
 
 
 def stability(val_losses: Sequence[Optional[float]], last: int = LAST_EPOCHS) -> Optional[float]:
@@ -188,27 +194,28 @@ def select_lr(scores: Mapping[float, Sequence[Optional[float]]]) -> float:
   return min(sorted(scores), key=score)
 
 
-def run_metrics(epochs: Sequence[Mapping], steps: Sequence[Mapping], test: Optional[Mapping],
-                threshold: Optional[float], explode_factor: float = 2.0,
+def run_metrics(epochs: Sequence["records.EpochRow"], steps: Sequence["records.StepRow"],
+                test: Optional[Mapping], threshold: Optional[float], explode_factor: float = 2.0,
                 bench: Optional[Mapping] = None, compile_s: Optional[float] = None) -> dict:
-  """Every per-run figure of the report, from one run's records."""
-  val = [r.get("val_loss") for r in epochs]
-  train = [r.get("train_loss") for r in epochs]
+  """Every per-run figure of the report, from one run's rows (`train.records`), its run.json's
+  `test` and the runner's bench.json."""
+  val = [r.val_loss for r in epochs]
+  train = [r.train_loss for r in epochs]
   finite_val = [(v, i) for i, v in enumerate(val) if finite(v)]
   best_loss, best_i = min(finite_val) if finite_val else (None, None)
-  accs = [r.get("val_accuracy") for r in epochs if finite(r.get("val_accuracy"))]
-  last = epochs[-1] if epochs else {}
+  accs = [r.val_accuracy for r in epochs if finite(r.val_accuracy)]
+  last = epochs[-1] if epochs else None
   attempts = (bench or {}).get("attempts", [])
   cpu = [a["cpu_s"] for a in attempts if finite(a.get("cpu_s"))]
-  rss = [r.get("peak_rss_mb") for r in epochs if finite(r.get("peak_rss_mb"))]
-  dev = [r.get("device_memory_mb") for r in epochs if finite(r.get("device_memory_mb"))]
-  train_cpu = [r.get("cpu_time_s") for r in epochs]
+  rss = [r.peak_rss_mb for r in epochs if finite(r.peak_rss_mb)]
+  dev = [r.device_memory_mb for r in epochs if finite(r.device_memory_mb)]
+  train_cpu = [r.cpu_time_s for r in epochs]
   return {
       "epochs_run": len(epochs),
-      "final_val_loss": last.get("val_loss"),
+      "final_val_loss": None if last is None else last.val_loss,
       "best_val_loss": best_loss,
-      "best_epoch": None if best_i is None else int(epochs[best_i]["epoch"]),
-      "final_val_accuracy": last.get("val_accuracy"),
+      "best_epoch": None if best_i is None else int(epochs[best_i].epoch),
+      "final_val_accuracy": None if last is None else last.val_accuracy,
       "best_val_accuracy": max(accs) if accs else None,
       "test_loss": (test or {}).get("test_loss"),
       "test_accuracy": (test or {}).get("test_accuracy"),
@@ -216,9 +223,9 @@ def run_metrics(epochs: Sequence[Mapping], steps: Sequence[Mapping], test: Optio
       "epochs_to_threshold": epochs_to_threshold(epochs, threshold),
       "seconds_to_threshold": seconds_to_threshold(epochs, threshold),
       "stability": stability(val),
-      "diverged": diverged(train, val, [r.get("loss") for r in steps], explode_factor),
-      "train_time_s": last.get("train_time_total_s"),
-      "elapsed_s": last.get("elapsed_s"),
+      "diverged": diverged(train, val, [r.loss for r in steps], explode_factor),
+      "train_time_s": None if last is None else last.train_time_total_s,
+      "elapsed_s": None if last is None else last.elapsed_s,
       "train_cpu_s": sum(train_cpu) if train_cpu and all(finite(c) for c in train_cpu) else None,
       "process_cpu_s": sum(cpu) if cpu else None,
       "peak_rss_mb": max(rss) if rss else None,

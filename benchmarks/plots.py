@@ -8,6 +8,8 @@ Per task:
   that have an `lr_scale` (the gradvar ones);
 - `summary_<task>.png`: epochs to threshold (per seed; "not reached" drawn above the axis, never
   averaged), stability, final validation accuracy and training time, mean ± 95% CI.
+
+Whether a plot exists depends on the records alone; `render=False` decides it without drawing.
 """
 
 import pathlib
@@ -27,12 +29,12 @@ def _colors(strategies):
   return {s: cmap(i % 10) for i, s in enumerate(strategies)}
 
 
-def _band(ax, xs_by_seed: list[dict], label: str, color, log: bool = False) -> bool:
-  """Mean over seeds at every x all seeds have, with a 95% t band; False if nothing to draw."""
-  if not xs_by_seed:
-    return False
-  common = sorted(set.intersection(*(set(d) for d in xs_by_seed)))
+def _band_points(xs_by_seed: list[dict]) -> tuple[list, list, list, list]:
+  """Mean over seeds at every x all seeds have where all are finite, and its 95% t band."""
   xs, mean, low, high = [], [], [], []
+  if not xs_by_seed:
+    return xs, mean, low, high
+  common = sorted(set.intersection(*(set(d) for d in xs_by_seed)))
   for x in common:
     values = [d[x] for d in xs_by_seed]
     if not all(metrics.finite(v) for v in values):
@@ -42,6 +44,12 @@ def _band(ax, xs_by_seed: list[dict], label: str, color, log: bool = False) -> b
     mean.append(iv.mean)
     low.append(iv.low if iv.low is not None else iv.mean)
     high.append(iv.high if iv.high is not None else iv.mean)
+  return xs, mean, low, high
+
+
+def _band(ax, xs_by_seed: list[dict], label: str, color, log: bool = False) -> bool:
+  """Draws `_band_points`' curve and band; False if there is nothing to draw."""
+  xs, mean, low, high = _band_points(xs_by_seed)
   if not xs:
     return False
   ax.plot(xs, mean, color=color, label=f"{label} (n={len(xs_by_seed)})", lw=1.6)
@@ -53,7 +61,8 @@ def _band(ax, xs_by_seed: list[dict], label: str, color, log: bool = False) -> b
 
 
 def _series(records, key, x="epoch", rows="epochs"):
-  return [{r[x]: r.get(key) for r in getattr(rec, rows) if x in r} for rec in records]
+  """Per run, {x: value of `key`} over its epoch (or step) rows, fields of `train.records`."""
+  return [{getattr(r, x): getattr(r, key) for r in getattr(rec, rows)} for rec in records]
 
 
 def _by_strategy(runs, setting, task):
@@ -71,10 +80,12 @@ def _save(fig, path: pathlib.Path) -> str:
   return path.name
 
 
-def val_loss(results, runs, task, setting, path) -> str | None:
+def val_loss(results, runs, task, setting, path, render=True) -> str | None:
   groups = _by_strategy(runs, setting, task)
   if not groups:
     return None
+  if not render:
+    return path.name
   colors = _colors(results["strategies"])
   fig, ax = plt.subplots(figsize=(7, 4.2))
   for strategy in results["strategies"]:
@@ -92,10 +103,14 @@ def val_loss(results, runs, task, setting, path) -> str | None:
   return _save(fig, path)
 
 
-def effective_lr(results, runs, task, path) -> str | None:
+def effective_lr(results, runs, task, path, render=True) -> str | None:
   groups = _by_strategy(runs, "untuned", task)
   if not groups:
     return None
+  if not render:
+    series = [_series(groups[s], "effective_lr", "step", "steps")
+              for s in results["strategies"] if s in groups]
+    return path.name if any(_band_points(xs)[0] for xs in series) else None
   colors = _colors(results["strategies"])
   fig, ax = plt.subplots(figsize=(7, 4.2))
   drawn = False
@@ -114,12 +129,14 @@ def effective_lr(results, runs, task, path) -> str | None:
   return _save(fig, path)
 
 
-def gradvar(results, runs, task, path) -> str | None:
+def gradvar(results, runs, task, path, render=True) -> str | None:
   groups = _by_strategy(runs, "untuned", task)
   chosen = [s for s in results["strategies"] if s in groups and any(
-      metrics.finite(r.get("lr_scale")) for rec in groups[s] for r in rec.steps)]
+      metrics.finite(r.lr_scale) for rec in groups[s] for r in rec.steps)]
   if not chosen:
     return None
+  if not render:
+    return path.name
   colors = _colors(results["strategies"])
   fig, (top, bottom) = plt.subplots(2, 1, figsize=(7, 6), sharex=True)
   for strategy in chosen:
@@ -135,12 +152,14 @@ def gradvar(results, runs, task, path) -> str | None:
   return _save(fig, path)
 
 
-def summary(results, task, setting, path) -> str | None:
+def summary(results, task, setting, path, render=True) -> str | None:
   entry = results["tasks"][task]
   groups = entry["settings"][setting]["strategies"]
   names = [s for s in results["strategies"] if groups[s]["seeds"]]
   if not names:
     return None
+  if not render:
+    return path.name
   colors = _colors(results["strategies"])
   fig, axes = plt.subplots(1, 4, figsize=(14, 3.8))
   ax = axes[0]
@@ -183,18 +202,23 @@ def summary(results, task, setting, path) -> str | None:
   return _save(fig, path)
 
 
-def write_all(results: dict, runs: dict, folder: pathlib.Path) -> dict[str, list[str]]:
-  """Writes every plot; returns the file names per task."""
-  folder.mkdir(parents=True, exist_ok=True)
+def write_all(results: dict, runs: dict, folder: pathlib.Path,
+              render: bool = True) -> dict[str, list[str]]:
+  """Writes every plot; returns the file names per task (with `render=False`, the names only:
+  nothing is drawn or written)."""
+  if render:
+    folder.mkdir(parents=True, exist_ok=True)
   out = {}
   for task, entry in results["tasks"].items():
-    files = [val_loss(results, runs, task, "untuned", folder / f"val_loss_{task}.png")]
+    files = [val_loss(results, runs, task, "untuned", folder / f"val_loss_{task}.png", render)]
     if "tuned" in entry["settings"]:
-      files.append(val_loss(results, runs, task, "tuned", folder / f"val_loss_{task}_tuned.png"))
-    files += [effective_lr(results, runs, task, folder / f"effective_lr_{task}.png"),
-              gradvar(results, runs, task, folder / f"gradvar_{task}.png"),
-              summary(results, task, "untuned", folder / f"summary_{task}.png")]
+      files.append(val_loss(results, runs, task, "tuned", folder / f"val_loss_{task}_tuned.png",
+                            render))
+    files += [effective_lr(results, runs, task, folder / f"effective_lr_{task}.png", render),
+              gradvar(results, runs, task, folder / f"gradvar_{task}.png", render),
+              summary(results, task, "untuned", folder / f"summary_{task}.png", render)]
     if "tuned" in entry["settings"]:
-      files.append(summary(results, task, "tuned", folder / f"summary_{task}_tuned.png"))
+      files.append(summary(results, task, "tuned", folder / f"summary_{task}_tuned.png",
+                           render))
     out[task] = [f for f in files if f]
   return out

@@ -1,17 +1,30 @@
 """The seed's metrics and the statistics over seeds, against values computed by hand."""
 
+import dataclasses
 import math
 
 import pytest
 
 from benchmarks import metrics
+from train import records
 
 # t(0.975) quantiles from tables: 2 and 4 degrees of freedom.
 T2, T4 = 4.302653, 2.776445
 
 
+def epoch_row(**fields) -> records.EpochRow:
+  """An epoch row with the given fields; every other required one None (not recorded)."""
+  blank = {f.name: None for f in dataclasses.fields(records.EpochRow)}
+  return records.EpochRow(**{**blank, "step": 0, **fields})
+
+
+def step_row(**fields) -> records.StepRow:
+  blank = {f.name: None for f in dataclasses.fields(records.StepRow)}
+  return records.StepRow(**{**blank, "step": 1, "epoch": 1, **fields})
+
+
 def rows(val_losses, seconds_per_epoch=10.0):
-  return [{"epoch": i + 1, "val_loss": v, "train_time_total_s": seconds_per_epoch * (i + 1)}
+  return [epoch_row(epoch=i + 1, val_loss=v, train_time_total_s=seconds_per_epoch * (i + 1))
           for i, v in enumerate(val_losses)]
 
 
@@ -102,13 +115,13 @@ def test_calibration_rule_and_lr_selection():
 
 
 def test_run_metrics_from_records():
-  epochs = [{"epoch": e, "val_loss": v, "train_loss": t, "val_accuracy": a,
-             "train_time_total_s": 5.0 * e, "elapsed_s": 7.0 * e, "cpu_time_s": 4.0,
-             "peak_rss_mb": 100.0 + e, "device_memory_mb": None}
+  epochs = [epoch_row(epoch=e, val_loss=v, train_loss=t, val_accuracy=a,
+                      train_time_total_s=5.0 * e, elapsed_s=7.0 * e, cpu_time_s=4.0,
+                      peak_rss_mb=100.0 + e, device_memory_mb=None)
             for e, v, t, a in [(1, 0.9, 1.0, 0.6), (2, 0.6, 0.8, 0.8), (3, 0.7, 0.6, 0.75)]]
   bench = {"attempts": [{"cpu_s": 30.0}, {"cpu_s": 12.0}, {"rc": -15}]}
-  m = metrics.run_metrics(epochs, [{"loss": 0.9}], {"test_loss": 0.65, "test_accuracy": 0.7},
-                          threshold=0.65, bench=bench)
+  m = metrics.run_metrics(epochs, [step_row(loss=0.9)],
+                          {"test_loss": 0.65, "test_accuracy": 0.7}, threshold=0.65, bench=bench)
   assert m["epochs_to_threshold"] == 2 and m["seconds_to_threshold"] == 10.0
   assert (m["final_val_loss"], m["best_val_loss"], m["best_epoch"]) == (0.7, 0.6, 2)
   assert (m["final_val_accuracy"], m["best_val_accuracy"]) == (0.75, 0.8)
@@ -117,3 +130,14 @@ def test_run_metrics_from_records():
   assert m["peak_rss_mb"] == 103.0 and m["device_memory_mb"] is None
   assert m["stability"] == pytest.approx(math.sqrt(((0.9 - 0.7333333) ** 2 + (0.6 - 0.7333333) ** 2
                                                     + (0.7 - 0.7333333) ** 2) / 3), rel=1e-5)
+  # One recorded step with a non-finite loss is a divergence, whatever the epochs say.
+  assert metrics.run_metrics(epochs, [step_row(loss=0.9), step_row(loss=None)], None,
+                             threshold=0.65)["diverged"]
+
+
+def test_run_metrics_of_a_run_without_rows():
+  m = metrics.run_metrics([], [], None, threshold=0.65)
+  assert m["epochs_run"] == 0 and not m["diverged"]
+  assert all(m[k] is None for k in ("final_val_loss", "best_val_loss", "best_epoch",
+                                    "final_val_accuracy", "train_time_s", "elapsed_s",
+                                    "epochs_to_threshold", "test_accuracy"))

@@ -9,7 +9,9 @@ import pathlib
 
 import pytest
 
+from benchmarks import __main__ as cli
 from benchmarks import compare
+from benchmarks import plots
 from benchmarks import report
 from benchmarks import suite as suite_lib
 
@@ -147,6 +149,34 @@ def test_report_figures_from_records(tmp_path):
     data = (out / "plots" / name).read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
     assert f"(plots/{name})" in md
+  _assert_plot_names_without_drawing(out, tmp_path, results)
+
+
+def _assert_plot_names_without_drawing(out, tmp_path, results):
+  """render=False names the very plots that drawing them wrote, and draws nothing."""
+  collected, runs = report.collect(out)
+  assert plots.write_all(collected, runs, tmp_path / "none", render=False) == results["plots"]
+  assert not (tmp_path / "none").exists()
+
+
+def test_report_fails_naming_the_file_and_field_of_a_renamed_record(tmp_path, capsys):
+  out = make_out(tmp_path)
+  suite = suite_lib.parse((out / "suite.toml").read_text())
+  epochs = out / suite.run("rt_sentiment", "gradvar", 1).relpath() / "epochs.jsonl"
+  epochs.write_text(epochs.read_text().replace('"val_accuracy"', '"valid_accuracy"', 1))
+  assert cli.main(["report", str(out)]) == 2
+  err = capsys.readouterr().err
+  assert f"error: {epochs}:1: EpochRow lacks the required field(s) val_accuracy" in err
+  assert not (out / "results.json").exists()
+
+
+def test_report_refuses_records_of_a_newer_schema(tmp_path):
+  out = make_out(tmp_path)
+  suite = suite_lib.parse((out / "suite.toml").read_text())
+  run_json = out / suite.run("rt_sentiment", "fixed", 2).relpath() / "run.json"
+  run_json.write_text(json.dumps({**json.loads(run_json.read_text()), "records_schema": 2}))
+  with pytest.raises(ValueError, match=f"{run_json}: records_schema is 2"):
+    report.write(out)
 
 
 def test_report_lists_missing_runs_and_needs_no_threshold(tmp_path):
@@ -239,3 +269,4 @@ def test_tune_picks_on_tuning_seeds_and_reports_side_by_side(tmp_path, monkeypat
   assert "| gradvar | **0.6500** | diverged | 0.001 |" in md
   assert (out / "plots" / "val_loss_rt_sentiment_tuned.png").exists()
   assert (out / "plots" / "summary_rt_sentiment_tuned.png").exists()
+  _assert_plot_names_without_drawing(out, tmp_path, results)

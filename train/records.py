@@ -7,9 +7,16 @@
 - `tb/`: TensorBoard event files with the same scalars (tensorboardX: no TensorFlow needed).
 
 Non-finite floats are written as JSON `null` (e.g. `lr_scale` of a strategy without gradvar).
+
+The rows are typed: `StepRow` and `EpochRow` are the schema of the two JSONL files, the
+`Recorder` writes them and `read_steps`/`read_epochs` read them back. A row with a missing
+required field or a field the schema does not know is an error naming the file, the line and
+the field. run.json records the schema's version as `records_schema` (see `SCHEMA_VERSION`).
 """
 
+import dataclasses
 import datetime
+import functools
 import importlib.metadata
 import json
 import math
@@ -19,7 +26,9 @@ import platform
 import resource
 import socket
 import subprocess
-from typing import Any
+import types
+import typing
+from typing import Any, Mapping, Sequence, Union
 
 import jax
 
@@ -99,6 +108,176 @@ def now() -> str:
   return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
 
 
+# ---------------------------------------------------------------------------------------------
+# The rows' schema
+
+# The version of the rows below, which run.json records as `records_schema`. Records written
+# before the key existed (every committed one) hold exactly version 1's rows, so a run.json
+# without it reads as 1. Raise it with any change to the fields; a field added later gets a
+# default, so that the rows written before it still read.
+SCHEMA_VERSION = 1
+SCHEMA_KEY = "records_schema"
+RUN_INFO = "run.json"
+
+
+def schema_version(info: Mapping[str, Any], where: Any = RUN_INFO) -> int:
+  """The schema version of a run.json's rows; an error when this code cannot read it."""
+  version = info.get(SCHEMA_KEY, 1)
+  if isinstance(version, bool) or not isinstance(version, int) or not (
+      1 <= version <= SCHEMA_VERSION):
+    raise ValueError(f"{where}: {SCHEMA_KEY} is {version!r}; this code reads records schema "
+                     f"1 to {SCHEMA_VERSION}")
+  return version
+
+
+def _allowed(hint) -> tuple[type, ...]:
+  """The Python types a field's value may have; an int is a float (JSON keeps no difference)."""
+  union = typing.get_origin(hint) in (Union, types.UnionType)
+  out = []
+  for t in typing.get_args(hint) if union else (hint,):
+    out += [int, float] if t is float else [t]
+  return tuple(out)
+
+
+@functools.cache
+def _schema(cls) -> tuple[dict[str, tuple[type, ...]], tuple[str, ...]]:
+  """Per field its allowed types, and the required fields (those without a default)."""
+  hints = typing.get_type_hints(cls)
+  fields = dataclasses.fields(cls)
+  return ({f.name: _allowed(hints[f.name]) for f in fields},
+          tuple(f.name for f in fields if f.default is dataclasses.MISSING))
+
+
+class _Row:
+  """A record row: typed fields, one JSON object per line. Non-finite floats are `None` when
+  read back (JSON `null`); in memory, before writing, they may be NaN or inf."""
+
+  def __post_init__(self):
+    for name, allowed in _schema(type(self))[0].items():
+      value = getattr(self, name)
+      if isinstance(value, bool) or not isinstance(value, allowed):
+        kinds = " or ".join("None" if t is type(None) else t.__name__ for t in allowed)
+        raise ValueError(f"{type(self).__name__}.{name} must be {kinds}, got {value!r}")
+
+  @classmethod
+  def from_json(cls, row: Mapping[str, Any], where: Any = None):
+    """The row of a JSON object (or a dict), which must hold every required field and no other
+    than the schema's; the errors name `where` (a file and line) and the fields."""
+    where = where or cls.__name__
+    if not isinstance(row, Mapping):
+      raise ValueError(f"{where}: a {cls.__name__} is a JSON object, got {row!r}")
+    kinds, required = _schema(cls)
+    missing = [name for name in required if name not in row]
+    if missing:
+      raise ValueError(f"{where}: {cls.__name__} lacks the required field(s) "
+                       f"{', '.join(missing)}")
+    # Unknown fields are an error, not kept: a renamed field would otherwise read as its
+    # default, and a new one would be dropped unseen. A new field goes into the schema.
+    unknown = sorted(set(row) - set(kinds))
+    if unknown:
+      raise ValueError(f"{where}: {cls.__name__} (records schema {SCHEMA_VERSION}) has no "
+                       f"field(s) {', '.join(unknown)}")
+    try:
+      return cls(**row)
+    except ValueError as e:
+      raise ValueError(f"{where}: {e}") from None
+
+  def as_dict(self) -> dict[str, Any]:
+    """The row's JSON object: every required field, and the optional ones that are not None."""
+    required = _schema(type(self))[1]
+    return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+            if f.name in required or getattr(self, f.name) is not None}
+
+
+@dataclasses.dataclass(frozen=True)
+class StepRow(_Row):
+  """A row of steps.jsonl: the train step's metrics (`train.step`) at one step.
+
+  The metrics come in the order of their names, as the host copy of the step's metrics dict
+  has them (and so TensorBoard gets them as before the rows were typed).
+  """
+  step: int  # optimizer updates done, 1-based
+  epoch: int  # 1-based
+  accuracy: float | None
+  effective_lr: float | None
+  grad_norm: float | None
+  loss: float | None
+  lr_scale: float | None  # None for strategies without gradvar
+  variability: float | None  # None for strategies without gradvar
+
+  @classmethod
+  def from_metrics(cls, step: int, epoch: int, metrics: Mapping[str, Any]) -> "StepRow":
+    """The row of one step's metrics (host scalars); their names must be the row's fields."""
+    return cls.from_json({"step": step, "epoch": epoch,
+                          **{k: float(v) for k, v in metrics.items()}}, "train step metrics")
+
+
+@dataclasses.dataclass(frozen=True)
+class EpochRow(_Row):
+  """A row of epochs.jsonl: one epoch's deterministic metrics, then its measured resources.
+
+  The means are over the epoch's steps with a finite loss and gradient; `effective_lr` and
+  `lr_scale` are the epoch's last step's.
+  """
+  epoch: int  # 1-based
+  step: int  # optimizer updates at the epoch's end
+  train_loss: float | None
+  train_accuracy: float | None
+  val_loss: float | None
+  val_accuracy: float | None
+  effective_lr: float | None
+  effective_lr_mean: float | None
+  lr_scale: float | None
+  lr_scale_mean: float | None
+  variability_mean: float | None
+  train_time_s: float | None  # the epoch's training clock (evaluation and writing excluded)
+  train_time_total_s: float | None  # the training clock up to the epoch's end
+  elapsed_s: float | None  # wall time since the start, compilation and evaluation included
+  cpu_time_s: float | None  # process CPU time during the epoch's training
+  examples_per_s: float | None
+  peak_rss_mb: float | None
+  device_memory_mb: float | None  # None where the backend does not report it (CPU)
+  nonfinite_steps: int | None = None  # only with skip_nonfinite: the steps it skipped
+
+
+def _read_rows(cls, path: pathlib.Path, missing_ok: bool) -> list:
+  path = pathlib.Path(path)
+  try:
+    lines = path.read_text().splitlines()
+  except FileNotFoundError:
+    if missing_ok:
+      return []
+    raise
+  rows = []
+  for i, line in enumerate(lines):
+    try:
+      value = json.loads(line)
+    except ValueError:
+      if i == len(lines) - 1:
+        break  # cut short by an interruption: the last line, written after every other
+      raise ValueError(f"{path}:{i + 1}: not a JSON object (the file is damaged)") from None
+    rows.append(cls.from_json(value, f"{path}:{i + 1}"))
+  return rows
+
+
+def read_steps(path: pathlib.Path, missing_ok: bool = False) -> list[StepRow]:
+  """The rows of a steps.jsonl (none if `missing_ok` and there is no file)."""
+  return _read_rows(StepRow, path, missing_ok)
+
+
+def read_epochs(path: pathlib.Path, missing_ok: bool = False) -> list[EpochRow]:
+  """The rows of an epochs.jsonl (none if `missing_ok` and there is no file)."""
+  return _read_rows(EpochRow, path, missing_ok)
+
+
+def _as_row(cls, row, where: str):
+  if isinstance(row, cls):
+    return row
+  if isinstance(row, Mapping):  # the loop's dicts, until it builds the rows itself
+    return cls.from_json(row, where)
+  raise ValueError(f"{where}: expected a {cls.__name__} or a dict, got {type(row).__name__}")
+
+
 class Recorder:
   """Writes the run's records; only the main process writes (`enabled`)."""
 
@@ -112,6 +291,9 @@ class Recorder:
       self._tb = SummaryWriter(str(workdir / "tb"))
 
   def write_json(self, name: str, payload: dict) -> None:
+    if name == RUN_INFO:
+      # run.json says which schema its folder's rows follow, whoever assembles it.
+      payload = {**payload, SCHEMA_KEY: SCHEMA_VERSION}
     if self.enabled:
       path = self.workdir / name
       tmp = path.with_suffix(".tmp")
@@ -124,7 +306,10 @@ class Recorder:
         for row in rows:
           f.write(json.dumps(_clean(row), sort_keys=True) + "\n")
 
-  def steps(self, rows: list[dict]) -> None:
+  def steps(self, rows: Sequence[StepRow | Mapping[str, Any]]) -> None:
+    """Appends rows to steps.jsonl. A dict is checked as a `StepRow`, on every process (so that
+    a bad row stops all of them, not process 0 alone)."""
+    rows = [_as_row(StepRow, r, "Recorder.steps").as_dict() for r in rows]
     self._append("steps.jsonl", rows)
     if self._tb is not None:
       for row in rows:
@@ -132,7 +317,9 @@ class Recorder:
           if key not in ("step", "epoch") and value is not None and math.isfinite(value):
             self._tb.add_scalar(f"step/{key}", value, row["step"])
 
-  def epoch(self, row: dict) -> None:
+  def epoch(self, row: EpochRow | Mapping[str, Any]) -> None:
+    """Appends a row to epochs.jsonl; a dict is checked as an `EpochRow`, on every process."""
+    row = _as_row(EpochRow, row, "Recorder.epoch").as_dict()
     self._append("epochs.jsonl", [row])
     if self._tb is not None:
       for key, value in row.items():
