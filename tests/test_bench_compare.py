@@ -1,7 +1,9 @@
 """Suite files and the comparison runner: errors that name the field, and real tiny compares.
 
-The end-to-end tests run `python -m benchmarks compare` on the `tiny` suite (rt_sentiment at the
-tiny preset, 48 examples, 2 epochs) with the real `python -m train` subprocesses.
+The end-to-end tests run `python -m benchmarks compare` (as a subprocess, or its `main` in this
+process where the test stops it with a signal at a chosen point) on the `tiny` suite
+(rt_sentiment at the tiny preset, 48 examples, 2 epochs) with the real `python -m train`
+subprocesses.
 """
 
 import dataclasses
