@@ -2,9 +2,9 @@
 
 One process per run keeps the resource figures (peak RSS, CPU time) per run and isolates
 failures. The runner is resumable: a run is finished when its `run.json` has an `end`; finished
-runs are skipped, unfinished ones continue from their checkpoint (`--resume=allow-fresh`, or from
-scratch where `train` has no `--resume`). Every run of an output folder shares one data cache (so
-all runs of a task see the same learned vocabulary) and one JAX compilation cache.
+runs are skipped, unfinished ones continue from their checkpoint (`--resume=allow-fresh`). Every
+run of an output folder shares one data cache (so all runs of a task see the same learned
+vocabulary) and one JAX compilation cache.
 
 Layout of the output folder:
 
@@ -15,7 +15,9 @@ Layout of the output folder:
     reference/<task>/<baseline>/lr<lr>/seed<seed>/  calibration runs on the reference seeds
     .cache/, .jax_cache/        shared data and compilation caches (ignored by .gitignore)
 
-Each run folder holds train's records (config.json, run.json, epochs.jsonl, steps.jsonl), the
+Each run folder holds the complete config that the runner starts the run from
+(`run_config.json`: `python -m train --config run_config.json`; no other config crosses the
+process boundary), train's records (config.json, run.json, epochs.jsonl, steps.jsonl), the
 subprocess's output (`train.log`) and the runner's measurements per attempt (`bench.json`).
 """
 
@@ -23,7 +25,6 @@ import dataclasses
 import json
 import os
 import pathlib
-import shutil
 import signal
 import statistics
 import subprocess
@@ -34,6 +35,7 @@ from typing import Callable, Iterable, Optional
 from tqdm import tqdm
 
 from benchmarks import suite as suite_lib
+from train import config as config_lib
 from train import records
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -47,8 +49,11 @@ GITIGNORE = """\
 .cache/
 .jax_cache/
 """
-# Config fields that may differ between two invocations without changing what a run computes.
-_IGNORED_FIELDS = frozenset({"workdir", "quiet", "data_dir", "tfds_data_dir", "cache_dir"})
+# Config fields that may differ between two invocations without changing what a run records
+# (their `records` role in `train.config`).
+_IGNORED_FIELDS = config_lib.field_names(records=False)
+# The file in each run folder that the run is started from.
+RUN_CONFIG = "run_config.json"
 
 
 class Interrupted(Exception):
@@ -83,12 +88,6 @@ def check_config(run: suite_lib.Run, workdir: pathlib.Path) -> None:
           f"{key}={expected.get(key)!r}; use another --out, or delete the folder to rerun it")
 
 
-def train_resumes() -> bool:
-  """Whether `python -m train` has `--resume` (issue 9); otherwise partial runs restart."""
-  from train import __main__ as train_main  # pylint: disable=g-import-not-at-top
-  return "--resume" in train_main.parser().format_help()
-
-
 def _read_bench(workdir: pathlib.Path) -> dict:
   try:
     return json.loads((workdir / "bench.json").read_text())
@@ -103,15 +102,15 @@ def _write_bench(workdir: pathlib.Path, bench: dict) -> None:
   tmp.replace(workdir / "bench.json")
 
 
-def command(run: suite_lib.Run, workdir: pathlib.Path, out: pathlib.Path,
-            data_dir: Optional[str], resume: Optional[str]) -> list[str]:
-  cmd = [sys.executable, "-m", "train", "--task", run.task, "--strategy", run.strategy,
-         "--lr", repr(run.lr), "--seed", str(run.seed), "--epochs", str(run.epochs),
-         "--workdir", str(workdir), "--quiet", "--set", f"cache_dir={out / '.cache'}"]
-  for assignment in run.set_args():
-    cmd += ["--set", assignment]
-  if data_dir:
-    cmd += ["--data-dir", str(data_dir)]
+def run_config(run: suite_lib.Run, workdir: pathlib.Path, out: pathlib.Path,
+               data_dir: Optional[str]) -> config_lib.Config:
+  """The complete config of `run`: the suite's, with the fields that the runner owns."""
+  return dataclasses.replace(run.config(str(workdir)), cache_dir=str(out / ".cache"),
+                             data_dir=str(data_dir) if data_dir else None, quiet=True)
+
+
+def command(config_file: pathlib.Path, resume: Optional[str]) -> list[str]:
+  cmd = [sys.executable, "-m", "train", "--config", str(config_file)]
   if resume:
     cmd.append(f"--resume={resume}")
   return cmd
@@ -125,36 +124,35 @@ def environment(out: pathlib.Path) -> dict:
   return env
 
 
-def execute(run: suite_lib.Run, out: pathlib.Path, data_dir: Optional[str],
-            can_resume: bool) -> int:
+def execute(run: suite_lib.Run, out: pathlib.Path, data_dir: Optional[str]) -> int:
   """Runs (or continues) one run in its own process; returns its exit code."""
   workdir = out / run.relpath()
   state = status(workdir)
   if state == "finished":
     return 0
   bench = _read_bench(workdir)
-  resume = None
-  if state == "partial":
-    if can_resume:
-      resume = "allow-fresh"
-    else:  # no checkpoints to continue from: start again in a clean folder, keep the history
-      shutil.rmtree(workdir)
-  workdir.mkdir(parents=True, exist_ok=True)
-  cmd = command(run, workdir, out, data_dir, resume)
+  resume = "allow-fresh" if state == "partial" else None
+  cmd = command(workdir / RUN_CONFIG, resume)
   attempt = {"start": records.now(), "command": cmd[1:], "resume": resume}
   bench["attempts"].append(attempt)
-  _write_bench(workdir, bench)
   t0 = time.perf_counter()
-  with open(workdir / "train.log", "a") as log:
-    log.write(f"# {attempt['start']} {' '.join(cmd[1:])}\n")
-    log.flush()
-    proc = subprocess.Popen(cmd, cwd=REPO_ROOT, env=environment(out), stdout=log,
-                            stderr=subprocess.STDOUT)
-    try:
+  proc = None
+  # The folder is made inside the `try`: a stop from outside (SIGTERM, Ctrl-C) at any point after
+  # it exists stops the child, if there is one yet, and records the attempt as interrupted.
+  try:
+    workdir.mkdir(parents=True, exist_ok=True)
+    run_config(run, workdir, out, data_dir).write(workdir / RUN_CONFIG)
+    _write_bench(workdir, bench)
+    with open(workdir / "train.log", "a") as log:
+      log.write(f"# {attempt['start']} {' '.join(cmd[1:])}\n")
+      log.flush()
+      proc = subprocess.Popen(cmd, cwd=REPO_ROOT, env=environment(out), stdout=log,
+                              stderr=subprocess.STDOUT)
       _, wait_status, usage = os.wait4(proc.pid, 0)
       rc = os.waitstatus_to_exitcode(wait_status)
       proc.returncode = rc
-    except BaseException:
+  except BaseException:
+    if proc is not None and proc.returncode is None:
       # Stopped from outside: let the run write what it can (a checkpoint), then go.
       proc.terminate()
       try:
@@ -162,10 +160,10 @@ def execute(run: suite_lib.Run, out: pathlib.Path, data_dir: Optional[str],
       except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait()
-      attempt.update(end=records.now(), wall_s=time.perf_counter() - t0, rc=proc.returncode,
-                     interrupted=True)
-      _write_bench(workdir, bench)
-      raise
+    attempt.update(end=records.now(), wall_s=time.perf_counter() - t0,
+                   rc=None if proc is None else proc.returncode, interrupted=True)
+    _write_bench(workdir, bench)
+    raise
   attempt.update(end=records.now(), wall_s=time.perf_counter() - t0, rc=rc,
                  cpu_s=usage.ru_utime + usage.ru_stime,
                  max_rss_mb=usage.ru_maxrss / 1024)  # KiB on Linux
@@ -265,7 +263,6 @@ def run_all(runs: list[suite_lib.Run], out: pathlib.Path, data_dir: Optional[str
       todo.append(run)
   for run in todo:
     check_config(run, out / run.relpath())
-  can_resume = train_resumes()
   pending = [r for r in todo if status(out / r.relpath()) != "finished"]
   outcome.skipped = [r for r in todo if status(out / r.relpath()) == "finished"]
   bar = Progress(out, len(pending) + expected_more, enabled=progress)
@@ -284,7 +281,7 @@ def run_all(runs: list[suite_lib.Run], out: pathlib.Path, data_dir: Optional[str
         run = pending.pop(0)
         bar.show(run, [run] + pending)
         try:
-          rc = execute(run, out, data_dir, can_resume)
+          rc = execute(run, out, data_dir)
         except KeyboardInterrupt:
           raise Interrupted("Ctrl-C") from None
         (outcome.ran if rc == 0 else outcome.failed).append(run)

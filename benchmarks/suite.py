@@ -22,11 +22,13 @@ comparison. `benchmarks/suites/tiny.toml` is a complete example:
     ...
 
 Config fields are the `train.config.Config` fields; `model` and `data` sub-tables (or dotted keys
-such as `model.depth = 18`) become `--set model.X=` / `data.X=`. The runner owns `task`,
-`strategy`, `seed`, `workdir`, `cache_dir`, `data_dir` and `quiet`, so a suite cannot set them.
+such as `model.depth = 18`) become entries of the run's `model` / `data` options. The fields that
+the runner owns (`workdir`, `cache_dir`, `data_dir`, `quiet`) or that the suite's own keys name
+(`task`, `strategy`, `seed`) cannot be settings: their `owner` role in `train.config` says which.
 Every error names the file and the field.
 """
 
+import copy
 import dataclasses
 import pathlib
 import re
@@ -46,7 +48,7 @@ DEFAULT_TUNE_SEEDS = (1000,)
 # multiple of the first epoch's (the first epoch's mean already includes the initial loss).
 DEFAULT_EXPLODE_FACTOR = 2.0
 
-_RESERVED = frozenset({"task", "strategy", "seed", "workdir", "cache_dir", "data_dir", "quiet"})
+_RESERVED = config_lib.field_names(owners=("runner", "suite"))
 _TOP_KEYS = frozenset({"name", "description", "seeds", "strategies", "baseline", "epochs", "lr",
                        "lr_grid", "tune_seeds", "tune_tasks", "explode_factor", "defaults",
                        "tasks", "calibration"})
@@ -82,25 +84,17 @@ class Run:
     return pathlib.Path(self.kind, self.task, self.strategy, lr_dirname(self.lr),
                         f"seed{self.seed}")
 
-  def set_args(self) -> list[str]:
-    """The `--set` assignments, formatted so `train.config.apply_overrides` reads them back."""
-    out = []
-    for key, value in self.settings:
-      if "." in key:  # model.X / data.X are read with ast.literal_eval
-        text = repr(value)
-      elif isinstance(value, bool):
-        text = "true" if value else "false"
-      elif value is None:
-        text = "none"
-      else:
-        text = str(value)
-      out.append(f"{key}={text}")
-    return out
-
   def config(self, workdir: str = "-") -> config_lib.Config:
-    base = config_lib.Config(task=self.task, workdir=workdir, strategy=self.strategy,
-                             lr=self.lr, seed=self.seed, epochs=self.epochs)
-    return config_lib.apply_overrides(base, self.set_args())
+    """The run's config as the suite gives it (the runner adds its own fields)."""
+    fields = {k: v for k, v in self.settings if "." not in k}
+    options = {"model": {}, "data": {}}
+    for key, value in self.settings:
+      if "." in key:
+        section, _, sub = key.partition(".")
+        options[section][sub] = copy.deepcopy(value)  # each run its own, as from a file
+    fields = config_lib.check_values(fields)
+    return config_lib.Config(task=self.task, workdir=workdir, strategy=self.strategy,
+                             lr=self.lr, seed=self.seed, epochs=self.epochs, **fields, **options)
 
 
 @dataclasses.dataclass(frozen=True)

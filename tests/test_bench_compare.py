@@ -1,21 +1,25 @@
 """Suite files and the comparison runner: errors that name the field, and real tiny compares.
 
-The end-to-end tests run `python -m benchmarks compare` on the `tiny` suite (rt_sentiment at the
-tiny preset, 48 examples, 2 epochs) with the real `python -m train` subprocesses.
+The end-to-end tests run `python -m benchmarks compare` (as a subprocess, or its `main` in this
+process where the test stops it with a signal at a chosen point) on the `tiny` suite
+(rt_sentiment at the tiny preset, 48 examples, 2 epochs) with the real `python -m train`
+subprocesses.
 """
 
+import dataclasses
 import json
 import os
 import pathlib
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 
+from benchmarks import __main__ as benchmarks_main
 from benchmarks import compare
 from benchmarks import suite as suite_lib
+from train import config as config_lib
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 BASE = """\
@@ -56,6 +60,8 @@ def test_suite_errors_name_the_field(change, field):
     ("[defaults]", "seed = 3", "defaults.seed: is set by the runner"),
     ("[tasks.rt_sentiment]", "workdir = 'x'", "tasks.rt_sentiment.workdir: is set by the runner"),
     ("[tasks.rt_sentiment]", "batch_size = 0", "tasks.rt_sentiment: resolves to a bad run config"),
+    ("[defaults]", "batch_size = 'eight'",
+     "tasks.rt_sentiment: resolves to a bad run config: config.batch_size: expected int"),
 ])
 def test_suite_run_settings_are_checked(where, key, message):
   text = BASE.replace(where, f"{where}\n{key}")
@@ -82,9 +88,11 @@ def test_suite_resolves_runs_and_narrows():
     s.narrow(seeds=3)
   with pytest.raises(ValueError, match="--tasks: imdb not in the suite"):
     s.narrow(tasks=["imdb"])
-  cmd = compare.command(run, pathlib.Path("W"), pathlib.Path("/o"), "/d", "allow-fresh")
-  assert cmd[-3:] == ["--data-dir", "/d", "--resume=allow-fresh"]
-  assert "cache_dir=/o/.cache" in cmd and "data.max_len=16" in cmd
+  # The runner's complete config: the suite's, plus the fields that the runner owns.
+  assert compare.run_config(run, pathlib.Path("W"), pathlib.Path("/o"), "/d") == (
+      dataclasses.replace(config, workdir="W", cache_dir="/o/.cache", data_dir="/d", quiet=True))
+  assert compare.command(pathlib.Path("W/run_config.json"), "allow-fresh")[1:] == [
+      "-m", "train", "--config", "W/run_config.json", "--resume=allow-fresh"]
 
 
 def test_every_committed_suite_loads():
@@ -129,25 +137,54 @@ def _json(path):
   return json.loads(pathlib.Path(path).read_text())
 
 
+def test_a_stop_just_before_the_child_starts_is_an_interrupted_attempt(tmp_path, monkeypatch):
+  """SIGTERM in the moment between the run folder's creation and the child's start."""
+  run = suite_lib.parse(BASE).run("rt_sentiment", "fixed", 0)
+  workdir = tmp_path / run.relpath()
+  handler = signal.getsignal(signal.SIGTERM)
+  # `environment` is called for the child's start: the signal comes right before it.
+  monkeypatch.setattr(compare, "environment", lambda out: signal.raise_signal(signal.SIGTERM))
+  for attempt in range(2):
+    with pytest.raises(compare.Interrupted, match="signal 15"):
+      compare.run_all([run], tmp_path, None, progress=False)
+    attempts = _json(workdir / "bench.json")["attempts"]
+    assert len(attempts) == attempt + 1
+    assert attempts[-1]["interrupted"] and attempts[-1]["rc"] is None
+  assert [a["resume"] for a in attempts] == [None, "allow-fresh"]
+  assert attempts[0]["command"] == ["-m", "train", "--config", str(workdir / "run_config.json")]
+  assert signal.getsignal(signal.SIGTERM) == handler  # the runner's own handler is gone
+  # The run's complete config is in its folder.
+  written = json.loads((workdir / "run_config.json").read_text())
+  assert config_lib.Config(**written) == compare.run_config(run, workdir, tmp_path, None)
+
+
 @pytest.mark.slow
-def test_compare_end_to_end_survives_an_interruption(tmp_path, data_dir, monkeypatch):
+def test_compare_end_to_end_survives_an_interruption(tmp_path, data_dir, monkeypatch, capsys):
   """2 strategies x 1 task x 1 seed x 2 epochs; SIGTERM during the second run, then resume."""
   out = tmp_path / "out"
   first = out / "runs/rt_sentiment/fixed/lr0.001/seed0"
   second = out / "runs/rt_sentiment/gradvar/lr0.001/seed0"
-  proc = subprocess.Popen(_compare(out, data_dir), cwd=REPO, stdout=subprocess.PIPE,
-                          stderr=subprocess.STDOUT, text=True)
-  deadline = time.time() + 300
-  while not second.exists():  # the runner creates it right after the first run finished
-    assert proc.poll() is None, proc.stdout.read()
-    assert time.time() < deadline, "the first run took over 5 minutes"
-    time.sleep(0.2)
-  proc.send_signal(signal.SIGTERM)
-  log = proc.communicate(timeout=120)[0]
-  assert proc.returncode == 130, log
-  assert "rerun the same command to continue" in log
+  # The runner (here in this process) waits for each child with os.wait4: as it starts waiting
+  # for the second, it gets a SIGTERM, so the second child has started and cannot have finished.
+  waits = []
+
+  def wait4(pid, options):
+    waits.append(pid)
+    if len(waits) == 2:
+      signal.raise_signal(signal.SIGTERM)
+    return real_wait4(pid, options)
+
+  real_wait4 = os.wait4
+  monkeypatch.setattr(compare.os, "wait4", wait4)
+  assert benchmarks_main.main(_compare(out, data_dir)[3:]) == 130
+  monkeypatch.undo()
+  assert "rerun the same command to continue" in capsys.readouterr().err
   assert compare.status(first) == "finished" and compare.status(second) != "finished"
   first_start = _json(first / "run.json")["start"]
+  # Each child was started from its folder's complete config, and ran with exactly that one.
+  assert _json(first / "bench.json")["attempts"][0]["command"] == [
+      "-m", "train", "--config", str(first / "run_config.json")]
+  assert _json(first / "run_config.json") == _json(first / "config.json")
 
   done = subprocess.run(_compare(out, data_dir), cwd=REPO, capture_output=True, text=True,
                         timeout=600)

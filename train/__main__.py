@@ -1,12 +1,14 @@
 """Command line: `python -m train --task NAME --strategy NAME --workdir DIR [...]`.
 
-Run from the repository root. See `python -m train --help`. Exit status: 0 when the run finished;
-2 for a bad config or a refused start or resume; 3 when a non-finite loss stopped the run (the last
-good checkpoint is kept); 75 (EX_TEMPFAIL) when SIGTERM/SIGINT stopped it after saving a
-checkpoint, which `--resume` continues.
+or `python -m train --config FILE [...]`, from a config file such as a run's `config.json`. The
+flags of the config fields are built from `train.config.Config`. Run from the repository root; see
+`python -m train --help`. Exit status: 0 when the run finished; 2 for a bad config or a refused
+start or resume; 3 when a non-finite loss stopped the run (the last good checkpoint is kept); 75
+(EX_TEMPFAIL) when SIGTERM/SIGINT stopped it after saving a checkpoint, which `--resume` continues.
 """
 
 import argparse
+import dataclasses
 import json
 import sys
 
@@ -16,68 +18,77 @@ from train import strategies
 from train import tasks
 
 
+def _add_field_flags(p: argparse.ArgumentParser) -> None:
+  """One flag per config field, from its type and metadata; only flags given land in the args."""
+  for name, field in config_lib.FIELDS.items():
+    flag = config_lib.flag(name)
+    if flag is None:
+      continue
+    text = field.metadata["help"]
+    # None and False defaults mean "off"; the help says what that is.
+    if "(default" not in text and all(field.default is not v
+                                      for v in (dataclasses.MISSING, None, False)):
+      text += f" (default: {field.default})"
+    # Unset flags stay out of the namespace, so that they do not override --config FILE.
+    kwargs = {"dest": name, "default": argparse.SUPPRESS, "help": text.replace("%", "%%")}
+    kind = config_lib.scalar_type(name)
+    if kind is bool:
+      kwargs["action"] = argparse.BooleanOptionalAction
+    else:
+      kwargs.update(type=kind, choices=field.metadata.get("choices"),
+                    metavar=field.metadata.get("metavar"))
+    p.add_argument(flag, **kwargs)
+
+
 def parser() -> argparse.ArgumentParser:
   task_lines = "\n".join(f"  {t}: {tasks.get(t).description}" for t in tasks.names())
   p = argparse.ArgumentParser(
       prog="python -m train",
       description="Train one model with one LR strategy; the defaults are the seed's "
-                  "(batch 32, LR 1e-3, 20 epochs, Adam).",
+                  "(batch 32, LR 1e-3, 20 epochs, Adam). --task and --workdir are required "
+                  "unless --config FILE gives them.",
       formatter_class=argparse.RawDescriptionHelpFormatter,
       epilog=f"tasks:\n{task_lines}\n\nstrategies: {', '.join(strategies.names())}\n\n"
              "--set takes any config field (e.g. log_every=1, train_examples=2000), and\n"
              "model.<field> / data.<field> options, e.g. model.checkpoint=PATH (pretrained BERT),\n"
-             "model.depth=18, model.hidden_dropout=0.2, data.max_len=64.")
-  p.add_argument("--task", required=True, help="what to train on (see below)")
-  p.add_argument("--strategy", default="fixed", help="LR strategy (default: fixed)")
-  p.add_argument("--model-size", default="full", choices=config_lib.SIZES,
-                 help="full: the seed's size; small: CPU size; tiny: tests (default: full)")
-  p.add_argument("--epochs", type=int, default=20)
-  p.add_argument("--batch-size", type=int, default=32, help="global batch over all devices")
-  p.add_argument("--lr", type=float, default=1e-3, help="base learning rate")
-  p.add_argument("--seed", type=int, default=0)
-  p.add_argument("--workdir", required=True, help="where records and the final params go")
-  p.add_argument("--parallel", default="pmap", choices=config_lib.PARALLEL,
-                 help="launcher of the data-parallel step (default: pmap)")
-  p.add_argument("--dtype", default="float32", choices=config_lib.DTYPES,
-                 help="compute dtype; params and optimizer state stay float32")
-  p.add_argument("--data-dir", help="folder of the offline stand-ins (default: $GRADVAR_DATA_DIR)")
-  p.add_argument("--tfds-data-dir", help="TFDS data folder (default: TFDS's own)")
-  p.add_argument("--num-devices", type=int, help="use the first N local devices (default: all)")
-  p.add_argument("--quiet", action="store_true", help="no progress bars (for CI)")
+             "model.depth=18, model.hidden_dropout=0.2, data.max_len=64.\n"
+             "The config is the defaults, then --config FILE, then the flags, then --set.")
+  p.add_argument("--config", metavar="FILE",
+                 help="start from this config file (the config.json of a run); flags and --set "
+                      "given too override it")
+  _add_field_flags(p)
   p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                  help="override a config field; repeatable")
   p.add_argument("--resume", nargs="?", const="latest", choices=("latest", "allow-fresh"),
                  help="continue the run in --workdir from its latest good checkpoint; "
                       "=allow-fresh starts over when there is none")
-  p.add_argument("--checkpoint-every", type=int, metavar="K",
-                 help="also checkpoint every K steps (default: after every epoch only)")
-  p.add_argument("--keep-checkpoints", type=int, default=3, metavar="N",
-                 help="checkpoints to keep (default: 3)")
-  p.add_argument("--skip-nonfinite", action="store_true",
-                 help="skip steps with a non-finite gradient (optax.apply_if_finite) and count "
-                      "them, instead of stopping")
   distributed.add_flags(p)
   return p
 
 
-def config_from_args(argv=None) -> config_lib.Config:
-  args = parser().parse_args(argv)
-  config = config_lib.Config(
-      task=args.task, workdir=args.workdir, strategy=args.strategy, model_size=args.model_size,
-      epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
-      parallel=args.parallel, dtype=args.dtype, data_dir=args.data_dir,
-      tfds_data_dir=args.tfds_data_dir, num_devices=args.num_devices, quiet=args.quiet,
-      checkpoint_every_steps=args.checkpoint_every, keep_checkpoints=args.keep_checkpoints,
-      skip_nonfinite=args.skip_nonfinite)
-  config = config_lib.apply_overrides(config, args.set)
+def config_from_args(args) -> config_lib.Config:
+  """The run's config from parsed flags (or an argv list, parsed here), validated.
+
+  The config is the defaults, then the fields of `--config FILE`, then the flags given, then
+  `--set`.
+  """
+  if not isinstance(args, argparse.Namespace):
+    args = parser().parse_args(args)
+  values = config_lib.read(args.config) if args.config else {}
+  values.update({name: getattr(args, name) for name in config_lib.FIELDS if hasattr(args, name)})
+  for name in ("task", "workdir"):
+    if name not in values:
+      raise ValueError(f"config.{name}: is required (--{name}, or a --config FILE with it)")
+  config = config_lib.apply_overrides(config_lib.Config(**values), args.set)
   config_lib.validate(config)
   return config
 
 
 def main(argv=None) -> int:
+  args = parser().parse_args(argv)
   try:
-    config = config_from_args(argv)
-    multihost = distributed.options_from_args(parser().parse_args(argv))
+    config = config_from_args(args)
+    multihost = distributed.options_from_args(args)
   except ValueError as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
@@ -90,7 +101,7 @@ def main(argv=None) -> int:
   from train import loop  # pylint: disable=g-import-not-at-top  # jax and data only when training
   from train import checkpoint  # pylint: disable=g-import-not-at-top
   try:
-    result = loop.train(config, resume=parser().parse_args(argv).resume or False)
+    result = loop.train(config, resume=args.resume or False)
   except ValueError as e:
     print(f"error: {e}", file=sys.stderr)
     return 2

@@ -32,12 +32,13 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from train import config as config_lib
+
 META_VERSION = 1
-# Config fields that leave the training trajectory unchanged; every other field (and any field
-# added later) must be equal for `--resume` to continue a run.
-HARMLESS_FIELDS = frozenset({
-    "workdir", "quiet", "cache_dir", "data_dir", "tfds_data_dir", "log_every",
-    "checkpoint_every_steps", "keep_checkpoints", "eval_batch_size", "skip_nonfinite"})
+# Config fields that leave the training trajectory unchanged (their `trajectory` role in
+# `train.config`); every other field (and any field added later) must be equal for `--resume` to
+# continue a run.
+HARMLESS_FIELDS = config_lib.field_names(trajectory=False)
 # orbax writes a step into a folder with this in its name and renames it when complete.
 _TMP_MARK = ".orbax-checkpoint-tmp"
 

@@ -1,7 +1,22 @@
-"""The typed run configuration: defaults are the seed's, `--set key=value` overrides any field.
+"""The typed run configuration: every field, default, help text and role is written here once.
 
+The CLI (`python -m train`) is built from these fields, a run can start from a file
+(`--config FILE`, the JSON that `Config.write` writes), and `--set key=value` overrides any field.
 Validation happens here, before any data is read or anything compiles, and every error names the
 field. A run writes its resolved config to `<workdir>/config.json`.
+
+Each field's metadata says what it does besides its value:
+
+- `help`: its help text;
+- `flag`: its CLI flag, when it differs from `--field-name` (`None`: no flag, set it with `--set`);
+  `choices` and `metavar` go to the flag too;
+- `trajectory`: whether it changes the training trajectory, so that `--resume` refuses a
+  checkpoint made with another value;
+- `records`: whether it changes what the run records, so that the comparison runner does not reuse
+  a finished run made with another value (a field that changes the trajectory changes the records);
+- `owner`: who sets it in a comparison: `"runner"` (the comparison runner, for every run: where
+  it goes and what it shares), `"suite"` (a suite's own keys: its tasks, strategies and seeds, so
+  not a setting of `[defaults]` or `[tasks.NAME]`) or `"anyone"`.
 """
 
 import ast
@@ -15,52 +30,158 @@ from typing import Any, Optional
 SIZES = ("full", "small", "tiny")
 PARALLEL = ("pmap", "shard_map")
 DTYPES = ("float32", "bfloat16")
+OWNERS = ("runner", "suite", "anyone")
+
+
+def _field(default=dataclasses.MISSING, *,
+           help: str,  # pylint: disable=redefined-builtin
+           trajectory: bool = True, records: bool = True, owner: str = "anyone",
+           default_factory=dataclasses.MISSING, **cli) -> Any:
+  """A config field with its metadata (see above); `cli` holds `flag`, `choices`, `metavar`.
+
+  A field that says nothing else changes the trajectory and the records, and anyone sets it.
+  """
+  metadata = {"help": help, "trajectory": trajectory, "records": records, "owner": owner, **cli}
+  return dataclasses.field(default=default, default_factory=default_factory, metadata=metadata)
 
 
 @dataclasses.dataclass(frozen=True)
 class Config:
   """One training run. The seed fixes batch 32, LR 1e-3, 20 epochs and Adam."""
 
-  task: str
-  workdir: str
-  strategy: str = "fixed"
-  model_size: str = "full"
-  epochs: int = 20
-  batch_size: int = 32
-  lr: float = 1e-3
-  seed: int = 0
-  parallel: str = "pmap"
-  dtype: str = "float32"
-  data_dir: Optional[str] = None
-  tfds_data_dir: Optional[str] = None
-  # Devices to train on (the first N local ones); None takes all.
-  num_devices: Optional[int] = None
-  # Use only the first N examples of the (already shuffled) training split; None takes all.
-  train_examples: Optional[int] = None
-  # Evaluate on the first N validation examples; None takes the whole split.
-  eval_examples: Optional[int] = None
-  eval_batch_size: Optional[int] = None
-  # steps.jsonl gets one row every N steps; metrics come to the host only then.
-  log_every: int = 10
-  # Tokenised inputs and vocabularies are cached here (default: <workdir>/../.cache).
-  cache_dir: Optional[str] = None
-  quiet: bool = False
-  # Checkpoints go to <workdir>/checkpoints after every epoch, and every N steps if set.
-  checkpoint_every_steps: Optional[int] = None
-  # How many checkpoints to keep; two or more let a damaged latest one fall back to the previous.
-  keep_checkpoints: int = 3
-  # Skip updates whose gradients are not finite (optax.apply_if_finite) instead of stopping.
-  skip_nonfinite: bool = False
-  # Model options: `checkpoint` (pretrained weights) and any field of the model's config.
-  model: dict = dataclasses.field(default_factory=dict)
-  # Input options: `max_len`, `vocab_size`, `min_count`, `vocab_file`, `augment`.
-  data: dict = dataclasses.field(default_factory=dict)
+  task: str = _field(help="what to train on (see below)", owner="suite")
+  workdir: str = _field(help="where records and the final params go", trajectory=False,
+                        records=False, owner="runner")
+  strategy: str = _field("fixed", help="LR strategy", owner="suite")
+  model_size: str = _field("full", help="full: the seed's size; small: CPU size; tiny: tests",
+                           choices=SIZES)
+  epochs: int = _field(20, help="epochs to train")
+  batch_size: int = _field(32, help="global batch over all devices")
+  lr: float = _field(1e-3, help="base learning rate")
+  seed: int = _field(0, help="random seed of the initialisation, the data order and dropout",
+                     owner="suite")
+  parallel: str = _field("pmap", help="launcher of the data-parallel step", choices=PARALLEL)
+  dtype: str = _field("float32", help="compute dtype; params and optimizer state stay float32",
+                      choices=DTYPES)
+  data_dir: Optional[str] = _field(
+      None, help="folder of the offline stand-ins (default: $GRADVAR_DATA_DIR)",
+      trajectory=False, records=False, owner="runner")
+  tfds_data_dir: Optional[str] = _field(None, help="TFDS data folder (default: TFDS's own)",
+                                        trajectory=False, records=False)
+  num_devices: Optional[int] = _field(
+      None, help="use the first N local devices (default: all)", metavar="N")
+  train_examples: Optional[int] = _field(
+      None, help="use only the first N examples of the (already shuffled) training split "
+                 "(default: all)", metavar="N")
+  eval_examples: Optional[int] = _field(
+      None, help="evaluate on the first N validation examples (default: the whole split)",
+      metavar="N")
+  eval_batch_size: Optional[int] = _field(
+      None, help="evaluation batch (default: 8 x the training batch)", trajectory=False,
+      metavar="N")
+  log_every: int = _field(
+      10, help="steps.jsonl gets one row every N steps; metrics come to the host only then",
+      trajectory=False, metavar="N")
+  cache_dir: Optional[str] = _field(
+      None, help="tokenised inputs and vocabularies are cached here "
+                 "(default: <workdir>/../.cache)", trajectory=False, records=False, owner="runner")
+  quiet: bool = _field(False, help="no progress bars (for CI)", trajectory=False, records=False,
+                       owner="runner")
+  checkpoint_every_steps: Optional[int] = _field(
+      None, help="also checkpoint every K steps (default: after every epoch only)",
+      trajectory=False, flag="--checkpoint-every", metavar="K")
+  keep_checkpoints: int = _field(
+      3, help="checkpoints to keep; two or more let a damaged latest one fall back to the "
+              "previous", trajectory=False, metavar="N")
+  skip_nonfinite: bool = _field(
+      False, help="skip steps with a non-finite gradient (optax.apply_if_finite) and count them, "
+                  "instead of stopping", trajectory=False)
+  model: dict = _field(
+      help="model options: `checkpoint` (pretrained weights) and any field of the model's "
+           "config (--set model.X=V)", default_factory=dict, flag=None)
+  data: dict = _field(
+      help="input options: `max_len`, `vocab_size`, `min_count`, `vocab_file`, `augment` "
+           "(--set data.X=V)", default_factory=dict, flag=None)
+  model_family: Optional[str] = _field(
+      None, help="model family to train (default: the task's)", flag="--model", metavar="NAME")
 
   def to_json(self) -> dict:
     return dataclasses.asdict(self)
 
   def write(self, path: pathlib.Path) -> None:
     path.write_text(json.dumps(self.to_json(), indent=2, sort_keys=True) + "\n")
+
+
+FIELDS = {f.name: f for f in dataclasses.fields(Config)}
+_HINTS = typing.get_type_hints(Config)
+
+
+def field_names(*, trajectory: Optional[bool] = None, records: Optional[bool] = None,
+                owners: Optional[tuple[str, ...]] = None) -> frozenset[str]:
+  """The fields whose roles match, e.g. `field_names(trajectory=False)`: those a resume allows."""
+  return frozenset(
+      name for name, f in FIELDS.items()
+      if (trajectory is None or f.metadata["trajectory"] == trajectory)
+      and (records is None or f.metadata["records"] == records)
+      and (owners is None or f.metadata["owner"] in owners))
+
+
+def flag(name: str) -> Optional[str]:
+  """The field's CLI flag (`--batch-size`), or None when only `--set` reaches it."""
+  return FIELDS[name].metadata.get("flag", "--" + name.replace("_", "-"))
+
+
+def scalar_type(name: str) -> type:
+  """The field's type without `Optional`: bool, int, float, str or dict."""
+  kind = _HINTS[name]
+  if typing.get_origin(kind) in (typing.Union, types.UnionType):
+    kind = next(a for a in typing.get_args(kind) if a is not type(None))
+  return kind
+
+
+def _check_value(name: str, value: Any, where: str) -> Any:
+  """A JSON value for the field, type-checked (an int is taken for a float field)."""
+  kind = _HINTS[name]
+  if value is None and kind is not scalar_type(name):  # Optional
+    return value
+  kind = scalar_type(name)
+  if kind is float and isinstance(value, int) and not isinstance(value, bool):
+    return float(value)
+  if isinstance(value, kind) and not (kind is int and isinstance(value, bool)):
+    return value
+  optional = " or null" if kind is not _HINTS[name] else ""
+  raise ValueError(f"{where}{name}: expected {kind.__name__}{optional}, got {value!r}")
+
+
+def check_values(values: dict[str, Any], where: str = "config.") -> dict[str, Any]:
+  """Field values from JSON or TOML, checked: unknown keys and wrong types are errors.
+
+  Args:
+    values: field name -> value, any subset of the fields.
+    where: what an error starts with, before the field's name (`config.`, or the file).
+
+  Returns:
+    The values, with ints given for float fields made floats.
+  """
+  unknown = sorted(set(values) - set(FIELDS))
+  if unknown:
+    raise ValueError(f"{where}{unknown[0]}: unknown config field; known fields: "
+                     f"{', '.join(FIELDS)}")
+  return {k: _check_value(k, v, where) for k, v in values.items()}
+
+
+def read(path) -> dict[str, Any]:
+  """The fields set in a config file (the JSON of `Config.write`); errors name the file."""
+  path = pathlib.Path(path)
+  try:
+    values = json.loads(path.read_text())
+  except OSError as e:
+    raise ValueError(f"--config {path}: cannot read it ({e.strerror})") from None
+  except json.JSONDecodeError as e:
+    raise ValueError(f"--config {path}: not valid JSON ({e})") from None
+  if not isinstance(values, dict):
+    raise ValueError(f"--config {path}: must hold a JSON object of config fields")
+  return check_values(values, where=f"--config {path}: ")
 
 
 def _parse_scalar(field: str, text: str, kind: Any) -> Any:
@@ -98,7 +219,7 @@ def _literal(text: str) -> Any:
 
 def apply_overrides(config: Config, assignments: list[str]) -> Config:
   """Applies `key=value` strings: top-level fields, or `model.X` / `data.X` entries."""
-  hints = typing.get_type_hints(Config)
+  hints = _HINTS
   changes: dict[str, Any] = {}
   nested = {"model": dict(config.model), "data": dict(config.data)}
   for item in assignments:
@@ -129,12 +250,10 @@ def validate(config: Config) -> None:
   if config.strategy not in strategies.names():
     fail("strategy",
          f"unknown strategy {config.strategy!r}; known strategies: {', '.join(strategies.names())}")
-  if config.model_size not in SIZES:
-    fail("model_size", f"must be one of {', '.join(SIZES)}, got {config.model_size!r}")
-  if config.parallel not in PARALLEL:
-    fail("parallel", f"must be one of {', '.join(PARALLEL)}, got {config.parallel!r}")
-  if config.dtype not in DTYPES:
-    fail("dtype", f"must be one of {', '.join(DTYPES)}, got {config.dtype!r}")
+  for name, f in FIELDS.items():
+    choices = f.metadata.get("choices")
+    if choices and getattr(config, name) not in choices:
+      fail(name, f"must be one of {', '.join(choices)}, got {getattr(config, name)!r}")
   for name in ("epochs", "batch_size", "log_every", "keep_checkpoints"):
     value = getattr(config, name)
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
