@@ -16,7 +16,7 @@ then `python my_task.py --task my_reviews --strategy gradvar ...`. The `local:` 
 
 import dataclasses
 
-_MODELS = ("bert", "lstm_attention", "resnet")
+import models
 
 
 @dataclasses.dataclass(frozen=True)
@@ -26,7 +26,7 @@ class Task:
   Attributes:
     name: the `--task` name.
     source: a `train.data.get_source` name (`cifar10`, `fashion_mnist`, `local:DIR`, `tfds:NAME`).
-    model: a `models.get` name: `bert`, `resnet` or `lstm_attention`.
+    model: a model family (`models.names()`): `bert`, `resnet`, `lstm_attention`, ...
     model_options: fixed model overrides for this task (the run's `--set model.X=` come on top).
     data_options: fixed input options (`max_len`, ...; the run's `--set data.X=` come on top).
     description: one line for `--help`.
@@ -40,8 +40,8 @@ class Task:
   description: str = ""
 
   def __post_init__(self):
-    if self.model not in _MODELS:
-      raise ValueError(f"Task {self.name!r}: model must be one of {_MODELS}, "
+    if self.model not in models.names():
+      raise ValueError(f"Task {self.name!r}: model must be one of {models.names()}, "
                        f"got {self.model!r}")
 
 
