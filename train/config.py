@@ -24,6 +24,8 @@ class Config:
   task: str
   workdir: str
   strategy: str = "fixed"
+  # The model family to train (`models.names()`); None takes the task's. `local:DIR` needs one.
+  model_family: Optional[str] = None
   model_size: str = "full"
   epochs: int = 20
   batch_size: int = 32
@@ -124,8 +126,10 @@ def validate(config: Config) -> None:
   def fail(field, message):
     raise ValueError(f"config.{field}: {message}")
 
-  if config.task not in tasks.names():
-    fail("task", f"unknown task {config.task!r}; known tasks: {', '.join(tasks.names())}")
+  try:  # The task (or local:DIR folder) and the model family, and that they fit.
+    tasks.resolve(config.task, config.model_family)
+  except tasks.TaskError as e:
+    fail(e.field, e)
   if config.strategy not in strategies.names():
     fail("strategy",
          f"unknown strategy {config.strategy!r}; known strategies: {', '.join(strategies.names())}")

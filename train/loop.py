@@ -89,7 +89,7 @@ def setup(config: config_lib.Config) -> Setup:
   """Resolves and checks the run: data, inputs, model and optimizer. Nothing is compiled."""
   config_lib.validate(config)
   devices = _devices(config)
-  task = tasks.get(config.task)
+  task = tasks.resolve(config.task, config.model_family)
   family = models.family(task.model)
   source = data.get_source(task.source, data_dir=config.data_dir,
                            tfds_data_dir=config.tfds_data_dir)
