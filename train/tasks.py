@@ -98,7 +98,7 @@ def local_kind(name: str) -> str:
   try:
     return local.local_source(pathlib.Path(folder), name).kind
   except (FileNotFoundError, ValueError) as e:  # A bad config like any other: the CLI exits 2.
-    raise TaskError("task", f"{name}: {e}") from None
+    raise TaskError("task", str(e)) from None  # It names the folder or the file.
 
 
 def _check_fits(family: str, kind: str, data: str) -> None:
@@ -131,8 +131,8 @@ def resolve(name: str, model_family: str | None = None) -> Task:
     kind = local_kind(name)
     if model_family is None:
       raise TaskError("model_family",
-                      f"{name} ({kind} data) needs a model family: --model NAME, one of "
-                      f"{', '.join(models.names())}")
+                      f"{name} ({kind} data) needs a model family (--model NAME, the "
+                      f"model_family field): one of {', '.join(models.names())}")
     _check_fits(model_family, kind, name)
     return Task(name, name, model_family, description=f"{model_family} on {name[len(LOCAL):]}")
   if name not in _TASKS:
