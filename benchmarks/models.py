@@ -40,9 +40,6 @@ from typing import Any
 # Runs as a script from the checkout (`python benchmarks/models.py`): the suite is not installed.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-NUM_CLASSES = {'bert': 4, 'resnet': 10, 'lstm_attention': 2}  # AG News, CIFAR-10, IMDb.
-
-
 @dataclasses.dataclass(frozen=True)
 class Case:
   model: str
@@ -68,19 +65,17 @@ def _git_commit() -> str | None:
 
 
 def _random_batch(spec: Any, batch_size: int, seed: int = 0) -> dict[str, Any]:
-  """Random inputs of the registry's shapes: in-vocabulary ids, full lengths, normal images."""
+  """Random inputs of the registry's shapes: in-vocabulary ids, normal floats (images), and the
+  example's values elsewhere (full lengths, unmasked)."""
   import numpy as np  # pylint: disable=g-import-not-at-top
 
   rng = np.random.default_rng(seed)
   batch = spec.example_batch(batch_size)
-  if 'input_ids' in batch:
-    batch['input_ids'] = rng.integers(0, spec.config.vocab_size, batch['input_ids'].shape,
-                                      dtype=np.int32)
-  if 'token_ids' in batch:
-    batch['token_ids'] = rng.integers(0, spec.config.vocab_size, batch['token_ids'].shape,
-                                      dtype=np.int32)
-  if 'image' in batch:
-    batch['image'] = rng.standard_normal(batch['image'].shape, dtype=np.float32)
+  for s in spec.inputs:
+    if s.vocab_ids:
+      batch[s.name] = rng.integers(0, spec.config.vocab_size, batch[s.name].shape, dtype=s.dtype)
+    elif np.issubdtype(s.dtype, np.floating):
+      batch[s.name] = rng.standard_normal(batch[s.name].shape, dtype=s.dtype)
   batch['label'] = rng.integers(0, spec.num_classes, (batch_size,), dtype=np.int32)
   return batch
 
@@ -92,8 +87,8 @@ def measure(case: Case, steps: int, warmup: int) -> dict[str, Any]:
 
   import models  # pylint: disable=g-import-not-at-top
 
-  model, spec = models.get(case.model, case.size, num_classes=NUM_CLASSES[case.model],
-                           dtype=case.dtype)
+  num_classes = models.family(case.model).benchmark_classes
+  model, spec = models.get(case.model, case.size, num_classes=num_classes, dtype=case.dtype)
   variables = spec.init(jax.random.key(0))
   params = variables['params']
   state = {k: v for k, v in variables.items() if k != 'params'}
@@ -186,8 +181,8 @@ def main(argv: list[str] | None = None) -> int:
   parser = argparse.ArgumentParser(
       description=__doc__.split('\n\n', 1)[0],
       formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split('\n\n', 1)[1])
-  parser.add_argument('--models', type=_csv, default=['bert', 'resnet', 'lstm_attention'],
-                      help='comma-separated registry names (default: all three)')
+  parser.add_argument('--models', type=_csv, default=None,
+                      help='comma-separated model families (default: every registered one)')
   parser.add_argument('--sizes', type=_csv, default=['small', 'full'],
                       help='comma-separated presets (default: small,full)')
   parser.add_argument('--batch-sizes', type=_csv, default=['32'],
@@ -216,6 +211,8 @@ def main(argv: list[str] | None = None) -> int:
 
   import models  # pylint: disable=g-import-not-at-top
 
+  if args.models is None:
+    args.models = list(models.names())
   bad = sorted(set(args.models) - set(models.names()))
   if bad:
     parser.error(f'--models {bad} unknown; known: {", ".join(models.names())}')

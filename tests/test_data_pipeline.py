@@ -121,7 +121,7 @@ def test_bert_inputs_equal_minilm_for_text_pairs(tmp_path):
   _write_jsonl(tmp_path / "pairs" / "train.jsonl", rows)
   _write_jsonl(tmp_path / "pairs" / "test.jsonl", rows)
   source = data.get_source(f"local:{tmp_path / 'pairs'}")
-  inputs = data.prepare_inputs(source, data.InputSpec("bert", vocab_file=VOCAB_FILE))
+  inputs = data.prepare_inputs(source, data.InputOptions("bert", vocab_file=VOCAB_FILE))
   batch = inputs.split("test").gather(np.arange(len(rows)))
   reference = _minilm_reference().encode_batch(pairs)
   np.testing.assert_array_equal(batch["input_ids"], [e.ids for e in reference])
@@ -154,11 +154,11 @@ def test_tokenizer_errors_name_the_problem(tmp_path):
     tokenize.build_word_vocab(["a"], min_count=0)
   with pytest.raises(ValueError,
                      match=r"model must be one of \['bert', 'lstm_attention', 'resnet'\]"):
-    data.InputSpec("gpt")
+    data.InputOptions("gpt")
   with pytest.raises(ValueError, match="BERT inputs are WordPiece ids"):
-    data.InputSpec("bert", tokens="words")
+    data.InputOptions("bert", tokens="words")
   with pytest.raises(ValueError, match=r"\['max_len'\] apply to text inputs"):
-    data.InputSpec("resnet", max_len=10)
+    data.InputOptions("resnet", max_len=10)
 
 
 # --- The word vocabulary --------------------------------------------------------------------------
@@ -177,7 +177,7 @@ def test_word_vocabulary_comes_from_train_only_with_unk(tmp_path):
   _write_jsonl(tmp_path / "t" / "train.jsonl", rows)
   _write_jsonl(tmp_path / "t" / "test.jsonl", [{"text": "The YAK sat on the cat", "label": "0"}])
   source = data.get_source(f"local:{tmp_path / 't'}")
-  spec = data.InputSpec("lstm_attention", max_len=4, vocab_size=8, min_count=2)
+  spec = data.InputOptions("lstm_attention", max_len=4, vocab_size=8, min_count=2)
   inputs = data.prepare_inputs(source, spec)
 
   counts = collections.Counter(w for r in source.train for w in tokenize.words(r["text"]))
@@ -201,7 +201,7 @@ def test_word_vocabulary_comes_from_train_only_with_unk(tmp_path):
 
 def test_lstm_can_take_wordpiece_ids_without_special_tokens(tmp_path):
   source = data.get_source(f"local:{_text_folder(tmp_path / 't')}")
-  inputs = data.prepare_inputs(source, data.InputSpec("lstm_attention", tokens="wordpiece",
+  inputs = data.prepare_inputs(source, data.InputOptions("lstm_attention", tokens="wordpiece",
                                                       vocab_file=VOCAB_FILE, max_len=8))
   batch = inputs.split("test").gather(np.arange(2))
   reference = _minilm_reference()
@@ -223,7 +223,7 @@ def _fail(*args, **kwargs):
 def test_cache_is_reused_across_runs_and_invalidated_when_its_key_changes(tmp_path, monkeypatch):
   folder = _text_folder(tmp_path / "t")
   cache_dir = tmp_path / "cache"
-  spec = data.InputSpec("lstm_attention", max_len=6, vocab_size=12)
+  spec = data.InputOptions("lstm_attention", max_len=6, vocab_size=12)
 
   first = data.prepare_inputs(data.get_source(f"local:{folder}"), spec, cache_dir=cache_dir)
   train_arrays = dict(first.split("train").arrays)
@@ -244,13 +244,13 @@ def test_cache_is_reused_across_runs_and_invalidated_when_its_key_changes(tmp_pa
 
   # A different max_len is a new entry (and the old one stays valid).
   longer = data.prepare_inputs(data.get_source(f"local:{folder}"),
-                               data.InputSpec("lstm_attention", max_len=7, vocab_size=12),
+                               data.InputOptions("lstm_attention", max_len=7, vocab_size=12),
                                cache_dir=cache_dir)
   assert longer.split("train").arrays["ids"].shape[1] == 7
   assert (longer.cache.hits, longer.cache.misses) == (1, 1)
   # A different vocabulary is a new vocabulary and new tokens.
   smaller = data.prepare_inputs(data.get_source(f"local:{folder}"),
-                                data.InputSpec("lstm_attention", max_len=6, vocab_size=5),
+                                data.InputOptions("lstm_attention", max_len=6, vocab_size=5),
                                 cache_dir=cache_dir)
   smaller.split("train")
   assert (smaller.cache.hits, smaller.cache.misses) == (0, 2)
@@ -292,11 +292,11 @@ def test_a_corrupt_cache_file_is_recomputed(tmp_path):
 # --- Full pipeline under mock_data ----------------------------------------------------------------
 
 MOCK_CASES = [
-    ("ag_news_subset", data.InputSpec("bert", vocab_file=str(VOCAB_FILE), max_len=32)),
-    ("ag_news_subset", data.InputSpec("lstm_attention", max_len=12)),
-    ("imdb_reviews", data.InputSpec("bert", vocab_size=120, max_len=24)),  # Trained WordPiece.
-    ("imdb_reviews", data.InputSpec("lstm_attention", max_len=16, vocab_size=50)),
-    ("cifar10", data.InputSpec("resnet")),
+    ("ag_news_subset", data.InputOptions("bert", vocab_file=str(VOCAB_FILE), max_len=32)),
+    ("ag_news_subset", data.InputOptions("lstm_attention", max_len=12)),
+    ("imdb_reviews", data.InputOptions("bert", vocab_size=120, max_len=24)),  # Trained WordPiece.
+    ("imdb_reviews", data.InputOptions("lstm_attention", max_len=16, vocab_size=50)),
+    ("cifar10", data.InputOptions("resnet")),
 ]
 
 
@@ -305,7 +305,7 @@ def _check_batch(batch, inputs, rows, train):
   assert set(batch) == keys
   assert batch["label"].dtype == np.int32 and batch["label"].shape == (rows,)
   assert np.all((batch["label"] >= 0) & (batch["label"] < inputs.source.num_classes))
-  spec = inputs.spec
+  spec = inputs.options
   if spec.model == "resnet":
     assert batch["image"].dtype == np.float32
     assert batch["image"].shape == (rows, *inputs.source.image_shape)
@@ -380,10 +380,10 @@ def stand_in_cache(tmp_path_factory):
 
 @pytest.mark.parametrize("name,spec", [
     # Tokenises 82k glosses: about 10 s on 2 busy cores.
-    pytest.param("wordnet_topics", data.InputSpec("bert", vocab_file=str(VOCAB_FILE)),
+    pytest.param("wordnet_topics", data.InputOptions("bert", vocab_file=str(VOCAB_FILE)),
                  marks=pytest.mark.slow),
-    ("rt_sentiment", data.InputSpec("lstm_attention", vocab_size=10_000)),
-    ("fashion_mnist", data.InputSpec("resnet")),
+    ("rt_sentiment", data.InputOptions("lstm_attention", vocab_size=10_000)),
+    ("fashion_mnist", data.InputOptions("resnet")),
 ])
 def test_full_pipeline_on_stand_ins(name, spec, data_dir, stand_in_cache):
   source = data.get_source(name, data_dir=data_dir)
@@ -437,7 +437,7 @@ def _assert_same_batches(a, b):
 @pytest.mark.parametrize("drop_remainder", [True, False])
 def test_resumed_stream_equals_the_uninterrupted_one(tmp_path, drop_remainder):
   folder = _text_folder(tmp_path / "t")
-  spec = data.InputSpec("lstm_attention", max_len=6)
+  spec = data.InputOptions("lstm_attention", max_len=6)
 
   def pipeline():  # A fresh process: new source, inputs and pipeline objects.
     inputs = data.prepare_inputs(data.get_source(f"local:{folder}"), spec, cache_dir=tmp_path)
@@ -568,7 +568,7 @@ def test_a_batch_that_does_not_divide_over_devices_is_refused(tmp_path):
 @pytest.fixture
 def bert_pipeline(tmp_path):
   source = data.get_source(f"local:{_text_folder(tmp_path / 't')}")
-  inputs = data.prepare_inputs(source, data.InputSpec("bert", vocab_file=VOCAB_FILE, max_len=8))
+  inputs = data.prepare_inputs(source, data.InputOptions("bert", vocab_file=VOCAB_FILE, max_len=8))
   return data.Pipeline(inputs, global_batch_size=16, seed=0)
 
 

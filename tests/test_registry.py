@@ -4,6 +4,7 @@ Shapes are checked with `jax.eval_shape`, which traces without compiling, so tha
 tests stay fast; the models' own tests run them.
 """
 
+import dataclasses
 import functools
 import importlib
 import os
@@ -227,3 +228,92 @@ def test_lstm_checkpoint_from_npy(tmp_path):
 def test_errors_name_what_is_known(call, message):
   with pytest.raises(ValueError, match=message):
     call()
+
+
+# --- The families ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize('name, kind, size', [
+    ('bert', 'text', 'tiny'), ('lstm_attention', 'text', 'tiny'), ('resnet', 'image', 'tiny')])
+def test_each_family_declares_what_its_built_model_takes(name, kind, size):
+  family = models.family(name)
+  assert family.name == name and family.kind == kind
+  assert (family.text is not None) == (kind == 'text')
+  _, spec = models.get(name, size, num_classes=2)
+  assert spec.input_names == family.input_names
+  assert spec.has_batch_stats == family.has_batch_stats
+  assert set(models.sizes(name)) == set(family.presets)
+  if kind == 'text':  # Built at the family's default length, as the data pipeline pads to.
+    assert {s.shape[:1] for s in spec.inputs if s.shape} == {(family.text.max_len,)}
+
+
+def test_family_text_inputs_match_the_models_calls():
+  ids = np.array([[5, 6, 7, 0], [8, 9, 0, 0]], np.int32)
+  lengths = np.array([3, 2], np.int32)
+  bert = models.family('bert').text.to_inputs(ids, lengths, np.array([2, 4], np.int32))
+  np.testing.assert_array_equal(bert['attention_mask'], [[1, 1, 1, 0], [1, 1, 0, 0]])
+  np.testing.assert_array_equal(bert['token_type_ids'], [[0, 0, 1, 0], [0, 0, 0, 0]])
+  single = models.family('bert').text.to_inputs(ids, lengths, None)
+  assert not single['token_type_ids'].any() and single['token_type_ids'].dtype == np.int32
+  lstm = models.family('lstm_attention').text.to_inputs(ids, lengths, None)
+  assert set(lstm) == {'token_ids', 'lengths'} and lstm['lengths'] is lengths
+
+
+def test_model_options_follow_from_the_data():
+  facts = models.DataFacts(num_classes=3, vocab_size=321, pad_id=0, unk_id=1, axis_name='batch')
+  assert models.family('bert').model_options(facts) == {'vocab_size': 321}
+  pretrained = dataclasses.replace(facts, checkpoint='/some/bert')
+  assert models.family('bert').model_options(pretrained) == {}  # The checkpoint's vocabulary.
+  assert models.family('lstm_attention').model_options(pretrained) == {'vocab_size': 321,
+                                                                       'unk_id': 1}
+  images = models.DataFacts(num_classes=10, image_shape=(28, 28, 1), axis_name='batch')
+  assert models.family('resnet').model_options(images) == {
+      'in_channels': 1, 'image_size': 28, 'axis_name': 'batch'}
+
+
+def test_bert_checkpoint_fixes_the_vocabulary(tmp_path):
+  options = models.family('bert').checkpoint_data_options
+  with pytest.raises(ValueError, match=f'{tmp_path} has no vocab.txt'):
+    options(str(tmp_path), {})
+  assert options(str(tmp_path), {'vocab_file': 'mine.txt'}) == {}  # The run's own wins.
+  (tmp_path / 'vocab.txt').write_text('[PAD]\n')
+  assert options(str(tmp_path), {}) == {'vocab_file': str(tmp_path / 'vocab.txt')}
+  assert models.family('lstm_attention').checkpoint_data_options is None
+
+
+def test_named_dimensions_resolve_against_the_config():
+  spec = models.InputSpec('x', ('seq_len', 'width', 3), np.int32, fill='seq_len')
+  resolved = spec.resolve({'seq_len': 7, 'width': 5}.__getitem__)
+  assert (resolved.shape, resolved.fill, resolved.dtype) == ((7, 5, 3), 7, np.dtype(np.int32))
+
+
+def _family(**kw):
+  base = dict(name='x', module='models.bert', build=lambda *a, **k: None, kind='image',
+              inputs=(models.InputSpec('image', (4, 4, 1), np.float32),))
+  return models.Family(**{**base, **kw})
+
+
+@pytest.mark.parametrize('kw, message', [
+    (dict(kind='audio'), r"kind must be one of \('image', 'text'\)"),
+    (dict(inputs=()), 'non-empty tuple of InputSpec'),
+    (dict(inputs=(models.InputSpec('label', (), np.int32),)), r"none of \('label', 'mask'\)"),
+    (dict(inputs=(models.InputSpec('mask', (), np.int32),)), r"none of \('label', 'mask'\)"),
+    (dict(kind='text'), r'a text family needs text=TextInputs'),
+    (dict(text=models.TextInputs(to_inputs=dict, max_len=8)), r'a text family needs text='),
+    (dict(inputs=(models.InputSpec('a', (2,), np.float32),
+                  models.InputSpec('b', (2,), np.float32))),
+     'an image family takes exactly one input'),
+])
+def test_a_malformed_family_is_refused_naming_it(kw, message):
+  with pytest.raises(ValueError, match=rf"Family 'x': .*{message}"):
+    _family(**kw)
+
+
+def test_register_checks_its_argument(monkeypatch):
+  monkeypatch.setattr(models.registry, '_FAMILIES', dict(models.registry._FAMILIES))
+  with pytest.raises(TypeError, match='takes a models.Family'):
+    models.register('bert')
+  with pytest.raises(ValueError, match="'bert' is registered twice"):
+    models.register(models.family('bert'))
+  added = models.register(_family())
+  assert models.family('x') is added and 'x' in models.names()

@@ -49,7 +49,7 @@ def _field(default=dataclasses.MISSING, *,
 class Config:
   """One training run. The seed fixes batch 32, LR 1e-3, 20 epochs and Adam."""
 
-  task: str = _field(help="what to train on (see below)", owner="suite")
+  task: str = _field(help="what to train on: a task (see below), or local:DIR with --model", owner="suite")
   workdir: str = _field(help="where records and the final params go", trajectory=False,
                         records=False, owner="runner")
   strategy: str = _field("fixed", help="LR strategy", owner="suite")
@@ -103,7 +103,8 @@ class Config:
       help="input options: `max_len`, `vocab_size`, `min_count`, `vocab_file`, `augment` "
            "(--set data.X=V)", default_factory=dict, flag=None)
   model_family: Optional[str] = _field(
-      None, help="model family to train (default: the task's)", flag="--model", metavar="NAME")
+      None, help="model family to train (default: the task's; required with --task local:DIR)",
+      flag="--model", metavar="NAME")
 
   def to_json(self) -> dict:
     return dataclasses.asdict(self)
@@ -245,8 +246,10 @@ def validate(config: Config) -> None:
   def fail(field, message):
     raise ValueError(f"config.{field}: {message}")
 
-  if config.task not in tasks.names():
-    fail("task", f"unknown task {config.task!r}; known tasks: {', '.join(tasks.names())}")
+  try:  # The task (or local:DIR folder) and the model family, and that they fit.
+    tasks.resolve(config.task, config.model_family)
+  except tasks.TaskError as e:
+    fail(e.field, e)
   if config.strategy not in strategies.names():
     fail("strategy",
          f"unknown strategy {config.strategy!r}; known strategies: {', '.join(strategies.names())}")

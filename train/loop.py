@@ -89,7 +89,8 @@ def setup(config: config_lib.Config) -> Setup:
   """Resolves and checks the run: data, inputs, model and optimizer. Nothing is compiled."""
   config_lib.validate(config)
   devices = _devices(config)
-  task = tasks.get(config.task)
+  task = tasks.resolve(config.task, config.model_family)
+  family = models.family(task.model)
   source = data.get_source(task.source, data_dir=config.data_dir,
                            tfds_data_dir=config.tfds_data_dir)
   source = dataclasses.replace(
@@ -99,30 +100,26 @@ def setup(config: config_lib.Config) -> Setup:
   model_options = {**task.model_options, **config.model}
   checkpoint = model_options.pop("checkpoint", None)
   data_options = {**task.data_options, **config.data}
-  if task.model == "bert" and checkpoint and "vocab_file" not in data_options:
-    vocab = pathlib.Path(checkpoint) / "vocab.txt"
-    if not vocab.exists():
-      raise ValueError(f"config.model.checkpoint: {checkpoint} has no vocab.txt")
-    data_options["vocab_file"] = str(vocab)
+  if checkpoint and family.checkpoint_data_options is not None:
+    try:
+      data_options.update(family.checkpoint_data_options(checkpoint, data_options))
+    except ValueError as e:
+      raise ValueError(f"config.model.checkpoint: {e}") from None
   try:
-    spec = data.InputSpec(task.model, **data_options)
+    options = data.InputOptions(task.model, **data_options)
   except TypeError as e:
     raise ValueError(f"config.data: {e}") from None
   cache_dir = config.cache_dir or os.path.join(config.workdir, os.pardir, ".cache")
-  inputs = data.prepare_inputs(source, spec, cache_dir=cache_dir)
+  inputs = data.prepare_inputs(source, options, cache_dir=cache_dir)
 
-  if task.model == "resnet":
-    h, w, c = source.image_shape
-    model_options = {"in_channels": c, "image_size": h, "axis_name": step_lib.AXIS,
-                     **model_options}
-  elif task.model == "lstm_attention":
-    model_options = {"vocab_size": inputs.vocab_size, "unk_id": inputs.unk_id, **model_options}
-  elif task.model == "bert" and not checkpoint:
-    model_options = {"vocab_size": inputs.vocab_size, **model_options}
+  facts = models.DataFacts(
+      num_classes=source.num_classes, image_shape=source.image_shape,
+      vocab_size=inputs.vocab_size, pad_id=inputs.pad_id, unk_id=inputs.unk_id,
+      checkpoint=checkpoint, axis_name=step_lib.AXIS)
+  model_options = {**family.model_options(facts), **model_options}
   model, model_spec = models.get(
       task.model, config.model_size, num_classes=source.num_classes, dtype=config.dtype,
-      checkpoint=checkpoint, seq_len=spec.max_len if task.model != "resnet" else None,
-      **model_options)
+      checkpoint=checkpoint, seq_len=options.max_len, **model_options)
 
   eval_batch = config.eval_batch_size or config.batch_size * 8
   # Each process reads its own block of every global batch (the pipeline asks jax which).

@@ -22,7 +22,7 @@ data.save_label_names(run_dir / "labels.json", source.label_names, source=source
 The batching stage on top of it (see `pipeline` for the full example):
 
 ```python
-inputs = data.prepare_inputs(source, data.InputSpec("bert", vocab_file=...), cache_dir=...)
+inputs = data.prepare_inputs(source, data.InputOptions("bert", vocab_file=...), cache_dir=...)
 inputs.keys                                          # ("input_ids", ..., "label"): model inputs
 pipe = data.Pipeline(inputs, global_batch_size=32, seed=0)
 it = pipe.train_iterator(state, place=data.mesh_placement(mesh))  # or data.pmap_placement()
@@ -38,7 +38,7 @@ for batch in pipe.eval_iterator("validation"): ...   # whole split, padded, with
 - `tfds_source`, `local`, `text_files`, `idx`: the readers behind the sources.
 - `tokenize`: WordPiece (a checkpoint's vocab.txt, or trained) and the word vocabulary.
 - `cache`: the on-disk cache of tokens and vocabularies, keyed by what they derive from.
-- `inputs`: records to model inputs (`InputSpec`, `prepare_inputs`), per split and position.
+- `inputs`: records to model inputs (`InputOptions`, `prepare_inputs`), per split and position.
 - `pipeline`: shuffled, sharded, resumable training batches and masked evaluation batches (grain).
 - `placement`: batches on devices, for `pmap` (leading device axis) or a mesh (global arrays).
 
@@ -53,9 +53,8 @@ from train.data.images import ChannelStats
 from train.data.images import compute_channel_stats
 from train.data.images import normalization_stats
 from train.data.images import normalize
-from train.data.inputs import InputSpec
+from train.data.inputs import InputOptions
 from train.data.inputs import Inputs
-from train.data.inputs import MODEL_INPUTS
 from train.data.inputs import prepare_inputs
 from train.data.labels import check_label_names
 from train.data.labels import load_label_names
@@ -86,7 +85,7 @@ __all__ = [
     "Record", "Source", "Split", "DATA_DIR_ENV", "get_source", "known_sources",
     "carve_validation", "validation_size",
     # The batching stage.
-    "Cache", "InputSpec", "Inputs", "MODEL_INPUTS", "prepare_inputs", "BatchIterator",
+    "Cache", "InputOptions", "Inputs", "prepare_inputs", "BatchIterator",
     "epoch_order", "Pipeline", "data_mesh", "mesh_placement", "pmap_placement",
     "build_word_vocab", "TextTokenizer", "train_wordpiece", "wordpiece_from_vocab",
 ]

@@ -1,8 +1,9 @@
 """Model inputs: records become the arrays that each model takes, by position in a split.
 
-`InputSpec` says which model the inputs are for and how text is tokenised; `prepare_inputs` turns a
-`Source` into `Inputs`, whose `split(name).gather(positions, ...)` returns one batch as NumPy arrays
-with exactly the model's input names plus `label` (int32):
+`InputOptions` says which model family the inputs are for and how text is tokenised;
+`prepare_inputs` turns a `Source` into `Inputs`, whose `split(name).gather(positions, ...)` returns
+one batch as NumPy arrays with exactly the model's input names plus `label` (int32). The family
+(`models.family`) says what those inputs are; for the suite's three:
 
 | model | keys | from |
 |---|---|---|
@@ -34,37 +35,32 @@ from typing import Any
 
 import numpy as np
 
+import models
 from train.data import _files
 from train.data import cache as cache_lib
 from train.data import images as images_lib
 from train.data import records
 from train.data import tokenize
 
-MODEL_INPUTS: dict[str, tuple[str, ...]] = {
-    "bert": ("input_ids", "attention_mask", "token_type_ids"),
-    "lstm_attention": ("token_ids", "lengths"),
-    "resnet": ("image",),
-}
-DEFAULT_MAX_LEN = {"bert": 128, "lstm_attention": 256}
-DEFAULT_TOKENS = {"bert": "wordpiece", "lstm_attention": "words"}
 DEFAULT_VOCAB_SIZE = {"wordpiece": 30522, "words": 20_000}
-# BERT's position table (and the MiniLM checkpoint's) has 512 entries.
-BERT_MAX_LEN = 512
+_TOKENS_TITLE = {"wordpiece": "WordPiece", "words": "word"}
 
 
 @dataclasses.dataclass(frozen=True)
-class InputSpec:
-  """Which model the inputs are for, and how text becomes ids. Defaults are filled in.
+class InputOptions:
+  """Which model family the inputs are for, and how text becomes ids. Defaults are filled in.
+
+  The defaults and limits are the family's (`models.family(model).text`).
 
   Attributes:
-    model: "bert", "lstm_attention" or "resnet": the model registry's names (`models.get`).
+    model: a model family's name (`models.names()`: "bert", "lstm_attention", "resnet", ...).
     max_len: tokens per example after truncation and padding (bert 128, lstm_attention 256).
     tokens: "wordpiece" or "words" (bert: wordpiece only; lstm_attention: words by default).
     vocab_file: a WordPiece vocab.txt (a checkpoint's); None learns a vocabulary from train.
     vocab_size: size of a vocabulary learnt from train (WordPiece 30522, words 20,000).
     min_count: words seen fewer times in train become `<unk>` (word vocabulary only).
     lowercase: lowercase the text (and, for WordPiece, strip accents): uncased models.
-    augment: random crop and flip of training images (resnet).
+    augment: random crop and flip of training images (image families).
   """
 
   model: str
@@ -77,29 +73,32 @@ class InputSpec:
   augment: bool = True
 
   def __post_init__(self):
-    if self.model not in MODEL_INPUTS:
-      raise ValueError(f"model must be one of {sorted(MODEL_INPUTS)}, got {self.model!r}.")
-    if self.model == "resnet":
+    if self.model not in models.names():
+      raise ValueError(f"model must be one of {sorted(models.names())}, got {self.model!r}.")
+    family = self.family
+    if family.text is None:
       given = [f for f in ("max_len", "tokens", "vocab_file", "vocab_size")
                if getattr(self, f) is not None]
       if given:
-        raise ValueError(f"{given} apply to text inputs, not to model 'resnet'.")
+        raise ValueError(f"{given} apply to text inputs, not to model {self.model!r}.")
       return
-    tokens = self.tokens or DEFAULT_TOKENS[self.model]
+    text = family.text
+    tokens = self.tokens or text.tokens[0]
     if tokens not in tokenize.KINDS:
       raise ValueError(f"tokens must be one of {tokenize.KINDS}, got {tokens!r}.")
-    if self.model == "bert" and tokens != "wordpiece":
-      raise ValueError(f"tokens={tokens!r}: BERT inputs are WordPiece ids.")
+    if tokens not in text.tokens:
+      kinds = " or ".join(_TOKENS_TITLE[t] for t in text.tokens)
+      raise ValueError(f"tokens={tokens!r}: {family.title} inputs are {kinds} ids.")
     if self.vocab_file is not None and tokens != "wordpiece":
       raise ValueError("vocab_file is a WordPiece vocab.txt; it needs tokens='wordpiece'.")
     if tokens == "words" and not self.lowercase:
       raise ValueError("lowercase=False: the word vocabulary is lowercased; use WordPiece "
                        "(tokens='wordpiece') for cased text.")
-    max_len = DEFAULT_MAX_LEN[self.model] if self.max_len is None else self.max_len
+    max_len = text.max_len if self.max_len is None else self.max_len
     if isinstance(max_len, bool) or not isinstance(max_len, int) or max_len < 2:
       raise ValueError(f"max_len must be an int >= 2, got {max_len!r}.")
-    if self.model == "bert" and max_len > BERT_MAX_LEN:
-      raise ValueError(f"max_len={max_len} exceeds BERT's {BERT_MAX_LEN} positions.")
+    if text.longest is not None and max_len > text.longest:
+      raise ValueError(f"max_len={max_len} exceeds {family.title}'s {text.longest} positions.")
     min_count = self.min_count
     if isinstance(min_count, bool) or not isinstance(min_count, int) or min_count < 1:
       raise ValueError(f"min_count must be an int >= 1, got {self.min_count!r}.")
@@ -109,6 +108,10 @@ class InputSpec:
       object.__setattr__(self, "vocab_file", os.fspath(self.vocab_file))
     elif self.vocab_size is None:
       object.__setattr__(self, "vocab_size", DEFAULT_VOCAB_SIZE[tokens])
+
+  @property
+  def family(self) -> models.Family:
+    return models.family(self.model)
 
 
 def _split_identity(source: records.Source, split: records.Split) -> dict[str, Any]:
@@ -157,26 +160,17 @@ class SplitInputs:
     Args:
       positions: [B] positions in this split.
       seed, epoch: fix the augmentation of training images (ignored for text).
-      train: augment images (if the spec asks for it).
+      train: augment images (if the options ask for it).
     """
     positions = np.asarray(positions, dtype=np.int64)
-    model = self.inputs.spec.model
-    if model == "resnet":
+    family = self.inputs.family
+    if family.text is None:
       return self._gather_images(positions, seed=seed, epoch=epoch, train=train)
     a = self.arrays
     ids = a["ids"][positions].astype(np.int32)
-    lengths = a["lengths"][positions]
-    label = a["labels"][positions]
-    if model == "lstm_attention":
-      return {"token_ids": ids, "lengths": lengths, "label": label}
-    steps = np.arange(ids.shape[1], dtype=np.int32)[None, :]
-    attention_mask = (steps < lengths[:, None]).astype(np.int32)
-    if "segment_b" in a:
-      token_type_ids = ((steps >= a["segment_b"][positions][:, None]) & (attention_mask == 1))
-    else:
-      token_type_ids = np.zeros_like(ids, dtype=bool)
-    return {"input_ids": ids, "attention_mask": attention_mask,
-            "token_type_ids": token_type_ids.astype(np.int32), "label": label}
+    segment_b = a["segment_b"][positions] if "segment_b" in a else None
+    inputs = family.text.to_inputs(ids, a["lengths"][positions], segment_b)
+    return {**inputs, "label": a["labels"][positions]}
 
   def _gather_images(self, positions, *, seed, epoch, train):
     reader_images = getattr(self.split.reader, "images", None)
@@ -188,40 +182,43 @@ class SplitInputs:
       images = np.stack([r["image"] for r in rows]) if rows else np.zeros(
           (0, *self.inputs.source.image_shape), np.uint8)
       label = np.array([r["label"] for r in rows], dtype=np.int32)
-    if train and self.inputs.spec.augment:
+    if train and self.inputs.options.augment:
       images = images_lib.augment_batch(images, seed=seed, epoch=epoch, indices=positions,
                                         hflip=self.inputs.source.hflip)
-    return {"image": images_lib.normalize(images, self.inputs.stats), "label": label}
+    name, = self.inputs.family.input_names  # An image family's one input.
+    return {name: images_lib.normalize(images, self.inputs.stats), "label": label}
 
 
 class Inputs:
-  """A source's model inputs under one `InputSpec` (build with `prepare_inputs`).
+  """A source's model inputs under one `InputOptions` (build with `prepare_inputs`).
 
   Attributes:
-    source, spec: what they were built from.
+    source, options: what they were built from.
+    family: the model family (`models.family(options.model)`).
     keys: the batch keys: the model's inputs, then "label".
     tokenizer: the `tokenize.TextTokenizer` (text), else None.
     stats: the channel statistics that `normalize` uses (images), else None.
-    vocab_size, pad_id, unk_id: of the tokenizer (text), else None: the LSTM's `vocab_size` and
-      `unk_id` come from here.
+    vocab_size, pad_id, unk_id: of the tokenizer (text), else None: model options such as the
+      LSTM's `vocab_size` and `unk_id` follow from them (`models.DataFacts`).
     cache: the `cache.Cache` (its `hits`/`misses` say whether tokenisation ran).
   """
 
-  def __init__(self, source: records.Source, spec: InputSpec,
+  def __init__(self, source: records.Source, options: InputOptions,
                cache_dir: str | os.PathLike[str] | None = None):
-    wants = "image" if spec.model == "resnet" else "text"
-    if source.kind != wants:
-      raise ValueError(f"model {spec.model!r} takes {wants} inputs, but source {source.name!r} "
-                       f"holds {source.kind}.")
+    family = options.family
+    if source.kind != family.kind:
+      raise ValueError(f"model {options.model!r} takes {family.kind} inputs, but source "
+                       f"{source.name!r} holds {source.kind}.")
     self.source = source
-    self.spec = spec
-    self.keys = (*MODEL_INPUTS[spec.model], "label")
+    self.options = options
+    self.family = family
+    self.keys = (*family.input_names, "label")
     # A source without a fingerprint cannot be told apart from an edited one: no files then.
     self.cache = cache_lib.Cache(cache_dir if source.fingerprint else None)
     self._splits: dict[str, SplitInputs] = {}
     self.tokenizer = self.stats = None
     self.vocab_size = self.pad_id = self.unk_id = None
-    if spec.model == "resnet":
+    if family.text is None:
       self.stats = images_lib.normalization_stats(source, cache_dir=self.cache.directory)
       return
     self.tokenizer = self._make_tokenizer()
@@ -235,25 +232,26 @@ class Inputs:
     return self.source.memo[memo_key]
 
   def _make_tokenizer(self) -> tokenize.TextTokenizer:
-    spec = self.spec
-    specials = spec.model == "bert"
-    if spec.vocab_file is not None:
-      return tokenize.wordpiece_from_vocab(spec.vocab_file, lowercase=spec.lowercase,
+    options = self.options
+    specials = self.family.text.special_tokens
+    if options.vocab_file is not None:
+      return tokenize.wordpiece_from_vocab(options.vocab_file, lowercase=options.lowercase,
                                            add_special_tokens=specials)
-    key = {"kind": f"vocab-{spec.tokens}", **_split_identity(self.source, self.source.train),
-           "vocab_size": spec.vocab_size, "lowercase": spec.lowercase,
-           **({"min_count": spec.min_count} if spec.tokens == "words" else {})}
+    key = {"kind": f"vocab-{options.tokens}", **_split_identity(self.source, self.source.train),
+           "vocab_size": options.vocab_size, "lowercase": options.lowercase,
+           **({"min_count": options.min_count} if options.tokens == "words" else {})}
 
     def learn() -> str:
       texts, _, _ = _read_texts(self.source.train)
-      if spec.tokens == "words":
-        return tokenize.build_word_vocab(texts, size=spec.vocab_size,
-                                         min_count=spec.min_count).to_str()
-      return tokenize.train_wordpiece(texts, vocab_size=spec.vocab_size,
-                                      lowercase=spec.lowercase).to_str()
+      if options.tokens == "words":
+        return tokenize.build_word_vocab(texts, size=options.vocab_size,
+                                         min_count=options.min_count).to_str()
+      return tokenize.train_wordpiece(texts, vocab_size=options.vocab_size,
+                                      lowercase=options.lowercase).to_str()
 
-    json_str = self._memo(key, lambda: self.cache.text(f"vocab-{spec.tokens}", key, learn))
-    return tokenize.TextTokenizer.from_str(json_str, kind=spec.tokens, add_special_tokens=specials)
+    json_str = self._memo(key, lambda: self.cache.text(f"vocab-{options.tokens}", key, learn))
+    return tokenize.TextTokenizer.from_str(json_str, kind=options.tokens,
+                                           add_special_tokens=specials)
 
   def split(self, name: str) -> SplitInputs:
     """The inputs of split `name` ("train", "validation" or "test"); text is tokenised once."""
@@ -265,14 +263,14 @@ class Inputs:
 
   def _token_arrays(self, split: records.Split) -> dict[str, np.ndarray]:
     key = {"kind": "tokens", **_split_identity(self.source, split),
-           "tokenizer": self.tokenizer.digest, "max_len": self.spec.max_len}
+           "tokenizer": self.tokenizer.digest, "max_len": self.options.max_len}
 
     def compute() -> dict[str, np.ndarray]:
       texts, texts_b, labels = _read_texts(split)
-      if texts_b is not None and self.spec.model == "lstm_attention":
-        raise ValueError(f"source {self.source.name!r} pairs two texts per example; the LSTM "
-                         "reads one.")
-      encoded = self.tokenizer.encode(texts, texts_b, max_len=self.spec.max_len)
+      if texts_b is not None and not self.family.text.pairs:
+        raise ValueError(f"source {self.source.name!r} pairs two texts per example; the "
+                         f"{self.family.title} reads one.")
+      encoded = self.tokenizer.encode(texts, texts_b, max_len=self.options.max_len)
       # uint16 halves the cache and memory whenever the ids fit (every vocabulary here does).
       ids_dtype = np.uint16 if self.tokenizer.vocab_size <= 1 << 16 else np.int32
       arrays = {"ids": encoded.ids.astype(ids_dtype), "lengths": encoded.lengths,
@@ -286,23 +284,24 @@ class Inputs:
   def save_vocab(self, path: str | os.PathLike[str]) -> pathlib.Path:
     """Writes the vocabulary, one token per line in id order (a vocab.txt), to keep with a run."""
     if self.tokenizer is None:
-      raise ValueError(f"model {self.spec.model!r} has no vocabulary.")
+      raise ValueError(f"model {self.options.model!r} has no vocabulary.")
     path = pathlib.Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("".join(f"{t}\n" for t in self.tokenizer.vocab()), encoding="utf-8")
     return path
 
 
-def prepare_inputs(source: records.Source, spec: InputSpec | str, *,
+def prepare_inputs(source: records.Source, options: InputOptions | str, *,
                    cache_dir: str | os.PathLike[str] | None = None) -> Inputs:
-  """`source`'s inputs for the model of `spec` (an `InputSpec`, or just the model name).
+  """`source`'s inputs for the model family of `options` (an `InputOptions`, or just its name).
 
   Args:
     source: from `get_source`.
-    spec: the `InputSpec`, or "bert" / "lstm_attention" / "resnet" for its defaults.
+    options: the `InputOptions`, or a family's name ("bert", "lstm_attention", "resnet", ...) for
+      its defaults.
     cache_dir: where tokens, vocabularies and image statistics are cached; None keeps them in
       memory only (computed once per process and source).
   """
-  if isinstance(spec, str):
-    spec = InputSpec(spec)
-  return Inputs(source, spec, cache_dir)
+  if isinstance(options, str):
+    options = InputOptions(options)
+  return Inputs(source, options, cache_dir)

@@ -1,7 +1,7 @@
 """Training and evaluation batches: shuffled per (seed, epoch), sharded, resumable, placed ahead.
 
 ```python
-inputs = data.prepare_inputs(source, data.InputSpec("bert", vocab_file=...), cache_dir=...)
+inputs = data.prepare_inputs(source, data.InputOptions("bert", vocab_file=...), cache_dir=...)
 pipe = data.Pipeline(inputs, global_batch_size=32, seed=0)
 it = pipe.train_iterator(state=None, place=data.mesh_placement(mesh))   # or pmap_placement()
 batch = next(it)              # {"input_ids": ..., "label": ...} on device, a few steps ahead
