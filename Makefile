@@ -37,6 +37,11 @@ demo: $(STAMP)
 	$(BIN)/python -m benchmarks.preflight --suite demo --out runs/demo
 	$(BIN)/python -m benchmarks compare --suite demo --out runs/demo
 
+# Builds the sdist and the wheel, checks what they hold, installs the wheel alone into a new venv
+# and runs the README's library example there (.ci/wheel_check.py; about a minute).
+wheel-check: $(STAMP)
+	$(BIN)/python .ci/wheel_check.py
+
 overhead: $(STAMP)
 	$(BIN)/python -m benchmarks.overhead
 
