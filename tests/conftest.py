@@ -14,20 +14,21 @@ import pathlib  # noqa: E402
 import pytest  # noqa: E402
 
 
+# The project's own stand-in data sets (data/README.md); GRADVAR_DATA_DIR overrides them, as it
+# does for train.data.get_source.
+PROJECT_DATA_DIR = pathlib.Path(__file__).resolve().parents[1] / "data"
+
+
 @pytest.fixture(scope="session")
 def data_dir() -> pathlib.Path:
-  """The real stand-in data sets (see the README): from GRADVAR_DATA_DIR, never a fixed path.
+  """The real stand-in data sets: $GRADVAR_DATA_DIR if set, else the project's data/.
 
-  Tests that need them fail with a clear message when the variable is unset; they never skip.
+  Tests that need them fail with a clear message when the folder is missing; they never skip.
   """
   value = os.environ.get("GRADVAR_DATA_DIR")
-  if not value:
-    pytest.fail(
-        "GRADVAR_DATA_DIR is not set. Point it at the folder of the stand-in data "
-        "sets and rerun, as the README's test command does (see README.md, Data).",
-        pytrace=False,
-    )
-  path = pathlib.Path(value)
+  path = pathlib.Path(value) if value else PROJECT_DATA_DIR
   if not path.is_dir():
-    pytest.fail(f"GRADVAR_DATA_DIR={value!r} is not a directory.", pytrace=False)
+    given = f"GRADVAR_DATA_DIR={value!r}" if value else "the project's data folder"
+    pytest.fail(f"{given} ({path}) is not a directory; it should hold the stand-in data sets "
+                "(see data/README.md).", pytrace=False)
   return path

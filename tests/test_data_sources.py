@@ -1,7 +1,8 @@
 """Tests of train/data's sources: TFDS under mock_data, the real stand-ins, local files, bad input.
 
 The seed's data sets (AG News, CIFAR-10, IMDb) run under `tfds.testing.mock_data`, the stand-ins
-through the same local readers that CI uses (`data_dir` fixture, from GRADVAR_DATA_DIR), and every
+through the same local readers that CI uses (`data_dir` fixture: the project's data/, or
+GRADVAR_DATA_DIR), and every
 bad-input case on small files written here.
 """
 
@@ -17,6 +18,7 @@ import tensorflow_datasets as tfds
 
 from train import data
 from train.data import images as images_lib
+from train.data import sources
 from train.data import splits
 from train.data import text_files
 
@@ -237,13 +239,47 @@ def test_text_stand_ins_match_their_files(data_dir, name, classes):
       assert source.label_names[record["label"]] == file_rows[index]["label"]
 
 
-def test_stand_in_data_dir_comes_from_the_environment(data_dir, monkeypatch):
-  monkeypatch.setenv(data.DATA_DIR_ENV, str(data_dir))
-  assert len(data.get_source("rt_sentiment").test) == len(
-      (data_dir / "rt_sentiment" / "test.jsonl").read_text(encoding="utf-8").splitlines())
+def test_stand_ins_default_to_the_projects_data_folder(monkeypatch):
+  monkeypatch.delenv(data.DATA_DIR_ENV, raising=False)
+  project_data = pathlib.Path(__file__).resolve().parents[1] / "data"
+  assert sources.DEFAULT_DATA_DIR == project_data
+  rows = len((project_data / "rt_sentiment" / "test.jsonl").read_text(encoding="utf-8").splitlines())
+  assert len(data.get_source("rt_sentiment").test) == rows
+  monkeypatch.setenv(data.DATA_DIR_ENV, "")  # an empty variable counts as unset
+  assert len(data.get_source("rt_sentiment").test) == rows
+
+
+def test_stand_in_data_dir_env_and_argument_override_the_default(tmp_path, monkeypatch):
+  def tiny(folder, test_rows):
+    _write_jsonl(folder / "rt_sentiment" / "train.jsonl",
+                 [{"text": f"t{i}", "label": "ab"[i % 2]} for i in range(20)])
+    _write_jsonl(folder / "rt_sentiment" / "test.jsonl",
+                 [{"text": f"s{i}", "label": "ab"[i % 2]} for i in range(test_rows)])
+  tiny(tmp_path / "env", 3)
+  tiny(tmp_path / "arg", 5)
+  monkeypatch.setenv(data.DATA_DIR_ENV, str(tmp_path / "env"))
+  assert len(data.get_source("rt_sentiment").test) == 3
+  assert len(data.get_source("rt_sentiment", data_dir=tmp_path / "arg").test) == 5
+
+
+def test_a_missing_data_folder_is_named_with_where_it_came_from(tmp_path, monkeypatch):
+  monkeypatch.delenv(data.DATA_DIR_ENV, raising=False)
+  with pytest.raises(FileNotFoundError) as info:
+    data.get_source("rt_sentiment", data_dir=tmp_path / "given")
+  assert str(info.value).startswith(f"{tmp_path / 'given' / 'rt_sentiment'}: no such folder")
+  assert "comes from data_dir (the CLI's --data-dir)" in str(info.value)
+  monkeypatch.setenv(data.DATA_DIR_ENV, str(tmp_path / "from-env"))
+  with pytest.raises(FileNotFoundError) as info:
+    data.get_source("wordnet_topics")
+  assert str(info.value).startswith(f"{tmp_path / 'from-env' / 'wordnet_topics'}: no such folder")
+  assert "comes from $GRADVAR_DATA_DIR" in str(info.value)
   monkeypatch.delenv(data.DATA_DIR_ENV)
-  with pytest.raises(ValueError, match="pass data_dir .* or set GRADVAR_DATA_DIR"):
-    data.get_source("rt_sentiment")
+  monkeypatch.setattr(sources, "DEFAULT_DATA_DIR", tmp_path / "no-data")
+  with pytest.raises(FileNotFoundError) as info:
+    data.get_source("fashion_mnist")
+  assert str(info.value).startswith(f"{tmp_path / 'no-data' / 'fashion_mnist'}: no such folder")
+  assert "comes from the default, the project's own data/" in str(info.value)
+  assert "data/README.md" in str(info.value)
 
 
 def test_augmentation_is_reproducible_from_the_seed(data_dir):

@@ -4,8 +4,9 @@ Names:
 
 - the seed's data sets, from TFDS: `ag_news_subset`, `cifar10`, `imdb_reviews`;
 - the stand-ins for machines without internet access, read from the data folder (`data_dir`, the
-  CLI's `--data-dir`, else the environment variable `GRADVAR_DATA_DIR`): `fashion_mnist` (IDX, for
-  CIFAR-10), `wordnet_topics` (JSONL, for AG News), `rt_sentiment` (JSONL, for IMDb);
+  CLI's `--data-dir`, else the environment variable `GRADVAR_DATA_DIR`, else the project's own
+  `data/`, which ships them): `fashion_mnist` (IDX, for CIFAR-10), `wordnet_topics` (JSONL, for AG
+  News), `rt_sentiment` (JSONL, for IMDb);
 - `tfds:<name>` for any TFDS image or text classification set with the same feature kinds
   (`tfds:fashion_mnist`, `tfds:glue/sst2`, `tfds:cifar100`, ...), see `tfds_source`;
 - `local:<folder>` for a folder of JSONL, CSV or IDX files, see `local`.
@@ -20,6 +21,9 @@ from train.data import records
 from train.data import tfds_source
 
 DATA_DIR_ENV = "GRADVAR_DATA_DIR"
+# The project's own copy of the stand-ins (data/README.md). The suite runs from the checkout, so
+# the folder sits two levels above this package.
+DEFAULT_DATA_DIR = pathlib.Path(__file__).resolve().parents[2] / "data"
 
 # name -> factory(data_dir or None, tfds_data_dir or None)
 _REGISTRY: dict[str, Callable[[str | None, str | None], records.Source]] = {}
@@ -40,28 +44,31 @@ def known_sources() -> tuple[str, ...]:
   return tuple(sorted(_REGISTRY))
 
 
-def resolve_data_dir(data_dir: str | os.PathLike[str] | None, for_name: str) -> pathlib.Path:
-  """`data_dir`, else $GRADVAR_DATA_DIR; an error that says how to set them if neither is set."""
-  value = data_dir if data_dir is not None else os.environ.get(DATA_DIR_ENV)
-  if not value:
-    raise ValueError(
-        f"{for_name!r} is read from the stand-in data folder, but no folder was given: pass "
-        f"data_dir (the CLI's --data-dir) or set {DATA_DIR_ENV} to the folder of the stand-in "
-        "data sets (see the README's Data section).")
-  return pathlib.Path(value)
+def resolve_data_dir(data_dir: str | os.PathLike[str] | None) -> tuple[pathlib.Path, str]:
+  """The stand-ins' folder and where it came from: `data_dir`, else $GRADVAR_DATA_DIR, else data/.
+
+  An empty value counts as not given, as an empty environment variable usually means.
+  """
+  if data_dir is not None and os.fspath(data_dir):
+    return pathlib.Path(data_dir), "data_dir (the CLI's --data-dir)"
+  value = os.environ.get(DATA_DIR_ENV)
+  if value:
+    return pathlib.Path(value), f"${DATA_DIR_ENV}"
+  return DEFAULT_DATA_DIR, "the default, the project's own data/"
 
 
 def _stand_in(name: str, stands_in_for: str, layout: str, *, hflip: bool = False):
   def factory(data_dir, tfds_data_dir):
     del tfds_data_dir
-    folder = resolve_data_dir(data_dir, name) / name
-    how = (f"{name!r} is a stand-in for {stands_in_for}: the project's shared data folder "
-           f"ships it as {name}/{layout} (see its README); point data_dir / {DATA_DIR_ENV} at "
-           "that folder.")
+    root, given_by = resolve_data_dir(data_dir)
+    how = (f"{name!r} is a stand-in for {stands_in_for}; the data folder {root} comes from "
+           f"{given_by}. The project ships it in data/{name}/ as {layout} (see data/README.md): "
+           f"give data_dir (--data-dir) or {DATA_DIR_ENV} a folder with that layout, or neither "
+           "to use data/.")
     if name == "fashion_mnist":
       how += (" The same data also comes from TFDS as 'tfds:fashion_mnist', prepared on a "
               "machine with internet access.")
-    return local.local_source(folder, name, hflip=hflip, how_to_obtain=how)
+    return local.local_source(root / name, name, hflip=hflip, how_to_obtain=how)
   register(name)(factory)
 
 
@@ -86,7 +93,8 @@ def get_source(name: str, data_dir: str | os.PathLike[str] | None = None, *,
 
   Args:
     name: a registered name (`known_sources()`), `tfds:<name>` or `local:<folder>`.
-    data_dir: the stand-ins' folder (default: $GRADVAR_DATA_DIR). Only the stand-ins use it.
+    data_dir: the stand-ins' folder (default: $GRADVAR_DATA_DIR, else the project's data/). Only
+      the stand-ins use it.
     tfds_data_dir: TFDS's data folder (default: $TFDS_DATA_DIR, else ~/tensorflow_datasets).
 
   Raises:
