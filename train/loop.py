@@ -315,6 +315,7 @@ def train(config: config_lib.Config, resume: bool | str = False) -> dict[str, An
       was saved.
   """
   mode = _resume_mode(resume)
+  signals = epoch_lib.parse_test_signals(os.environ.get(epoch_lib.TEST_SIGNALS_ENV))
   workdir = pathlib.Path(config.workdir)
   present = [name for name in _RUN_FILES if (workdir / name).exists()]
   if present and mode is None:
@@ -327,13 +328,13 @@ def train(config: config_lib.Config, resume: bool | str = False) -> dict[str, An
   ckpts = checkpoint_lib.Checkpoints(workdir / "checkpoints", keep=config.keep_checkpoints)
   try:
     state, rng, position, resumed = _resume_from(s, workdir, ckpts, mode, present)
-    return _train(s, workdir, ckpts, state, rng, position, resumed)
+    return _train(s, workdir, ckpts, state, rng, position, resumed, signals)
   finally:
     ckpts.close()
 
 
 def _train(s: Setup, workdir: pathlib.Path, ckpts: checkpoint_lib.Checkpoints, state, rng,
-           position: _Position, resumed: dict | None) -> dict[str, Any]:
+           position: _Position, resumed: dict | None, signals: dict) -> dict[str, Any]:
   config = s.config
   recorder = records.Recorder(workdir, enabled=jax.process_index() == 0)
   run_info = _start_records(s, workdir, recorder, resumed)
@@ -344,8 +345,7 @@ def _train(s: Setup, workdir: pathlib.Path, ckpts: checkpoint_lib.Checkpoints, s
       p_train=train_step(s), state=s.launcher.put_state(state), rng=rng,
       clock=clock_lib.Clock(position.clock), step=position.step,
       epochs_done=position.epochs_done, sums=epoch_lib.EpochSums.from_json(position.epoch_acc),
-      last_row=position.last_row,
-      signals=epoch_lib.parse_test_signals(os.environ.get(epoch_lib.TEST_SIGNALS_ENV)))
+      last_row=position.last_row, signals=signals)
   try:
     with run.watch, s.pipeline.train_iterator(state=position.data, place=place,
                                               num_epochs=config.epochs) as run.data:
