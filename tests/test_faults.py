@@ -16,7 +16,7 @@ import jax
 import numpy as np
 import pytest
 
-from test_resume import EPOCHS, EVERY, STEPS_PER_EPOCH, checkpoint_steps, due, final_params
+from test_resume import EPOCHS, EVERY, STEPS_PER_EPOCH, checkpoint_steps, final_params
 from test_resume import jsonl, last_checkpoint, resumed_from, run, train_args
 # test_resume's module-scoped fixtures: the subprocess environment and the token cache.
 from test_resume import cache_dir, env  # pylint: disable=unused-import
@@ -138,22 +138,26 @@ def test_nonfinite_stops_naming_the_step_keeps_the_good_checkpoint_and_resumes_s
 def test_more_than_10_nonfinite_steps_in_a_row_stop_a_skipping_run(persistent_poison, env,
                                                                    cache_dir, tmp_path):
   size, epochs, first = persistent_poison
+  limit = loop.MAX_CONSECUTIVE_NONFINITE
+  # Checkpoints at the 10th non-finite step in a row (and every epoch): the most that are skipped.
+  every = first + limit - 1
   workdir = tmp_path / "run"
-  result = run(fault_args(workdir, cache_dir, size, "--skip-nonfinite", "--epochs", str(epochs)),
-               env)
+  result = run(fault_args(workdir, cache_dir, size, "--skip-nonfinite", "--epochs", str(epochs),
+                          "--checkpoint-every", str(every)), env)
   assert result.returncode == 3, result.stderr
   # Steps first .. first + 9 are skipped; optax.apply_if_finite applies the 11th in a row.
-  stop = first + loop.MAX_CONSECUTIVE_NONFINITE
+  stop = first + limit
   epoch = (stop - 1) // STEPS_PER_EPOCH + 1
   assert (f"non-finite loss or gradient at step {stop} (epoch {epoch}): more than 10 "
           "consecutive non-finite steps" in result.stderr)
   run_json = json.loads((workdir / "run.json").read_text())
   assert run_json["end"] is None and run_json["stopped"]["step"] == stop
   # Found at the first host sync from that step on (a checkpoint or an epoch's end), before it
-  # saves anything: the checkpoints are those due before, with the skipped steps so far counted.
+  # saves anything: the checkpoints are those due before, the newest with 10 skipped in a row.
+  def due(s):
+    return s % every == 0 or s % STEPS_PER_EPOCH == 0
   found = next(s for s in itertools.count(stop) if due(s))
   saved = [s for s in range(1, found) if due(s)][-3:]
-  assert checkpoint_steps(workdir) == saved
-  step, state, _ = last_checkpoint(workdir)
-  assert step == saved[-1] and _finite(state)
-  assert int(state["train"]["opt_state"]["notfinite_count"]) == max(0, step - first + 1)
+  assert checkpoint_steps(workdir) == saved and saved[-1] == every
+  _, state, _ = last_checkpoint(workdir)
+  assert _finite(state) and int(state["train"]["opt_state"]["notfinite_count"]) == limit
