@@ -56,7 +56,7 @@ def poison(batch_maxima):
 @pytest.fixture(scope="module")
 def persistent_poison(batch_maxima):
   """An embedding size and a number of epochs whose run has more than 10 non-finite steps in a
-  row, after a finite step that comes after the first checkpoint; and the first of that run."""
+  row, after a finite step past step EVERY + 1; and the first step of that row."""
   top, vocab_size = batch_maxima
   limit = loop.MAX_CONSECUTIVE_NONFINITE
   for epochs in range(EPOCHS, len(top) // STEPS_PER_EPOCH + 1):
