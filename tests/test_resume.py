@@ -1,10 +1,14 @@
-"""Checkpoints and `--resume`: real `kill -9` and SIGTERM of `python -m train` subprocesses.
+"""Checkpoints and `--resume`: real `kill -9`, SIGTERM and Ctrl-C of `python -m train` subprocesses.
 
 Every training subprocess is the same tiny run (the LSTM task on its stand-in, 2 CPU devices,
 2 epochs of 8 steps, a checkpoint every 3 steps) and shares one JAX compilation cache, so only
 the first one compiles. Runs that are interrupted and resumed must end bitwise equal to the
 uninterrupted reference: final params, the whole last checkpoint (optimizer state and gradvar
 ring buffer included) and the deterministic record fields.
+
+The signals are raised by the run itself right after a given step (`GRADVAR_TEST_SIGNALS`, see
+`train.loop`), so each test knows the exact step it stops at and the exact checkpoints it leaves.
+A SIGKILL raised so is a real `kill -9`: the process dies there, without running any more code.
 """
 
 import json
@@ -14,7 +18,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 
 import jax
 import numpy as np
@@ -58,23 +61,18 @@ def run(args, env, timeout=600) -> subprocess.CompletedProcess:
   return subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
 
 
-def start(args, env, log: pathlib.Path) -> subprocess.Popen:
-  return subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
-                          stderr=open(log, "w"))
+def with_signals(env, signals: str) -> dict[str, str]:
+  """`env` with the signals the run raises on itself, e.g. "SIGTERM@5" (see `train.loop`)."""
+  return {**env, "GRADVAR_TEST_SIGNALS": signals}
 
 
-def wait_for_checkpoint(proc, workdir, step, log, timeout=600.0) -> None:
-  """Returns as soon as checkpoint `step` is complete (orbax renames it into place when done)."""
-  path = pathlib.Path(workdir, "checkpoints", str(step))
-  deadline = time.monotonic() + timeout
-  while not path.is_dir():
-    if proc.poll() is not None:
-      pytest.fail(f"the run exited ({proc.returncode}) before checkpoint {step}:\n"
-                  f"{log.read_text()}")
-    if time.monotonic() > deadline:
-      proc.kill()
-      pytest.fail(f"no checkpoint {step} after {timeout} s")
-    time.sleep(0.005)
+def checkpoint_steps(workdir) -> list[int]:
+  return sorted(int(p.name) for p in pathlib.Path(workdir, "checkpoints").iterdir())
+
+
+def due(step: int) -> bool:
+  """Whether the runs of `train_args` checkpoint at `step` (every EVERY steps, every epoch)."""
+  return step % EVERY == 0 or step % STEPS_PER_EPOCH == 0
 
 
 def resumed_from(stderr: str) -> int:
@@ -139,7 +137,7 @@ def reference(tmp_path_factory, env, cache_dir):
   assert result.returncode == 0, result.stderr
   assert json.loads(result.stdout.splitlines()[-1])["epoch"] == EPOCHS
   # Checkpoints: every 3 steps and after each epoch, the newest 3 kept.
-  assert sorted(int(p.name) for p in (workdir / "checkpoints").iterdir()) == [12, 15, 16]
+  assert checkpoint_steps(workdir) == [12, 15, 16]
   return workdir
 
 
@@ -154,48 +152,74 @@ def test_kill_9_mid_window_and_mid_epoch_then_resume_is_bitwise_equal(reference,
                                                                        tmp_path):
   workdir = tmp_path / "run"
   args = train_args(workdir, cache_dir)
-  # Killed twice: once in epoch 1, once in epoch 2 of the resumed run, each just after a
-  # checkpoint lands; the newest checkpoint is then 3 or 6, then 9 or 12 (a race, both fine).
-  for attempt, (step, allowed) in enumerate([(3, {3, 6}), (9, {9, 12})]):
-    log = tmp_path / f"attempt{attempt}.log"
-    proc = start(args + (["--resume"] if attempt else []), env, log)
-    wait_for_checkpoint(proc, workdir, step, log)
-    proc.send_signal(signal.SIGKILL)
-    assert proc.wait(timeout=60) == -signal.SIGKILL
-    assert json.loads((workdir / "run.json").read_text())["end"] is None
-    newest = max(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
-    assert newest in allowed
+  # Killed twice, the step after a checkpoint: at step 4 (checkpoint 3 saved), then at step 10 of
+  # the resumed run (checkpoints 6, 8 and 9 saved, the newest 3 kept).
+  for attempt, (kill_at, saved) in enumerate([(4, [3]), (10, [6, 8, 9])]):
+    result = run(args + (["--resume"] if attempt else []),
+                 with_signals(env, f"SIGKILL@{kill_at}"))
+    assert result.returncode == -signal.SIGKILL, result.stderr
+    run_json = json.loads((workdir / "run.json").read_text())
+    assert run_json["end"] is None and "stopped" not in run_json
+    assert checkpoint_steps(workdir) == saved
     # Mid-epoch and mid-window: the ring buffer holds a partial window, the epoch is half done.
-    assert newest % STEPS_PER_EPOCH and newest % WINDOW
+    assert saved[-1] % STEPS_PER_EPOCH and saved[-1] % WINDOW
+    # The killed step's row was never written; every row up to the checkpoint was.
+    assert [r["step"] for r in jsonl(workdir / "steps.jsonl")] == list(range(1, saved[-1] + 1))
   result = run(args + ["--resume"], env)
   assert result.returncode == 0, result.stderr
-  assert resumed_from(result.stderr) in {9, 12}
+  assert resumed_from(result.stderr) == 9
   assert len(json.loads((workdir / "run.json").read_text())["resumes"]) == 2
   assert_same_run(workdir, reference)
 
 
 @pytest.mark.slow
-def test_sigterm_saves_at_the_next_step_and_exits_then_resume_is_bitwise_equal(
-    reference, env, cache_dir, tmp_path):
+@pytest.mark.parametrize("name, step", [("SIGTERM", 5), ("SIGINT", STEPS_PER_EPOCH)])
+def test_a_signal_saves_at_its_step_and_exits_then_resume_is_bitwise_equal(
+    name, step, reference, env, cache_dir, tmp_path):
+  """SIGTERM mid-epoch saves at that step; SIGINT (Ctrl-C) at an epoch's last step saves after
+  the epoch's evaluation and record."""
   workdir = tmp_path / "run"
-  log = tmp_path / "sigterm.log"
-  proc = start(train_args(workdir, cache_dir), env, log)
-  wait_for_checkpoint(proc, workdir, 3, log)
-  proc.send_signal(signal.SIGTERM)
-  assert proc.wait(timeout=120) == 75, log.read_text()  # EX_TEMPFAIL: resume me
-  stderr = log.read_text()
-  assert "SIGTERM" in stderr and "--resume" in stderr
+  result = run(train_args(workdir, cache_dir), with_signals(env, f"{name}@{step}"))
+  assert result.returncode == 75, result.stderr  # EX_TEMPFAIL: resume me
+  epoch = (step - 1) // STEPS_PER_EPOCH + 1
+  assert (f"stopped: {name}: saved a checkpoint at step {step} (epoch {epoch})"
+          in result.stderr and "--resume" in result.stderr)
   run_json = json.loads((workdir / "run.json").read_text())
   assert run_json["end"] is None
-  stopped = run_json["stopped"]
-  assert stopped["reason"] == "SIGTERM" and 3 < stopped["step"] < STEPS_PER_EPOCH
-  steps = sorted(int(p.name) for p in (workdir / "checkpoints").iterdir())
-  assert steps[-1] == stopped["step"]  # saved where it stopped, mid-epoch
-  # Every step up to the checkpoint is in the records, none after it.
-  assert [r["step"] for r in jsonl(workdir / "steps.jsonl")] == list(range(1, steps[-1] + 1))
+  assert {k: v for k, v in run_json["stopped"].items() if k != "time"} == {
+      "reason": name, "step": step, "epoch": epoch}
+  # The checkpoints due before it, and one where it stopped; the newest 3 kept.
+  assert checkpoint_steps(workdir) == ([s for s in range(1, step) if due(s)] + [step])[-3:]
+  # Every step up to the checkpoint is in the records, none after it; the epochs it finished.
+  assert [r["step"] for r in jsonl(workdir / "steps.jsonl")] == list(range(1, step + 1))
+  epochs = workdir / "epochs.jsonl"
+  assert [r["epoch"] for r in (jsonl(epochs) if epochs.exists() else [])] == list(
+      range(1, step // STEPS_PER_EPOCH + 1))
   result = run(train_args(workdir, cache_dir, "--resume"), env)
   assert result.returncode == 0, result.stderr
-  assert resumed_from(result.stderr) == stopped["step"]
+  assert resumed_from(result.stderr) == step
+  assert_same_run(workdir, reference)
+
+
+@pytest.mark.slow
+def test_a_second_ctrl_c_before_the_save_interrupts_at_once_then_resume_is_bitwise_equal(
+    reference, env, cache_dir, tmp_path):
+  workdir = tmp_path / "run"
+  # The first SIGINT asks for a checkpoint at step 5 and gives SIGINT back to Python's handler;
+  # the second, before that save, raises KeyboardInterrupt at once, which Python ends the
+  # process with by SIGINT (exit status 130 in a shell).
+  result = run(train_args(workdir, cache_dir), with_signals(env, "SIGINT@5,SIGINT@5"))
+  assert result.returncode == -signal.SIGINT, result.stderr
+  assert result.stderr.rstrip().endswith("KeyboardInterrupt")
+  assert "SIGINT received" in result.stderr and "saved a checkpoint" not in result.stderr
+  # Nothing was saved for it: the checkpoint and the rows before it are kept as they were.
+  assert checkpoint_steps(workdir) == [3]
+  assert [r["step"] for r in jsonl(workdir / "steps.jsonl")] == [1, 2, 3]
+  run_json = json.loads((workdir / "run.json").read_text())
+  assert run_json["end"] is None and "stopped" not in run_json
+  result = run(train_args(workdir, cache_dir, "--resume"), env)
+  assert result.returncode == 0, result.stderr
+  assert resumed_from(result.stderr) == 3
   assert_same_run(workdir, reference)
 
 

@@ -1,24 +1,37 @@
 """The seed's training procedure: one model, one LR strategy, per-epoch evaluation and records.
 
 The loop is fixed; what varies between runs is the config and the strategy (AlgoPerf's split).
-The training clock runs only while steps run: evaluation, logging and checkpoint I/O are not
-counted in `train_time_s`, while `elapsed_s` counts everything since the start.
+`train.epoch` runs each epoch and `train.clock` keeps the time: the training clock runs only while
+steps run, so evaluation, logging and checkpoint I/O are not counted in `train_time_s`, while
+`elapsed_s` counts everything since the start.
 
 A run checkpoints after every epoch (and every `checkpoint_every_steps` steps, and on SIGTERM or
 SIGINT) into `<workdir>/checkpoints` (see `train.checkpoint`); `train(config, resume=True)`
 continues from the latest good one exactly as if it had never stopped: same state, same batches,
-same epoch sums, records cut back to the checkpoint. Non-finite steps stop the run before anything
-non-finite is saved, or, with `skip_nonfinite`, are skipped and counted.
+same epoch sums, same clocks, records cut back to the checkpoint. Non-finite steps stop the run
+before anything non-finite is saved, or, with `skip_nonfinite`, are skipped and counted.
+
+Interruptions. The first SIGTERM or SIGINT (one process) makes the run save at the next step
+boundary and raise `checkpoint.Preempted` (at an epoch's last step: after that epoch's record).
+The handler then gives the signal back to its previous handler, so a second one before that save
+acts as it would without the loop: a second Ctrl-C raises `KeyboardInterrupt` at once, nothing is
+saved for it, and `python -m train` dies of SIGINT (exit status 130 in a shell); the checkpoints
+before it are kept.
+
+Test-only: the environment variable `GRADVAR_TEST_SIGNALS` (no user sets it) raises signals in the
+training process itself, right after a given step completes and before that step's boundary is
+handled, so that tests interrupt at an exact step instead of racing the run from outside. Its
+syntax is `NAME@STEP[,NAME@STEP...]` with a signal name and a global step >= 1, e.g.
+`SIGTERM@12`, `SIGINT@5,SIGINT@5` (two Ctrl-C before the save) or `SIGKILL@4` (a real kill -9 at
+step 4); signals at the same step are raised in the order given.
 """
 
 import dataclasses
-import itertools
+import functools
 import json
 import logging
-import math
 import os
 import pathlib
-import time
 from typing import Any
 import warnings
 
@@ -28,12 +41,13 @@ from jax.experimental import multihost_utils
 import numpy as np
 import optax
 import orbax.checkpoint as ocp
-from tqdm import tqdm
 
 import models
 from train import checkpoint as checkpoint_lib
+from train import clock as clock_lib
 from train import config as config_lib
 from train import data
+from train import epoch as epoch_lib
 from train import records
 from train import step as step_lib
 from train import strategies
@@ -44,8 +58,9 @@ from train.data import pipeline as pipeline_lib
 # and seed trains on the same examples.
 _SUBSET_SEED = 0x5EB5E7
 # With `skip_nonfinite`, optax.apply_if_finite skips this many non-finite steps in a row, then
-# gives up (applies one) and the run stops: a fault that persists is not a glitch to step over.
-MAX_CONSECUTIVE_NONFINITE = 10
+# gives up (applies one) and the run stops (`train.epoch` checks).
+MAX_CONSECUTIVE_NONFINITE = epoch_lib.MAX_CONSECUTIVE_NONFINITE
+NonFiniteError = epoch_lib.NonFiniteError
 
 
 def _subset(split: data.Split, n: int | None) -> data.Split:
@@ -161,43 +176,6 @@ def train_step(s: Setup):
       s.model, s.model_spec.input_names, s.strategy.optimizer, s.strategy.effective_lr))
 
 
-class NonFiniteError(RuntimeError):
-  """A step's loss or gradient was not finite; the last good checkpoint is kept as it was."""
-
-  def __init__(self, step: int, epoch: int, detail: str):
-    self.step, self.epoch = step, epoch
-    super().__init__(f"non-finite loss or gradient at step {step} (epoch {epoch}): {detail}")
-
-
-@jax.jit
-def _accumulate(acc, metrics, step):
-  """Adds a step's metrics to the epoch's sums; steps with a non-finite loss or gradient are
-  counted instead of added, and the first of them is noted."""
-  finite = jnp.isfinite(metrics["loss"]) & jnp.isfinite(metrics["grad_norm"])
-  if acc is None:
-    zero = jnp.zeros_like(finite, jnp.int32)
-    acc = {"sums": jax.tree.map(jnp.zeros_like, metrics), "finite_steps": zero,
-           "nonfinite_steps": zero, "first_nonfinite": zero}
-  return {
-      "sums": jax.tree.map(lambda a, m: a + jnp.where(finite, m, 0), acc["sums"], metrics),
-      "finite_steps": acc["finite_steps"] + finite,
-      "nonfinite_steps": acc["nonfinite_steps"] + ~finite,
-      "first_nonfinite": jnp.where((acc["first_nonfinite"] == 0) & ~finite, step,
-                                   acc["first_nonfinite"]),
-  }
-
-
-def _acc_to_json(host_acc) -> dict[str, Any]:
-  # float32 -> Python float -> JSON -> float32 is exact, so the epoch's row comes out the same.
-  return {"sums": {k: float(v) for k, v in host_acc["sums"].items()},
-          **{k: int(host_acc[k]) for k in ("finite_steps", "nonfinite_steps", "first_nonfinite")}}
-
-
-def _acc_from_json(saved: dict[str, Any]):
-  return {"sums": {k: np.float32(v) for k, v in saved["sums"].items()},
-          **{k: np.int32(saved[k]) for k in ("finite_steps", "nonfinite_steps", "first_nonfinite")}}
-
-
 RESUME_MODES = ("latest", "allow-fresh")
 _RUN_FILES = ("run.json", "epochs.jsonl", "steps.jsonl", "checkpoints")
 
@@ -214,16 +192,13 @@ def _resume_mode(resume: bool | str) -> str | None:
 
 @dataclasses.dataclass
 class _Position:
-  """Where a run stands at a checkpoint: steps and epochs done, and the clocks."""
+  """Where a run stands at a checkpoint (fresh: at the start)."""
   step: int = 0
   epochs_done: int = 0  # epochs whose rows are written
   data: dict | None = None  # the training iterator's state
-  epoch_acc: dict | None = None  # sums of the unfinished epoch's metrics (host)
+  epoch_acc: dict | None = None  # sums of the unfinished epoch's metrics (`EpochSums.to_json`)
   last_row: dict = dataclasses.field(default_factory=dict)
-  train_time_total: float = 0.0  # of the finished epochs
-  epoch_train: float = 0.0  # of the unfinished epoch so far
-  epoch_cpu: float = 0.0
-  elapsed: float = 0.0
+  clock: dict | None = None  # `Clock.to_json()`
 
 
 def _abstract_for(s: Setup):
@@ -279,12 +254,9 @@ def _resume_from(s: Setup, workdir: pathlib.Path, ckpts: checkpoint_lib.Checkpoi
     state = init_state(s)
     return state, jax.random.key(s.config.seed + 1), _Position(), None
   meta = restored.meta
-  clock = meta["clock"]
-  position = _Position(
-      step=restored.step, epochs_done=meta["epochs_done"], data=meta["data"],
-      epoch_acc=meta["epoch_acc"], last_row=meta["last_row"],
-      train_time_total=clock["train_time_total"], epoch_train=clock["epoch_train"],
-      epoch_cpu=clock["epoch_cpu"], elapsed=clock["elapsed"])
+  position = _Position(step=restored.step, epochs_done=meta["epochs_done"], data=meta["data"],
+                       epoch_acc=meta["epoch_acc"], last_row=meta["last_row"],
+                       clock=meta["clock"])
   if jax.process_index() == 0:
     removed = checkpoint_lib.truncate_records(workdir, position.step, position.epochs_done)
   else:
@@ -340,6 +312,7 @@ def train(config: config_lib.Config, resume: bool | str = False) -> dict[str, An
       was saved.
   """
   mode = _resume_mode(resume)
+  signals = epoch_lib.parse_test_signals(os.environ.get(epoch_lib.TEST_SIGNALS_ENV))
   workdir = pathlib.Path(config.workdir)
   present = [name for name in _RUN_FILES if (workdir / name).exists()]
   if present and mode is None:
@@ -352,164 +325,63 @@ def train(config: config_lib.Config, resume: bool | str = False) -> dict[str, An
   ckpts = checkpoint_lib.Checkpoints(workdir / "checkpoints", keep=config.keep_checkpoints)
   try:
     state, rng, position, resumed = _resume_from(s, workdir, ckpts, mode, present)
-    return _train(s, workdir, ckpts, state, rng, position, resumed)
+    return _train(s, workdir, ckpts, state, rng, position, resumed, signals)
   finally:
     ckpts.close()
 
 
 def _train(s: Setup, workdir: pathlib.Path, ckpts: checkpoint_lib.Checkpoints, state, rng,
-           position: _Position, resumed: dict | None) -> dict[str, Any]:
+           position: _Position, resumed: dict | None, signals: dict) -> dict[str, Any]:
   config = s.config
   recorder = records.Recorder(workdir, enabled=jax.process_index() == 0)
-  if recorder.enabled:
-    config.write(workdir / "config.json")
-    data.save_label_names(workdir / "labels.json", s.source.label_names, source=s.source.name)
-  run_info = _run_info(s, workdir, resumed)
-  recorder.write_json("run.json", run_info)
-
+  run_info = _start_records(s, workdir, recorder, resumed)
   place = s.launcher.placement()
-  p_train = train_step(s)
   p_eval = s.launcher.eval(step_lib.make_eval_step(s.model, s.model_spec.input_names))
-  state = s.launcher.put_state(state)
-  steps_per_epoch = s.pipeline.steps_per_epoch
-  examples_per_epoch = steps_per_epoch * config.batch_size
-  every = config.checkpoint_every_steps
-
-  start = time.perf_counter() - position.elapsed
-  train_time = position.train_time_total
-  last: dict[str, Any] = position.last_row
-  acc = None if position.epoch_acc is None else _acc_from_json(position.epoch_acc)
-
-  def check_finite(acc, global_step, epoch):
-    """Raises before anything non-finite is saved; a host sync, done where one happens anyway."""
-    if config.skip_nonfinite:
-      run = int(s.launcher.get(state.opt_state.notfinite_count))
-      if run > MAX_CONSECUTIVE_NONFINITE:
-        raise NonFiniteError(
-            global_step - run + MAX_CONSECUTIVE_NONFINITE + 1, epoch,
-            f"more than {MAX_CONSECUTIVE_NONFINITE} consecutive non-finite steps, so "
-            "optax.apply_if_finite applied one; the state is no longer finite")
-      return
-    first = int(s.launcher.get(acc["first_nonfinite"]))
-    if first:
-      raise NonFiniteError(first, epoch, "the run stops (--skip-nonfinite skips such steps)")
-
-  def save(global_step, epoch_acc, it, epoch_train=0.0, epoch_cpu=0.0):
-    meta = {"epochs_done": epochs_done, "data": it.get_state(),
-            "epoch_acc": None if epoch_acc is None else _acc_to_json(s.launcher.get(epoch_acc)),
-            "last_row": last, "config": config.to_json(),
-            "clock": {"train_time_total": train_time, "epoch_train": epoch_train,
-                      "epoch_cpu": epoch_cpu, "elapsed": time.perf_counter() - start}}
-    host = {"train": s.launcher.get(state), "rng": np.asarray(jax.random.key_data(rng))}
-    ckpts.save(global_step, host, meta)
-
-  def stopped(reason, global_step, epoch):
-    run_info["stopped"] = {"reason": reason, "step": global_step, "epoch": epoch,
+  run = epoch_lib.Run(
+      s, recorder, ckpts, evaluate=functools.partial(evaluate, s, p_eval, place=place),
+      p_train=train_step(s), state=s.launcher.put_state(state), rng=rng,
+      clock=clock_lib.Clock(position.clock), step=position.step,
+      epochs_done=position.epochs_done, sums=epoch_lib.EpochSums.from_json(position.epoch_acc),
+      last_row=position.last_row, signals=signals)
+  try:
+    with run.watch, s.pipeline.train_iterator(state=position.data, place=place,
+                                              num_epochs=config.epochs) as run.data:
+      compile_s = run.compile()
+      if compile_s is not None:
+        run_info["compile_s"] = compile_s
+      for epoch in range(run.epochs_done + 1, config.epochs + 1):
+        stop = epoch_lib.run_epoch(run, epoch)
+        if stop is not None and epoch < config.epochs:
+          raise checkpoint_lib.Preempted(stop, run.step, epoch, ckpts.directory)
+  except (checkpoint_lib.Preempted, NonFiniteError) as e:
+    reason = e.signal_name if isinstance(e, checkpoint_lib.Preempted) else str(e)
+    run_info["stopped"] = {"reason": reason, "step": e.step, "epoch": e.epoch,
                            "time": records.now()}
     recorder.write_json("run.json", run_info)
-
-  epochs_done = position.epochs_done
-  global_step = position.step
-  watch = checkpoint_lib.PreemptionWatch()
-  try:
-    with watch, s.pipeline.train_iterator(state=position.data, place=place,
-                                          num_epochs=config.epochs) as it:
-      if epochs_done < config.epochs:
-        # Compiled ahead of the clock, on the first batch, which then trains as usual.
-        first = next(it)
-        t_compile = time.perf_counter()
-        p_train = s.launcher.compile(p_train, state, first, rng)
-        run_info["compile_s"] = time.perf_counter() - t_compile
-        batches = itertools.chain([first], it)
-      for epoch in range(epochs_done + 1, config.epochs + 1):
-        begun = global_step - (epoch - 1) * steps_per_epoch  # > 0 when resumed mid-epoch
-        cpu0 = time.process_time() - position.epoch_cpu
-        t0, io_time = time.perf_counter() - position.epoch_train, 0.0
-        position.epoch_cpu = position.epoch_train = 0.0
-        pending, stop = [], None
-        bar = tqdm(range(begun, steps_per_epoch), desc=f"epoch {epoch}/{config.epochs}",
-                   disable=config.quiet or jax.process_index() != 0, leave=False,
-                   dynamic_ncols=True, initial=begun, total=steps_per_epoch)
-        for i in bar:
-          state, metrics = p_train(state, next(batches), rng)
-          global_step = (epoch - 1) * steps_per_epoch + i + 1
-          acc = _accumulate(acc, metrics, global_step)
-          if global_step % config.log_every == 0:
-            pending.append((global_step, metrics))
-          stop = watch.requested(global_step)
-          # An epoch's last step is saved after its evaluation, below.
-          save_now = i < steps_per_epoch - 1 and (
-              stop is not None or (every is not None and global_step % every == 0))
-          if len(pending) >= 50 or i == steps_per_epoch - 1 or save_now:
-            # The steps so far finish on the training clock; only the transfer and writing don't.
-            jax.block_until_ready(metrics)
-            t_io = time.perf_counter()
-            rows = [{"step": st, "epoch": epoch, **{k: float(v) for k, v in
-                                                     s.launcher.get(m).items()}}
-                    for st, m in pending]
-            recorder.steps(rows)
-            if rows:
-              bar.set_postfix(loss=f"{rows[-1]['loss']:.4f}",
-                              lr=f"{rows[-1]['effective_lr']:.2e}")
-            pending = []
-            check_finite(acc, global_step, epoch)
-            io_time += time.perf_counter() - t_io
-          if save_now:
-            t_io = time.perf_counter()
-            save(global_step, acc, it, epoch_train=t_io - t0 - io_time,
-                 epoch_cpu=time.process_time() - cpu0)
-            io_time += time.perf_counter() - t_io
-            if stop is not None:
-              raise checkpoint_lib.Preempted(stop, global_step, epoch, ckpts.directory)
-        jax.block_until_ready(state)
-        epoch_train = time.perf_counter() - t0 - io_time
-        cpu = time.process_time() - cpu0
-        train_time += epoch_train
-        host_acc = s.launcher.get(acc)
-        finite_steps = int(host_acc["finite_steps"])
-        means = {k: float(v) / finite_steps if finite_steps else math.nan
-                 for k, v in host_acc["sums"].items()}
-        last_metrics = s.launcher.get(metrics)
-        evaluation = evaluate(s, p_eval, state, "validation", place)
-        row = {
-            "epoch": epoch, "step": epoch * steps_per_epoch,
-            "train_loss": means["loss"], "train_accuracy": means["accuracy"],
-            "val_loss": evaluation["validation_loss"],
-            "val_accuracy": evaluation["validation_accuracy"],
-            "effective_lr": float(last_metrics["effective_lr"]),
-            "effective_lr_mean": means["effective_lr"],
-            "lr_scale": float(last_metrics["lr_scale"]), "lr_scale_mean": means["lr_scale"],
-            "variability_mean": means["variability"],
-            "train_time_s": epoch_train, "train_time_total_s": train_time,
-            "elapsed_s": time.perf_counter() - start, "cpu_time_s": cpu,
-            "examples_per_s": examples_per_epoch / epoch_train,
-            "peak_rss_mb": records.peak_rss_mb(),
-            "device_memory_mb": records.device_memory_mb(s.devices),
-        }
-        if config.skip_nonfinite:
-          row["nonfinite_steps"] = int(host_acc["nonfinite_steps"])
-        recorder.epoch(row)
-        if not config.quiet and jax.process_index() == 0:
-          tqdm.write(f"epoch {epoch}: train_loss {row['train_loss']:.4f} val_loss "
-                     f"{row['val_loss']:.4f} val_acc {row['val_accuracy']:.4f} lr "
-                     f"{row['effective_lr']:.2e} ({epoch_train:.1f}s)")
-        last, epochs_done, acc = row, epoch, None
-        save(global_step, None, it)
-        if stop is not None and epoch < config.epochs:
-          raise checkpoint_lib.Preempted(stop, global_step, epoch, ckpts.directory)
-  except checkpoint_lib.Preempted as e:
-    stopped(e.signal_name, e.step, e.epoch)
-    raise
-  except NonFiniteError as e:
-    stopped(str(e), e.step, e.epoch)
     raise
   finally:
     recorder.close()
+  return _finish(run, workdir, run_info)
 
-  test = evaluate(s, p_eval, state, "test", place)
-  final = s.launcher.get({"params": state.params, "batch_stats": state.batch_stats})
+
+def _start_records(s: Setup, workdir: pathlib.Path, recorder: records.Recorder,
+                   resumed: dict | None) -> dict[str, Any]:
+  """Writes the run's config, labels and `run.json`; returns the latter's contents."""
+  if recorder.enabled:
+    s.config.write(workdir / "config.json")
+    data.save_label_names(workdir / "labels.json", s.source.label_names, source=s.source.name)
+  run_info = _run_info(s, workdir, resumed)
+  recorder.write_json("run.json", run_info)
+  return run_info
+
+
+def _finish(run: epoch_lib.Run, workdir: pathlib.Path, run_info: dict[str, Any]
+            ) -> dict[str, Any]:
+  """Tests the final state and saves its params; returns the last epoch's row and the test."""
+  test = run.evaluate(run.state, "test")
+  final = run.s.launcher.get({"params": run.state.params, "batch_stats": run.state.batch_stats})
   with ocp.StandardCheckpointer() as ckptr:
     ckptr.save((workdir / "final").absolute(), final, force=True)
   run_info.update(end=records.now(), test=test)
-  recorder.write_json("run.json", run_info)
-  return {**last, **test}
+  run.recorder.write_json("run.json", run_info)
+  return {**run.last_row, **test}

@@ -1,0 +1,292 @@
+"""An epoch of the training loop: its steps, the sums of their metrics, its record and its saves.
+
+`train.loop` sets a run up and calls `run_epoch` for each epoch left; a `Run` holds what the
+epochs share and where the run stands, which is what a checkpoint saves (with the data iterator's
+state and the clock, `train.clock`).
+"""
+
+import dataclasses
+import itertools
+import math
+import signal
+import time
+from typing import Any, Callable, Iterator
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from tqdm import tqdm
+
+from train import checkpoint as checkpoint_lib
+from train import clock as clock_lib
+from train import records
+
+# With `skip_nonfinite`, optax.apply_if_finite skips this many non-finite steps in a row, then
+# gives up (applies one) and the run stops: a fault that persists is not a glitch to step over.
+MAX_CONSECUTIVE_NONFINITE = 10
+# Test-only (see `train.loop`): signals to raise in-process after given steps.
+TEST_SIGNALS_ENV = "GRADVAR_TEST_SIGNALS"
+# Step rows wait on the host for at most this many steps; writing them syncs with the device.
+_MAX_PENDING_ROWS = 50
+
+
+class NonFiniteError(RuntimeError):
+  """A step's loss or gradient was not finite; the last good checkpoint is kept as it was."""
+
+  def __init__(self, step: int, epoch: int, detail: str):
+    self.step, self.epoch = step, epoch
+    super().__init__(f"non-finite loss or gradient at step {step} (epoch {epoch}): {detail}")
+
+
+@jax.jit
+def _accumulate(acc, metrics, step):
+  """Adds a step's metrics to the epoch's sums; steps with a non-finite loss or gradient are
+  counted instead of added, and the first of them is noted."""
+  finite = jnp.isfinite(metrics["loss"]) & jnp.isfinite(metrics["grad_norm"])
+  if acc is None:
+    zero = jnp.zeros_like(finite, jnp.int32)
+    acc = {"sums": jax.tree.map(jnp.zeros_like, metrics), "finite_steps": zero,
+           "nonfinite_steps": zero, "first_nonfinite": zero}
+  return {
+      "sums": jax.tree.map(lambda a, m: a + jnp.where(finite, m, 0), acc["sums"], metrics),
+      "finite_steps": acc["finite_steps"] + finite,
+      "nonfinite_steps": acc["nonfinite_steps"] + ~finite,
+      "first_nonfinite": jnp.where((acc["first_nonfinite"] == 0) & ~finite, step,
+                                   acc["first_nonfinite"]),
+  }
+
+
+_COUNTS = ("finite_steps", "nonfinite_steps", "first_nonfinite")
+
+
+@dataclasses.dataclass(frozen=True)
+class EpochTotals:
+  """The sums of an epoch's metrics so far, on the host (the checkpoint's `epoch_acc`)."""
+  sums: dict[str, float]  # over the finite steps
+  finite_steps: int
+  nonfinite_steps: int
+  first_nonfinite: int  # the first non-finite step (global), 0 if none
+
+  def means(self) -> dict[str, float]:
+    return {k: v / self.finite_steps if self.finite_steps else math.nan
+            for k, v in self.sums.items()}
+
+
+class EpochSums:
+  """An epoch's metric sums, added on the devices so that a step needs no host sync.
+
+  Args:
+    tree: the sums as `_accumulate` keeps them; None before the epoch's first step.
+  """
+
+  def __init__(self, tree=None):
+    self.tree = tree
+
+  def add(self, metrics, step: int) -> None:
+    self.tree = _accumulate(self.tree, metrics, step)
+
+  def first_nonfinite(self, get: Callable) -> int:
+    """The epoch's first non-finite step, 0 if none; `get` reads a replica (`Launcher.get`)."""
+    return int(get(self.tree["first_nonfinite"]))
+
+  def totals(self, get: Callable) -> EpochTotals:
+    host = get(self.tree)
+    # float32 -> Python float -> JSON -> float32 is exact, so a resumed epoch's row is the same.
+    return EpochTotals({k: float(v) for k, v in host["sums"].items()},
+                       **{k: int(host[k]) for k in _COUNTS})
+
+  def to_json(self, get: Callable) -> dict[str, Any] | None:
+    return None if self.tree is None else dataclasses.asdict(self.totals(get))
+
+  @classmethod
+  def from_json(cls, saved: dict[str, Any] | None) -> "EpochSums":
+    if saved is None:
+      return cls()
+    return cls({"sums": {k: np.float32(v) for k, v in saved["sums"].items()},
+                **{k: np.int32(saved[k]) for k in _COUNTS}})
+
+
+def epoch_row(epoch: int, step: int, totals: EpochTotals, last: dict[str, Any],
+              evaluation: dict[str, float], times: clock_lib.EpochTime, examples: int,
+              devices, count_nonfinite: bool) -> dict[str, Any]:
+  """An epoch's record (a row of `epochs.jsonl`); the one place that builds it.
+
+  Args:
+    epoch, step: the epoch (from 1) and the global step at its end.
+    totals: the sums of its steps' metrics.
+    last: the metrics of its last step (host).
+    evaluation: `loop.evaluate` on the validation split.
+    times: the clocks, read after the evaluation.
+    examples: the training examples in an epoch.
+    devices: the run's devices (their peak memory is recorded).
+    count_nonfinite: add `nonfinite_steps` (runs with `skip_nonfinite`).
+  """
+  means = totals.means()
+  row = {
+      "epoch": epoch, "step": step,
+      "train_loss": means["loss"], "train_accuracy": means["accuracy"],
+      "val_loss": evaluation["validation_loss"],
+      "val_accuracy": evaluation["validation_accuracy"],
+      "effective_lr": float(last["effective_lr"]), "effective_lr_mean": means["effective_lr"],
+      "lr_scale": float(last["lr_scale"]), "lr_scale_mean": means["lr_scale"],
+      "variability_mean": means["variability"],
+      "train_time_s": times.train_s, "train_time_total_s": times.train_total_s,
+      "elapsed_s": times.elapsed_s, "cpu_time_s": times.cpu_s,
+      "examples_per_s": examples / times.train_s,
+      "peak_rss_mb": records.peak_rss_mb(), "device_memory_mb": records.device_memory_mb(devices),
+  }
+  if count_nonfinite:
+    row["nonfinite_steps"] = totals.nonfinite_steps
+  return row
+
+
+def parse_test_signals(value: str | None) -> dict[int, list[signal.Signals]]:
+  """Parses `GRADVAR_TEST_SIGNALS` (test-only): `NAME@STEP[,NAME@STEP...]` -> {step: signals}."""
+  out: dict[int, list[signal.Signals]] = {}
+  for item in (value or "").split(","):
+    if not item.strip():
+      continue
+    name, at, step = item.strip().partition("@")
+    try:
+      signum, step = signal.Signals[name], int(step)
+    except (KeyError, ValueError):
+      signum = step = None
+    if not at or step is None or step < 1:
+      raise ValueError(f"{TEST_SIGNALS_ENV}: {item!r} is not SIGNAL@STEP (a signal name such as "
+                       f"SIGTERM and a step >= 1, comma-separated); got {value!r}")
+    out.setdefault(step, []).append(signum)
+  return out
+
+
+@dataclasses.dataclass
+class Run:
+  """A run in progress: the parts its epochs share, and where it stands (updated as it goes)."""
+  s: Any  # train.loop.Setup (that module imports this one)
+  recorder: records.Recorder
+  ckpts: checkpoint_lib.Checkpoints
+  clock: clock_lib.Clock
+  evaluate: Callable[[Any, str], dict[str, float]]  # (state, split) -> the split's metrics
+  p_train: Callable
+  state: Any
+  rng: Any
+  step: int = 0
+  epochs_done: int = 0  # epochs whose rows are written
+  sums: EpochSums = dataclasses.field(default_factory=EpochSums)  # of the unfinished epoch
+  last_row: dict[str, Any] = dataclasses.field(default_factory=dict)
+  signals: dict[int, list[signal.Signals]] = dataclasses.field(default_factory=dict)
+  watch: checkpoint_lib.PreemptionWatch = dataclasses.field(
+      default_factory=checkpoint_lib.PreemptionWatch)
+  data: Any = None  # the training iterator, while it is open
+  batches: Iterator | None = None  # its batches, from the first one not trained on
+
+  def compile(self) -> float | None:
+    """Compiles the step on the first batch, which then trains as usual; returns the seconds
+    it took, or None when no epoch is left. Done before the training clock runs."""
+    if self.epochs_done >= self.s.config.epochs:
+      return None
+    first = next(self.data)
+    t0 = time.perf_counter()
+    self.p_train = self.s.launcher.compile(self.p_train, self.state, first, self.rng)
+    seconds = time.perf_counter() - t0
+    self.batches = itertools.chain([first], self.data)
+    return seconds
+
+  def save(self) -> None:
+    """Checkpoints where the run stands; a step already saved is not saved again."""
+    get = self.s.launcher.get
+    meta = {"epochs_done": self.epochs_done, "data": self.data.get_state(),
+            "epoch_acc": self.sums.to_json(get), "last_row": self.last_row,
+            "config": self.s.config.to_json(), "clock": self.clock.to_json()}
+    host = {"train": get(self.state), "rng": np.asarray(jax.random.key_data(self.rng))}
+    self.ckpts.save(self.step, host, meta)
+
+  def check_finite(self, epoch: int) -> None:
+    """Raises before anything non-finite is saved; a host sync, done where one happens anyway."""
+    get = self.s.launcher.get
+    if self.s.config.skip_nonfinite:
+      run = int(get(self.state.opt_state.notfinite_count))
+      if run > MAX_CONSECUTIVE_NONFINITE:
+        raise NonFiniteError(
+            self.step - run + MAX_CONSECUTIVE_NONFINITE + 1, epoch,
+            f"more than {MAX_CONSECUTIVE_NONFINITE} consecutive non-finite steps, so "
+            "optax.apply_if_finite applied one; the state is no longer finite")
+      return
+    first = self.sums.first_nonfinite(get)
+    if first:
+      raise NonFiniteError(first, epoch, "the run stops (--skip-nonfinite skips such steps)")
+
+  def write_steps(self, pending: list[tuple[int, Any]], epoch: int, bar: tqdm) -> None:
+    get = self.s.launcher.get
+    rows = [{"step": step, "epoch": epoch, **{k: float(v) for k, v in get(m).items()}}
+            for step, m in pending]
+    self.recorder.steps(rows)
+    if rows:
+      bar.set_postfix(loss=f"{rows[-1]['loss']:.4f}", lr=f"{rows[-1]['effective_lr']:.2e}")
+
+
+def run_epoch(run: Run, epoch: int) -> str | None:
+  """Trains, evaluates, records and checkpoints the rest of `epoch`.
+
+  Returns:
+    The signal that came at the epoch's last step, if any: the caller stops after this epoch.
+
+  Raises:
+    checkpoint.Preempted: a signal came at an earlier step; that step was saved.
+    NonFiniteError: see `Run.check_finite`.
+  """
+  metrics, stop = _steps(run, epoch)
+  _record(run, epoch, metrics)
+  return stop
+
+
+def _steps(run: Run, epoch: int) -> tuple[Any, str | None]:
+  """The epoch's steps left, with their rows and the checkpoints due within the epoch."""
+  config, steps_per_epoch = run.s.config, run.s.pipeline.steps_per_epoch
+  begun = run.step - (epoch - 1) * steps_per_epoch  # > 0 when resumed mid-epoch
+  every = config.checkpoint_every_steps
+  pending, stop = [], None
+  run.clock.start_epoch()
+  bar = tqdm(range(begun, steps_per_epoch), desc=f"epoch {epoch}/{config.epochs}",
+             disable=config.quiet or jax.process_index() != 0, leave=False,
+             dynamic_ncols=True, initial=begun, total=steps_per_epoch)
+  for i in bar:
+    run.state, metrics = run.p_train(run.state, next(run.batches), run.rng)
+    run.step += 1
+    run.sums.add(metrics, run.step)
+    for signum in run.signals.get(run.step, ()):
+      signal.raise_signal(signum)  # the handlers run here, as for a signal from outside
+    if run.step % config.log_every == 0:
+      pending.append((run.step, metrics))
+    stop = run.watch.requested(run.step)
+    last = i == steps_per_epoch - 1
+    # The epoch's last step is saved after its evaluation, in `_record`.
+    save = not last and (stop is not None or (every is not None and run.step % every == 0))
+    if save or last or len(pending) >= _MAX_PENDING_ROWS:
+      with run.clock.paused(wait_for=metrics):
+        run.write_steps(pending, epoch, bar)
+        pending = []
+        run.check_finite(epoch)
+        if save:
+          run.save()
+      if save and stop is not None:
+        raise checkpoint_lib.Preempted(stop, run.step, epoch, run.ckpts.directory)
+  return metrics, stop
+
+
+def _record(run: Run, epoch: int, metrics) -> None:
+  """Ends the epoch: evaluates it, writes its row and checkpoints it."""
+  s = run.s
+  run.clock.end_epoch(wait_for=run.state)
+  totals = run.sums.totals(s.launcher.get)
+  last = s.launcher.get(metrics)
+  evaluation = run.evaluate(run.state, "validation")
+  row = epoch_row(epoch, run.step, totals, last, evaluation, run.clock.last_epoch(),
+                  examples=s.pipeline.steps_per_epoch * s.config.batch_size,
+                  devices=s.devices, count_nonfinite=s.config.skip_nonfinite)
+  run.recorder.epoch(row)
+  if not s.config.quiet and jax.process_index() == 0:
+    tqdm.write(f"epoch {epoch}: train_loss {row['train_loss']:.4f} val_loss "
+               f"{row['val_loss']:.4f} val_acc {row['val_accuracy']:.4f} lr "
+               f"{row['effective_lr']:.2e} ({row['train_time_s']:.1f}s)")
+  run.last_row, run.epochs_done, run.sums = row, epoch, EpochSums()
+  run.save()
