@@ -164,15 +164,15 @@ def test_epoch_row_has_exactly_the_record_fields():
   args = dict(epoch=2, step=16, totals=totals, last={"effective_lr": 1e-3, "lr_scale": 0.5},
               evaluation={"validation_loss": 0.4, "validation_accuracy": 0.8},
               times=clock_lib.EpochTime(4.0, 9.0, 3.0, 20.0), examples=64, devices=[])
-  row = epoch_lib.epoch_row(**args, count_nonfinite=False)
+  row = epoch_lib.epoch_row(**args, count_nonfinite=False).as_dict()
   assert list(row) == EPOCH_FIELDS
   assert (row["train_loss"], row["train_time_s"], row["train_time_total_s"], row["elapsed_s"],
           row["cpu_time_s"], row["examples_per_s"]) == (0.5, 4.0, 9.0, 20.0, 3.0, 16.0)
-  assert list(epoch_lib.epoch_row(**args, count_nonfinite=True)) == EPOCH_FIELDS + [
+  assert list(epoch_lib.epoch_row(**args, count_nonfinite=True).as_dict()) == EPOCH_FIELDS + [
       "nonfinite_steps"]
   no_finite = epoch_lib.EpochTotals(totals.sums, 0, 5, 1)
   assert np.isnan(epoch_lib.epoch_row(**{**args, "totals": no_finite},
-                                      count_nonfinite=True)["train_loss"])
+                                      count_nonfinite=True).train_loss)
 
 
 def test_the_test_signal_hook_parses_its_syntax_and_names_itself_on_errors():

@@ -108,7 +108,7 @@ class EpochSums:
 
 def epoch_row(epoch: int, step: int, totals: EpochTotals, last: dict[str, Any],
               evaluation: dict[str, float], times: clock_lib.EpochTime, examples: int,
-              devices, count_nonfinite: bool) -> dict[str, Any]:
+              devices, count_nonfinite: bool) -> records.EpochRow:
   """An epoch's record (a row of `epochs.jsonl`); the one place that builds it.
 
   Args:
@@ -122,22 +122,18 @@ def epoch_row(epoch: int, step: int, totals: EpochTotals, last: dict[str, Any],
     count_nonfinite: add `nonfinite_steps` (runs with `skip_nonfinite`).
   """
   means = totals.means()
-  row = {
-      "epoch": epoch, "step": step,
-      "train_loss": means["loss"], "train_accuracy": means["accuracy"],
-      "val_loss": evaluation["validation_loss"],
-      "val_accuracy": evaluation["validation_accuracy"],
-      "effective_lr": float(last["effective_lr"]), "effective_lr_mean": means["effective_lr"],
-      "lr_scale": float(last["lr_scale"]), "lr_scale_mean": means["lr_scale"],
-      "variability_mean": means["variability"],
-      "train_time_s": times.train_s, "train_time_total_s": times.train_total_s,
-      "elapsed_s": times.elapsed_s, "cpu_time_s": times.cpu_s,
-      "examples_per_s": examples / times.train_s,
-      "peak_rss_mb": records.peak_rss_mb(), "device_memory_mb": records.device_memory_mb(devices),
-  }
-  if count_nonfinite:
-    row["nonfinite_steps"] = totals.nonfinite_steps
-  return row
+  return records.EpochRow(
+      epoch=epoch, step=step,
+      train_loss=means["loss"], train_accuracy=means["accuracy"],
+      val_loss=evaluation["validation_loss"], val_accuracy=evaluation["validation_accuracy"],
+      effective_lr=float(last["effective_lr"]), effective_lr_mean=means["effective_lr"],
+      lr_scale=float(last["lr_scale"]), lr_scale_mean=means["lr_scale"],
+      variability_mean=means["variability"],
+      train_time_s=times.train_s, train_time_total_s=times.train_total_s,
+      elapsed_s=times.elapsed_s, cpu_time_s=times.cpu_s,
+      examples_per_s=examples / times.train_s,
+      peak_rss_mb=records.peak_rss_mb(), device_memory_mb=records.device_memory_mb(devices),
+      nonfinite_steps=totals.nonfinite_steps if count_nonfinite else None)
 
 
 def parse_test_signals(value: str | None) -> dict[int, list[signal.Signals]]:
@@ -217,11 +213,10 @@ class Run:
 
   def write_steps(self, pending: list[tuple[int, Any]], epoch: int, bar: tqdm) -> None:
     get = self.s.launcher.get
-    rows = [{"step": step, "epoch": epoch, **{k: float(v) for k, v in get(m).items()}}
-            for step, m in pending]
+    rows = [records.StepRow.from_metrics(step, epoch, get(m)) for step, m in pending]
     self.recorder.steps(rows)
     if rows:
-      bar.set_postfix(loss=f"{rows[-1]['loss']:.4f}", lr=f"{rows[-1]['effective_lr']:.2e}")
+      bar.set_postfix(loss=f"{rows[-1].loss:.4f}", lr=f"{rows[-1].effective_lr:.2e}")
 
 
 def run_epoch(run: Run, epoch: int) -> str | None:
@@ -285,8 +280,9 @@ def _record(run: Run, epoch: int, metrics) -> None:
                   devices=s.devices, count_nonfinite=s.config.skip_nonfinite)
   run.recorder.epoch(row)
   if not s.config.quiet and jax.process_index() == 0:
-    tqdm.write(f"epoch {epoch}: train_loss {row['train_loss']:.4f} val_loss "
-               f"{row['val_loss']:.4f} val_acc {row['val_accuracy']:.4f} lr "
-               f"{row['effective_lr']:.2e} ({row['train_time_s']:.1f}s)")
-  run.last_row, run.epochs_done, run.sums = row, epoch, EpochSums()
+    tqdm.write(f"epoch {epoch}: train_loss {row.train_loss:.4f} val_loss "
+               f"{row.val_loss:.4f} val_acc {row.val_accuracy:.4f} lr "
+               f"{row.effective_lr:.2e} ({row.train_time_s:.1f}s)")
+  # The checkpoint keeps the row as its JSON object, as epochs.jsonl has it.
+  run.last_row, run.epochs_done, run.sums = row.as_dict(), epoch, EpochSums()
   run.save()
