@@ -43,7 +43,7 @@ wheel-check: $(STAMP)
 	$(BIN)/python .ci/wheel_check.py
 
 overhead: $(STAMP)
-	$(BIN)/python -m benchmarks.overhead
+	$(BIN)/python -m benchmarks.perf.optimizer_overhead
 
 # cp312 wheels of the suite's modules that a networkless GPU machine may lack (benchmarks/gpu_check.sh).
 gpu-wheels: $(STAMP)

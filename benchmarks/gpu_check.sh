@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # What one GPU says about the seed's setup, in under 8 minutes on one H200:
 #   1. the three models' training-step throughput at the seed's size (batch 32 and 256,
-#      float32 and bfloat16), from `python -m benchmarks.models`;
+#      float32 and bfloat16), from `python -m benchmarks.perf.model_speed`;
 #   2. a shortened seed-style comparison, fixed against gradvar at full size on the offline
 #      stand-ins, 1 seed, 3 epochs (`benchmarks/suites/gpu_check.toml`).
 #
@@ -38,7 +38,7 @@ fi
 
 "$PY" -c 'import jax; print("gpu_check: devices", jax.devices())'
 echo "gpu_check: 1/2 model throughput at the seed's size"
-timeout 230 "$PY" -m benchmarks.models --models bert,resnet,lstm_attention --sizes full \
+timeout 230 "$PY" -m benchmarks.perf.model_speed --models bert,resnet,lstm_attention --sizes full \
   --batch-sizes 32,256 --dtype float32,bfloat16 --steps 20 --warmup 3 --out "$OUT/models.json"
 echo "gpu_check: 2/2 fixed against gradvar at full size on the stand-ins (3 epochs)"
 timeout 230 "$PY" -m benchmarks compare --suite gpu_check --out "$OUT/compare"

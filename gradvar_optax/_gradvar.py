@@ -254,7 +254,7 @@ def gradvar(
     )
     # The barrier keeps the norm's reduction out of the base optimizer's
     # elementwise loop: XLA:CPU fuses the two into one loop that runs about 2x
-    # slower than the passes apart (benchmarks/overhead.py). Reading the norm
+    # slower than the passes apart (benchmarks/perf/optimizer_overhead.py). Reading the norm
     # after the base update, rather than before, also keeps that update's code
     # identical to the plain optimizer's, so pmap and shard_map stay bitwise
     # equal (tests/test_gradvar_parallel.py).

@@ -213,7 +213,7 @@ class Family:
       pretrained checkpoint fixes (BERT: its vocab.txt); it raises `ValueError` when the
       checkpoint lacks what it needs.
     has_batch_stats: the model keeps BatchNorm statistics (see `ModelSpec`).
-    benchmark_classes: the logits' width that `benchmarks/models.py` measures it at (the seed's
+    benchmark_classes: the logits' width that `benchmarks/perf/model_speed.py` measures it at (the seed's
       data set for the model: AG News 4, CIFAR-10 10, IMDb 2).
     title: the model's name in messages (`'BERT'`); defaults to `name`.
     description: one line for listings.

@@ -31,7 +31,7 @@ for batch in pipe.eval_iterator("validation"): ...   # whole split, padded, with
 ```
 
 - `sources`: the registry and `get_source` (names, `--data-dir` / GRADVAR_DATA_DIR).
-- `records`: the record kinds, `Split`, `Source`, and the checks that name the bad record.
+- `examples`: the record kinds, `Split`, `Source`, and the checks that name the bad record.
 - `splits`: the fixed validation carve (10% of train, by index; sizes listed there).
 - `labels`: label maps (sorted class names), saved with a run.
 - `images`: normalisation statistics and the crop/flip augmentation.
@@ -66,9 +66,9 @@ from train.data.pipeline import Pipeline
 from train.data.placement import data_mesh
 from train.data.placement import mesh_placement
 from train.data.placement import pmap_placement
-from train.data.records import Record
-from train.data.records import Source
-from train.data.records import Split
+from train.data.examples import Record
+from train.data.examples import Source
+from train.data.examples import Split
 from train.data.sources import DATA_DIR_ENV
 from train.data.sources import get_source
 from train.data.sources import known_sources

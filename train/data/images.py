@@ -31,7 +31,7 @@ import pathlib
 import numpy as np
 
 from train.data import _hashing
-from train.data import records
+from train.data import examples
 
 # Separates the augmentation's hash stream from any other use of (seed, epoch, index).
 _AUGMENT_SALT = 0x61756731  # b"aug1"
@@ -62,14 +62,14 @@ class ChannelStats:
     return cls(tuple(float(v) for v in d["mean"]), tuple(float(v) for v in d["std"]))
 
 
-def _images(split: records.Split, start: int, stop: int) -> np.ndarray:
+def _images(split: examples.Split, start: int, stop: int) -> np.ndarray:
   images = getattr(split.reader, "images", None)
   if images is not None:  # Local arrays: slice without building records.
     return images[split.indices[start:stop]]
   return np.stack([r["image"] for r in split.__getitems__(range(start, stop))])
 
 
-def compute_channel_stats(split: records.Split) -> ChannelStats:
+def compute_channel_stats(split: examples.Split) -> ChannelStats:
   """The exact per-channel mean and (population) std of a split's images on the [0, 1] scale."""
   if len(split) == 0:
     raise ValueError(f"split {split.name!r} is empty; no statistics to compute.")
@@ -88,7 +88,7 @@ def compute_channel_stats(split: records.Split) -> ChannelStats:
   return ChannelStats(tuple(mean.tolist()), tuple(np.sqrt(np.maximum(var, 0.0)).tolist()))
 
 
-def normalization_stats(source: records.Source, *,
+def normalization_stats(source: examples.Source, *,
                         cache_dir: str | os.PathLike[str] | None = None) -> ChannelStats:
   """The training split's channel statistics, computed once per source (and per `cache_dir`)."""
   if source.kind != "image":

@@ -39,7 +39,7 @@ import models
 from train.data import _files
 from train.data import cache as cache_lib
 from train.data import images as images_lib
-from train.data import records
+from train.data import examples
 from train.data import tokenize
 
 DEFAULT_VOCAB_SIZE = {"wordpiece": 30522, "words": 20_000}
@@ -114,7 +114,7 @@ class InputOptions:
     return models.family(self.model)
 
 
-def _split_identity(source: records.Source, split: records.Split) -> dict[str, Any]:
+def _split_identity(source: examples.Source, split: examples.Split) -> dict[str, Any]:
   """What a split's content depends on: enough that edited data never hits a stale cache entry."""
   identity = {"source": source.fingerprint, "split": split.name, "reader_len": len(split.reader),
               "indices": cache_lib.array_digest(split.indices)}
@@ -124,7 +124,7 @@ def _split_identity(source: records.Source, split: records.Split) -> dict[str, A
   return identity
 
 
-def _read_texts(split: records.Split) -> tuple[list[str], list[str] | None, np.ndarray]:
+def _read_texts(split: examples.Split) -> tuple[list[str], list[str] | None, np.ndarray]:
   """(texts, texts_b or None, int32 labels) of a whole split, in order."""
   rows = split.__getitems__(range(len(split)))
   texts_b = [r["text_b"] for r in rows] if rows and "text_b" in rows[0] else None
@@ -135,7 +135,7 @@ def _read_texts(split: records.Split) -> tuple[list[str], list[str] | None, np.n
 class SplitInputs:
   """One split's model inputs, by position in the split (0 .. len - 1)."""
 
-  def __init__(self, inputs: "Inputs", split: records.Split, arrays: dict[str, np.ndarray] | None):
+  def __init__(self, inputs: "Inputs", split: examples.Split, arrays: dict[str, np.ndarray] | None):
     self.inputs = inputs
     self.split = split
     self.name = split.name
@@ -203,7 +203,7 @@ class Inputs:
     cache: the `cache.Cache` (its `hits`/`misses` say whether tokenisation ran).
   """
 
-  def __init__(self, source: records.Source, options: InputOptions,
+  def __init__(self, source: examples.Source, options: InputOptions,
                cache_dir: str | os.PathLike[str] | None = None):
     family = options.family
     if source.kind != family.kind:
@@ -261,7 +261,7 @@ class Inputs:
       self._splits[name] = SplitInputs(self, split, arrays)
     return self._splits[name]
 
-  def _token_arrays(self, split: records.Split) -> dict[str, np.ndarray]:
+  def _token_arrays(self, split: examples.Split) -> dict[str, np.ndarray]:
     key = {"kind": "tokens", **_split_identity(self.source, split),
            "tokenizer": self.tokenizer.digest, "max_len": self.options.max_len}
 
@@ -291,7 +291,7 @@ class Inputs:
     return path
 
 
-def prepare_inputs(source: records.Source, options: InputOptions | str, *,
+def prepare_inputs(source: examples.Source, options: InputOptions | str, *,
                    cache_dir: str | os.PathLike[str] | None = None) -> Inputs:
   """`source`'s inputs for the model family of `options` (an `InputOptions`, or just its name).
 

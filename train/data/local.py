@@ -19,7 +19,7 @@ import numpy as np
 from train.data import _files
 from train.data import idx
 from train.data import labels as labels_lib
-from train.data import records
+from train.data import examples
 from train.data import splits
 from train.data import text_files
 
@@ -46,7 +46,7 @@ class TextReader:
   def __len__(self) -> int:
     return len(self.table)
 
-  def read(self, indices: np.ndarray) -> list[records.Record]:
+  def read(self, indices: np.ndarray) -> list[examples.Record]:
     texts, texts_b = self.table.texts, self.table.texts_b
     out = []
     for i in indices:
@@ -67,7 +67,7 @@ class ImageArrayReader:
   def __len__(self) -> int:
     return len(self.images)
 
-  def read(self, indices: np.ndarray) -> list[records.Record]:
+  def read(self, indices: np.ndarray) -> list[examples.Record]:
     return [{"image": self.images[i], "label": int(self.label_ids[i])} for i in indices]
 
 
@@ -88,9 +88,9 @@ def _text_label_ids(table: text_files.TextTable, index: dict[str, int], train_pa
 
 
 def text_folder_source(folder: pathlib.Path, name: str, suffix: str, how_to_obtain: str = ""
-                       ) -> records.Source:
+                       ) -> examples.Source:
   """A text source from `train{suffix}`, `test{suffix}` and an optional `validation{suffix}`."""
-  paths = {s: folder / f"{s}{suffix}" for s in records.SPLIT_NAMES}
+  paths = {s: folder / f"{s}{suffix}" for s in examples.SPLIT_NAMES}
   for s in ("train", "test"):
     if not paths[s].is_file():
       raise _missing(folder, f"no {paths[s].name}; expected {LAYOUTS}", how_to_obtain)
@@ -101,16 +101,16 @@ def text_folder_source(folder: pathlib.Path, name: str, suffix: str, how_to_obta
   pair = {s: t.texts_b is not None for s, t in tables.items()}
   if len(set(pair.values())) > 1:
     raise ValueError(f"{folder}: text_b appears in some files but not others: {pair}.")
-  train = records.Split("train", readers["train"])
+  train = examples.Split("train", readers["train"])
   if "validation" in readers:
-    validation = records.Split("validation", readers["validation"])
+    validation = examples.Split("validation", readers["validation"])
   else:
     train_idx, val_idx = splits.carve_validation(len(readers["train"]))
-    train = records.Split("train", readers["train"], train_idx)
-    validation = records.Split("validation", readers["train"], val_idx)
-  return records.Source(
+    train = examples.Split("train", readers["train"], train_idx)
+    validation = examples.Split("validation", readers["train"], val_idx)
+  return examples.Source(
       name=name, kind="text", label_names=label_names, train=train, validation=validation,
-      test=records.Split("test", readers["test"]), origin=str(folder),
+      test=examples.Split("test", readers["test"]), origin=str(folder),
       fingerprint=":".join(map(str, _files.file_id(paths["train"]))))
 
 
@@ -133,7 +133,7 @@ def _idx_pair(images_path: pathlib.Path, labels_path: pathlib.Path
 
 
 def idx_folder_source(folder: pathlib.Path, name: str, *, hflip: bool = False,
-                      how_to_obtain: str = "") -> records.Source:
+                      how_to_obtain: str = "") -> examples.Source:
   """An image source from the four MNIST-layout IDX files in `folder`."""
   paths = {}
   for key, stem in _IDX_STEMS.items():
@@ -163,17 +163,17 @@ def idx_folder_source(folder: pathlib.Path, name: str, *, hflip: bool = False,
   train_reader = ImageArrayReader(train_images, ids(train_labels))
   test_reader = ImageArrayReader(test_images, ids(test_labels))
   train_idx, val_idx = splits.carve_validation(len(train_reader))
-  return records.Source(
+  return examples.Source(
       name=name, kind="image", label_names=label_names,
-      train=records.Split("train", train_reader, train_idx),
-      validation=records.Split("validation", train_reader, val_idx),
-      test=records.Split("test", test_reader), image_shape=tuple(train_images.shape[1:]),
+      train=examples.Split("train", train_reader, train_idx),
+      validation=examples.Split("validation", train_reader, val_idx),
+      test=examples.Split("test", test_reader), image_shape=tuple(train_images.shape[1:]),
       hflip=hflip, origin=str(folder),
       fingerprint=":".join(map(str, _files.file_id(paths["train_images"]))))
 
 
 def local_source(folder: pathlib.Path, name: str, *, hflip: bool = False,
-                 how_to_obtain: str = "") -> records.Source:
+                 how_to_obtain: str = "") -> examples.Source:
   """The source in `folder`, whichever layout it holds (see the module docstring)."""
   folder = pathlib.Path(folder)
   if not folder.is_dir():

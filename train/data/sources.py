@@ -17,7 +17,7 @@ import os
 import pathlib
 
 from train.data import local
-from train.data import records
+from train.data import examples
 from train.data import tfds_source
 
 DATA_DIR_ENV = "GRADVAR_DATA_DIR"
@@ -26,7 +26,7 @@ DATA_DIR_ENV = "GRADVAR_DATA_DIR"
 DEFAULT_DATA_DIR = pathlib.Path(__file__).resolve().parents[2] / "data"
 
 # name -> factory(data_dir or None, tfds_data_dir or None)
-_REGISTRY: dict[str, Callable[[str | None, str | None], records.Source]] = {}
+_REGISTRY: dict[str, Callable[[str | None, str | None], examples.Source]] = {}
 
 
 def register(name: str):
@@ -88,7 +88,7 @@ _stand_in("rt_sentiment", "imdb_reviews", "train.jsonl and test.jsonl")
 
 
 def get_source(name: str, data_dir: str | os.PathLike[str] | None = None, *,
-               tfds_data_dir: str | os.PathLike[str] | None = None) -> records.Source:
+               tfds_data_dir: str | os.PathLike[str] | None = None) -> examples.Source:
   """The data set `name` as a `Source` (kind, label_names, train/validation/test splits).
 
   Args:

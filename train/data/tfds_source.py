@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from train.data import labels as labels_lib
-from train.data import records
+from train.data import examples
 from train.data import splits
 
 
@@ -161,7 +161,7 @@ class TfdsReader:
   def __len__(self) -> int:
     return len(self.data_source)
 
-  def read(self, indices: np.ndarray) -> list[records.Record]:
+  def read(self, indices: np.ndarray) -> list[examples.Record]:
     # One `[i]` per record: TFDS 4.9.10's `__getitems__` breaks under `tfds.testing.mock_data`
     # (its mock binds no `self`), and tests must run the same path as real reads.
     return [self.convert(self.data_source[int(i)], f"{self.where}, record {int(i)}")
@@ -169,17 +169,17 @@ class TfdsReader:
 
 
 def _convert_image(ex: dict[str, Any], where: str, *, shape, label_key, num_raw, remap):
-  return {"image": records.check_image(ex["image"], shape, where),
-          "label": int(remap[records.check_label(ex[label_key], num_raw, where)])}
+  return {"image": examples.check_image(ex["image"], shape, where),
+          "label": int(remap[examples.check_label(ex[label_key], num_raw, where)])}
 
 
 def _convert_text(ex: dict[str, Any], where: str, *, fields, text_b, label_key, num_raw, remap):
   # A blank part (say an empty AG News title) adds no stray space; all blank is an error.
   text = " ".join(part for part in (_as_str(ex[f]) for f in fields) if part.strip())
-  record = {"text": records.check_text(text, where, " + ".join(fields)),
-            "label": int(remap[records.check_label(ex[label_key], num_raw, where)])}
+  record = {"text": examples.check_text(text, where, " + ".join(fields)),
+            "label": int(remap[examples.check_label(ex[label_key], num_raw, where)])}
   if text_b:
-    record["text_b"] = records.check_text(ex[text_b], where, text_b)
+    record["text_b"] = examples.check_text(ex[text_b], where, text_b)
   return record
 
 
@@ -190,7 +190,7 @@ def _as_str(value: Any) -> str:
 
 
 def tfds_source(tfds_name: str, *, name: str | None = None, data_dir: str | None = None,
-                spec: TfdsSpec | None = None) -> records.Source:
+                spec: TfdsSpec | None = None) -> examples.Source:
   """A source reading the TFDS data set `tfds_name` (e.g. "cifar10", "glue/sst2").
 
   Args:
@@ -237,13 +237,13 @@ def tfds_source(tfds_name: str, *, name: str | None = None, data_dir: str | None
   train_reader = reader("train")
   if validation_split is None:
     train_idx, val_idx = splits.carve_validation(len(train_reader))
-    train = records.Split("train", train_reader, train_idx)
-    validation = records.Split("validation", train_reader, val_idx)
+    train = examples.Split("train", train_reader, train_idx)
+    validation = examples.Split("validation", train_reader, val_idx)
   else:
-    train = records.Split("train", train_reader)
-    validation = records.Split("validation", reader(validation_split))
-  return records.Source(
+    train = examples.Split("train", train_reader)
+    validation = examples.Split("validation", reader(validation_split))
+  return examples.Source(
       name=name or tfds_name, kind=kind, label_names=label_names, train=train,
-      validation=validation, test=records.Split("test", reader(spec.test_split)),
+      validation=validation, test=examples.Split("test", reader(spec.test_split)),
       image_shape=shape, hflip=spec.hflip, origin=f"tfds:{info.full_name}",
       fingerprint=f"tfds:{info.full_name}:{len(train_reader)}")

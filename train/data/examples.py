@@ -1,4 +1,4 @@
-"""Uniform records, and the random-access splits and sources that hold them.
+"""Uniform examples (records), and the random-access splits and sources that hold them.
 
 Every data set, from TFDS or from local files, yields the same record kinds, so the batching stage
 has one code path per kind:

@@ -10,7 +10,7 @@ on the (CPU) device:
 - **cached, new run**: a second run: a new source (its files parsed again) whose tokens and
   vocabulary are read from the cache folder, then an epoch.
 
-Then the matching model's training-step rate at its `small` preset (`benchmarks/models.py`'s
+Then the matching model's training-step rate at its `small` preset (`benchmarks/perf/model_speed.py`'s
 measurement: a jitted `value_and_grad`, batch 32, float32), and the ratio of the two. The pipeline
 must outrun the model by at least 5x (`--min-ratio`); the exit status says whether it did.
 
@@ -27,8 +27,8 @@ matter to its cost).
 
 Examples:
 
-  python benchmarks/data.py --data-dir "$GRADVAR_DATA_DIR"
-  python benchmarks/data.py --pipelines bert --epochs 3 --out data_bench.json
+  python benchmarks/perf/pipeline_speed.py --data-dir "$GRADVAR_DATA_DIR"
+  python benchmarks/perf/pipeline_speed.py --pipelines bert --epochs 3 --out data_bench.json
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ import tempfile
 import time
 from typing import Any
 
-# Runs as a script from the checkout (`python benchmarks/data.py`): the suite is not installed.
+# Runs as a script from the checkout (`python benchmarks/perf/pipeline_speed.py`): the suite is not installed.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 BATCH_SIZE = 32  # The seed's.
@@ -161,8 +161,8 @@ def measure_pipeline(name: str, data_dir: str | None, work: pathlib.Path, epochs
 
 
 def measure_model(model: str, steps: int) -> dict[str, Any]:
-  """The model's training-step rate at its small preset, batch 32 (benchmarks/models.py)."""
-  from benchmarks import models as model_bench  # pylint: disable=g-import-not-at-top
+  """The model's training-step rate at its small preset, batch 32 (benchmarks/perf/model_speed.py)."""
+  from benchmarks.perf import model_speed as model_bench  # pylint: disable=g-import-not-at-top
 
   result = model_bench.measure(model_bench.Case(model, "small", BATCH_SIZE, "float32"),
                                steps=steps, warmup=1)
@@ -199,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
   if args.epochs < 2 or args.model_steps < 1:
     parser.error("--epochs must be >= 2 and --model-steps >= 1.")
 
-  from benchmarks import models as model_bench  # pylint: disable=g-import-not-at-top
+  from benchmarks.perf import model_speed as model_bench  # pylint: disable=g-import-not-at-top
 
   command = " ".join(shlex.quote(a) for a in [os.path.relpath(sys.executable), *sys.argv])
   info = model_bench.hardware()

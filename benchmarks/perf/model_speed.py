@@ -13,9 +13,9 @@ of the shapes that the registry describes. No data set is needed. Reported:
 
 Examples:
 
-  python benchmarks/models.py                                  # all models, small+full, CPU
-  python benchmarks/models.py --models lstm_attention --sizes small --steps 20
-  python benchmarks/models.py --models bert,resnet --sizes full --batch-sizes 32,256 \\
+  python benchmarks/perf/model_speed.py                                  # all models, small+full, CPU
+  python benchmarks/perf/model_speed.py --models lstm_attention --sizes small --steps 20
+  python benchmarks/perf/model_speed.py --models bert,resnet --sizes full --batch-sizes 32,256 \\
       --dtype float32,bfloat16 --out results.json              # on a GPU
 
 The full presets are the seed's models: BERT-base at sequence length 128, ResNet-50 with the CIFAR
@@ -37,7 +37,7 @@ import sys
 import time
 from typing import Any
 
-# Runs as a script from the checkout (`python benchmarks/models.py`): the suite is not installed.
+# Runs as a script from the checkout (`python benchmarks/perf/model_speed.py`): the suite is not installed.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 @dataclasses.dataclass(frozen=True)

@@ -6,9 +6,9 @@ donated params and optimizer state, on parameter trees shaped like ResNet-50
 are timed in interleaved rounds so that machine noise hits them alike, and the
 report gives medians and ratios to plain Adam.
 
-  python -m benchmarks.overhead                    # both trees, float32
-  python -m benchmarks.overhead --trees bert-base --dtypes float32 bfloat16
-  python -m benchmarks.overhead --quick            # a short run (the demo)
+  python -m benchmarks.perf.optimizer_overhead                    # both trees, float32
+  python -m benchmarks.perf.optimizer_overhead --trees bert-base --dtypes float32 bfloat16
+  python -m benchmarks.perf.optimizer_overhead --quick            # a short run (the demo)
 """
 
 import argparse
@@ -133,7 +133,7 @@ def main(argv=None):
     args.trees, args.rounds, args.steps = ["resnet50"], 4, 3
 
   hw = {**records.hardware(jax.devices()), "optax": optax.__version__}
-  command = "python -m benchmarks.overhead " + " ".join(argv if argv is not None else sys.argv[1:])
+  command = "python -m benchmarks.perf.optimizer_overhead " + " ".join(argv if argv is not None else sys.argv[1:])
   print(f"command: {command}")
   print("hardware: " + ", ".join(f"{k}={v}" for k, v in hw.items()))
   rows = []

@@ -1,0 +1,1 @@
+"""Speed and memory benchmarks: models, input pipelines, the training loop, the optimizer."""
