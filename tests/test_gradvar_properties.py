@@ -4,7 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from hypothesis import given, settings, strategies as st
+from hypothesis import Phase, given, settings, strategies as st
 
 import gradvar_optax
 from gradvar_reference import Reference
@@ -38,7 +38,9 @@ def _materialise(spec, rng):
   return jnp.asarray(rng.standard_normal(shape) * rng.uniform(0.1, 10), dtype)
 
 
-@settings(max_examples=20, deadline=None)
+# No shrinking: every example compiles its own update, so shrinking a failure would outlast the
+# test's timeout; the failing example is reported as drawn (derandomized, so it reproduces).
+@settings(max_examples=20, deadline=None, phases=(Phase.explicit, Phase.generate))
 @given(spec=TREES, window=st.integers(2, 6), factor=st.floats(0.01, 0.5),
        seed=st.integers(0, 2**16), nan_every=st.integers(2, 9))
 def test_state_stays_well_formed(spec, window, factor, seed, nan_every):
