@@ -117,10 +117,10 @@ def _trace(name: str, run: Run) -> Trace:
   for t in range(run.total):
     params, opt_state, loss, grads, updates, lr, norm = step(
         params, opt_state, xs[t], ys[t], values[t], t)
-    for key, value in (("lrs", float(lr)), ("norms", float(norm)), ("grads", _flat(grads)),
-                       ("updates", _flat(updates)), ("states", opt_state),
-                       ("losses", float(loss))):
-      out[key].append(value)
+    for key, item in (("lrs", float(lr)), ("norms", float(norm)), ("grads", _flat(grads)),
+                      ("updates", _flat(updates)), ("states", opt_state),
+                      ("losses", float(loss))):
+      out[key].append(item)
   trace = Trace(run=run, **{k: np.asarray(v) for k, v in out.items() if k != "states"},
                 states=out["states"] + [initial])
   assert np.all(np.isfinite(trace.lrs)) and np.all(np.isfinite(trace.losses))
