@@ -116,9 +116,9 @@ def main(argv=None):
     for r in range(args.repeats):
       row = one_repeat(args, workroot / f"repeat{r}", env)
       rows.append(row)
-      shown = "did not stop" if row["seconds"] is None else f"{row['seconds']:.1f} s"
-      print(f"  repeat {r + 1}/{args.repeats}: process 0 stopped after {shown} "
-            f"(exit {row['exit_code']})", file=sys.stderr)
+      shown = (f"did not stop within {args.stop_timeout:.0f} s" if row["seconds"] is None else
+               f"stopped after {row['seconds']:.1f} s (exit {row['exit_code']})")
+      print(f"  repeat {r + 1}/{args.repeats}: process 0 {shown}", file=sys.stderr)
   finally:
     shutil.rmtree(workroot, ignore_errors=True)
   times = [row["seconds"] for row in rows if row["seconds"] is not None]
