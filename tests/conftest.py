@@ -11,7 +11,15 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import pathlib  # noqa: E402
 
+import hypothesis  # noqa: E402
 import pytest  # noqa: E402
+
+# Hypothesis draws the same examples on every run, so a failure reproduces; no example database
+# carries failures over between runs either. HYPOTHESIS_PROFILE=explore draws fresh ones.
+hypothesis.settings.register_profile("derandomized", derandomize=True, database=None,
+                                     print_blob=True)
+hypothesis.settings.register_profile("explore")
+hypothesis.settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "derandomized"))
 
 
 # The project's own stand-in data sets (data/README.md); GRADVAR_DATA_DIR overrides them, as it
@@ -32,3 +40,15 @@ def data_dir() -> pathlib.Path:
     pytest.fail(f"{given} ({path}) is not a directory; it should hold the stand-in data sets "
                 "(see data/README.md).", pytrace=False)
   return path
+
+
+# A slow test's own bound (pyproject's `timeout` is for the others); an explicit
+# @pytest.mark.timeout wins.
+SLOW_TIMEOUT_S = 1800
+
+
+def pytest_collection_modifyitems(config, items):
+  del config
+  for item in items:
+    if item.get_closest_marker("slow") and not item.get_closest_marker("timeout"):
+      item.add_marker(pytest.mark.timeout(SLOW_TIMEOUT_S))

@@ -24,7 +24,9 @@ TINY = bert.PRESETS['tiny']
 # load; 3 token types, so that segment ids other than 0 are exercised.
 HF_TINY = dict(vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
                intermediate_size=37, max_position_embeddings=24, type_vocab_size=3)
-PARITY_ATOL = 1e-4  # The bound, in float32.
+# The README claims 4e-6 on MiniLM; 2.9e-6 and 4.3e-6 were measured on two CPUs (the random tiny
+# checkpoints: 1e-6). The bound leaves room for other float32 kernels and fails a 3x regression.
+PARITY_ATOL = 1e-5
 
 
 def _padded_batch(vocab_size, lengths, max_len, type_vocab_size=2, seed=0):

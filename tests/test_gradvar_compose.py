@@ -1,5 +1,7 @@
 """gradvar composes with Optax's wrappers and with Flax's training states."""
 
+from flax import nnx
+from flax.training import train_state
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -119,7 +121,6 @@ def test_reduce_on_plateau_as_base_receives_value():
 
 
 def test_flax_nnx_optimizer():
-  nnx = pytest.importorskip("flax.nnx")
   model = nnx.Linear(3, 2, rngs=nnx.Rngs(0))
   optimizer = nnx.Optimizer(model, gradvar_optax.gradvar(optax.adam(1e-2)), wrt=nnx.Param)
   x = jnp.asarray(np.random.default_rng(0).standard_normal((16, 3)), jnp.float32)
@@ -128,16 +129,23 @@ def test_flax_nnx_optimizer():
   def step(model, optimizer, scale):
     grads = nnx.grad(lambda m: jnp.mean(m(x * scale) ** 2))(model)
     optimizer.update(model, grads)
+    return grads
 
+  ref = Reference()
+  scales = []
   for t in range(30):
-    step(model, optimizer, jnp.asarray(1.0 + 0.5 * np.sin(t), jnp.float32))
-  assert isinstance(gradvar_optax.lr_scale(optimizer.opt_state), jax.Array)
-  assert int(gradvar_optax.lr_scale(optimizer.opt_state).size) == 1
-  assert float(gradvar_optax.variability(optimizer.opt_state)) > 0.0
+    grads = step(model, optimizer, jnp.asarray(1.0 + 0.5 * np.sin(t), jnp.float32))
+    expected = ref.step(jax.tree.leaves(grads))
+    got = gradvar_optax.lr_scale(optimizer.opt_state)
+    assert isinstance(got, jax.Array) and got.shape == () and got.dtype == jnp.float32
+    np.testing.assert_allclose(float(got), expected, rtol=1e-6)
+    scales.append(float(got))
+  assert len(set(scales)) > 1  # decisions were taken, in both readings
+  np.testing.assert_allclose(float(gradvar_optax.variability(optimizer.opt_state)),
+                             ref.variability, rtol=1e-4)
 
 
 def test_flax_train_state():
-  train_state = pytest.importorskip("flax.training.train_state")
   params = {"w": jnp.ones(3)}
   state = train_state.TrainState.create(apply_fn=None, params=params,
                                         tx=gradvar_optax.gradvar(optax.sgd(0.1)))
@@ -145,3 +153,34 @@ def test_flax_train_state():
     state = state.apply_gradients(grads={"w": g["b"]["c"][:3]})
   assert float(gradvar_optax.lr_scale(state.opt_state)) != 1.0
   assert float(gradvar_optax.lr_scale(state)) == float(gradvar_optax.lr_scale(state.opt_state))
+
+
+def test_adamw_weight_decay_is_scaled_too():
+  """With adamw, the whole update, decoupled weight decay included, is times the scale."""
+  lr, wd, b1, b2, eps = 1e-2, 0.5, 0.9, 0.999, 1e-8
+  grads_seq = stream("falling", steps=40, seed=12)
+  params = jax.tree.map(lambda g: np.full_like(g, 3.0), grads_seq[0])  # decay dominates
+  opt = gradvar_optax.gradvar(optax.adamw(lr, b1=b1, b2=b2, eps=eps, weight_decay=wd))
+  state = opt.init(params)
+  update = jax.jit(opt.update)
+  ref = Reference()
+  p = np.concatenate([np.ravel(x) for x in jax.tree.leaves(params)]).astype(np.float64)
+  m = v = np.zeros_like(p)
+  moved = 0
+  for t, g in enumerate(grads_seq, start=1):
+    updates, state = update(g, state, params)
+    scale = float(ref.step(jax.tree.leaves(g)))
+    # AdamW's step, written out: Adam's direction plus wd * params, all times the LR.
+    flat = np.concatenate([np.ravel(x) for x in jax.tree.leaves(g)]).astype(np.float64)
+    m, v = b1 * m + (1 - b1) * flat, b2 * v + (1 - b2) * flat**2
+    direction = (m / (1 - b1**t)) / (np.sqrt(v / (1 - b2**t)) + eps)
+    expected = -scale * lr * (direction + wd * p)
+    got = np.concatenate([np.ravel(x) for x in jax.tree.leaves(updates)])
+    # float32 Adam (b2 = 0.999 rounds to float32 in the bias correction) against float64.
+    np.testing.assert_allclose(got, expected, rtol=1e-4)
+    if scale != 1.0:
+      moved += 1
+      # The alternative, a decay left unscaled, is far outside the tolerance.
+      unscaled_decay = -scale * lr * direction - lr * wd * p
+      assert np.max(np.abs(unscaled_decay - expected) / np.abs(expected)) > 1e-2
+  assert moved > 10

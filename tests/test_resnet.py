@@ -15,6 +15,7 @@ import optax
 import pytest
 from jax.sharding import Mesh, PartitionSpec as P
 
+import isolate
 from models import resnet
 
 TINY = resnet.PRESETS['tiny']
@@ -213,9 +214,17 @@ def _train_stats(model):
   return step
 
 
-def test_pmap_syncs_batch_stats_over_axis_name(global_batch):
-  model, variables, x, expected_logits, expected = global_batch
-  assert jax.local_device_count() == 8, 'conftest.py sets 8 host CPU devices'
+@pytest.mark.slow  # a fresh process: imports, and the reference and both launchers compile
+def test_pmap_and_shard_map_sync_batch_stats_over_axis_name(request):
+  # 8 devices sharing 2 cores, and a cross-device all-reduce in every BatchNorm: the multi-host
+  # tests' XLA flags, in a process of their own. One process for both launchers: it compiles the
+  # one-device reference once.
+  if isolate.rerun(request, devices=8):
+    return
+  model, variables, x, expected_logits, expected = request.getfixturevalue('global_batch')
+  assert jax.local_device_count() == 8, 'isolate.rerun sets 8 host CPU devices'
+
+  # pmap.
   shards = x.reshape(8, 2, *x.shape[1:])
   logits, stats = jax.pmap(_train_stats(model), axis_name='batch', in_axes=(None, 0))(
       variables, shards)
@@ -230,9 +239,7 @@ def test_pmap_syncs_batch_stats_over_axis_name(global_batch):
   assert not np.allclose(local_stats['stage4_block1']['bn2']['var'][0],
                          expected['stage4_block1']['bn2']['var'], rtol=1e-2)
 
-
-def test_shard_map_syncs_batch_stats_over_axis_name(global_batch):
-  model, variables, x, expected_logits, expected = global_batch
+  # shard_map over a mesh of the 8 devices.
   mesh = Mesh(np.array(jax.local_devices()), ('batch',))
   logits, stats = jax.jit(jax.shard_map(
       _train_stats(model), mesh=mesh, in_specs=(P(), P('batch')), out_specs=(P('batch'), P())))(

@@ -80,13 +80,15 @@ def test_seed_suite_is_the_seeds_setup():
 def test_seed_suite_dry_run_builds_every_model_and_optimizer(tmp_path):
   suite = suite_lib.load("seed")
   built = set()
-  with tfds.testing.mock_data(num_examples=40, policy=tfds.testing.MockPolicy.USE_CODE):
+  mock_examples, train_examples = 120, 70
+  with tfds.testing.mock_data(num_examples=mock_examples,
+                              policy=tfds.testing.MockPolicy.USE_CODE):
     for run in suite.grid():
       if (run.task, run.strategy) in built:
         continue
       config = dataclasses.replace(
           run.config(workdir=str(tmp_path / "runs" / run.task / run.strategy)),
-          model_size="tiny", train_examples=32, eval_examples=16, num_devices=1,
+          model_size="tiny", train_examples=train_examples, eval_examples=16, num_devices=1,
           cache_dir=str(tmp_path / "cache"))
       s = loop.setup(config)
       variables = jax.eval_shape(s.model_spec.init, jax.random.key(0))
@@ -98,8 +100,12 @@ def test_seed_suite_dry_run_builds_every_model_and_optimizer(tmp_path):
           lambda v, b: s.model.apply(v, **{k: b[k] for k in s.model_spec.input_names},
                                      train=False), variables, batch)
       assert logits.shape[-1] == s.source.num_classes
-      # The run would take the seed's full-size model: only `model_size` was changed here.
-      assert s.pipeline.steps_per_epoch >= 1
+      # The run itself takes the seed's full-size model: only `model_size` was changed here.
+      assert run.config().model_size == "full"
+      # The seed's sets carve a tenth of train for validation (108 of the 120 mock examples
+      # stay), capped at 70: two full batches of 32, the remainder dropped.
+      assert len(s.source.train) == min(train_examples, mock_examples - mock_examples // 10)
+      assert s.pipeline.steps_per_epoch == train_examples // config.batch_size == 2
       built.add((run.task, run.strategy))
   assert len(built) == len(suite.tasks) * len(suite.strategies)
 
