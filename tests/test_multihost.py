@@ -248,7 +248,7 @@ def test_a_lost_process_stops_the_other_within_a_bounded_time(shared, tmp_path):
               "steps")
     procs[1].send_signal(signal.SIGKILL)
     # A hang guard only: detection takes about one heartbeat timeout (or less, when a collective
-    # fails first), which benchmarks/multihost_latency.py measures.
+    # fails first), which benchmarks/perf/multihost_latency.py measures.
     try:
       procs[0].wait(timeout=LOST_PEER_GUARD_S)
     except subprocess.TimeoutExpired:

@@ -7,8 +7,8 @@ times how long process 0 takes to exit. The peer is declared dead after `--heart
 seconds without heartbeats, or sooner when a collective fails first. The test keeps only a hang
 guard; this is where the latency is measured.
 
-  python -m benchmarks.multihost_latency --data-dir "$GRADVAR_DATA_DIR"
-  python -m benchmarks.multihost_latency --data-dir "$GRADVAR_DATA_DIR" --repeats 5 --out lat.json
+  python -m benchmarks.perf.multihost_latency --data-dir "$GRADVAR_DATA_DIR"
+  python -m benchmarks.perf.multihost_latency --data-dir "$GRADVAR_DATA_DIR" --repeats 5 --out lat.json
 """
 
 import argparse
@@ -101,7 +101,7 @@ def main(argv=None):
   parser.add_argument("--out", help="write the results as JSON here")
   args = parser.parse_args(argv)
 
-  command = ("python -m benchmarks.multihost_latency "
+  command = ("python -m benchmarks.perf.multihost_latency "
              + " ".join(argv if argv is not None else sys.argv[1:]))
   hw = records.hardware(jax.local_devices())
   print(f"command: {command}")
