@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: install test test-fast demo overhead gpu-wheels wheel-check clean
+.PHONY: install test test-fast lint demo overhead gpu-wheels wheel-check clean
 
 # The suite needs Python >= 3.11 (tomllib) and the venv module; say so before anything is made.
 $(STAMP): pyproject.toml
@@ -54,3 +54,7 @@ gpu-wheels: $(STAMP)
 
 clean:
 	rm -rf $(VENV) .pytest_cache
+
+# One lint configuration ([tool.ruff] in pyproject.toml); CI runs it.
+lint: $(STAMP)
+	$(BIN)/ruff check .

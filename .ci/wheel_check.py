@@ -89,7 +89,6 @@ def constraints() -> str:
 
 def check_installed(site_packages: pathlib.Path) -> list[str]:
   """The venv at `site_packages` holds the wheel and the closure of its dependencies, no more."""
-  # pylint: disable-next=g-import-not-at-top
   from packaging.requirements import Requirement  # `build` depends on packaging
   dists = {_canonical(d.metadata["Name"]): d
            for d in importlib.metadata.distributions(path=[str(site_packages)])}
@@ -114,12 +113,11 @@ def check_installed(site_packages: pathlib.Path) -> list[str]:
 
 def outside(readme_path: str, reference_path: str) -> None:
   """Runs in the clean venv: the README example, then a jitted step against the reference."""
-  # pylint: disable=g-import-not-at-top
-  import gradvar_optax
   import jax
   import numpy as np
   import optax
-  # pylint: enable=g-import-not-at-top
+
+  import gradvar_optax
   origin = pathlib.Path(gradvar_optax.__file__).resolve()
   assert origin.is_relative_to(pathlib.Path(sys.prefix).resolve()), \
       f"gradvar_optax came from {origin}, not from the venv {sys.prefix}"
@@ -127,7 +125,7 @@ def outside(readme_path: str, reference_path: str) -> None:
   # The README's library example, exactly as written.
   namespace = {"__name__": "readme_example"}
   code = readme_block(pathlib.Path(readme_path).read_text(encoding="utf-8"), "## The library")
-  exec(compile(code, f"{readme_path}: The library", "exec"), namespace)  # pylint: disable=exec-used
+  exec(compile(code, f"{readme_path}: The library", "exec"), namespace)
   scale = float(gradvar_optax.lr_scale(namespace["state"]))
   assert np.isfinite(scale) and 0.1 <= scale <= 10, scale
 

@@ -66,7 +66,7 @@ def main(argv=None) -> int:
   args = parser().parse_args(argv)
   try:
     if args.command == "report":
-      from benchmarks import report  # pylint: disable=g-import-not-at-top
+      from benchmarks import report
       print(report.write(pathlib.Path(args.dir)))
       return 0
     suite = suite_lib.load(args.suite)

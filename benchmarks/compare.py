@@ -21,6 +21,7 @@ process boundary), train's records (config.json, run.json, epochs.jsonl, steps.j
 subprocess's output (`train.log`) and the runner's measurements per attempt (`bench.json`).
 """
 
+from collections.abc import Callable, Iterable
 import dataclasses
 import json
 import os
@@ -30,7 +31,7 @@ import statistics
 import subprocess
 import sys
 import time
-from typing import Callable, Iterable, Optional
+from typing import Optional
 
 from tqdm import tqdm
 
@@ -326,7 +327,7 @@ def tuned_runs(suite: suite_lib.Suite, out: pathlib.Path) -> list[suite_lib.Run]
 
   Tasks not tuned keep their LR; a strategy whose tuning runs failed gets no tuned runs.
   """
-  from benchmarks import report  # pylint: disable=g-import-not-at-top
+  from benchmarks import report
   picks = report.tuning_selection(suite, out)
   return [suite.run(t, s, seed, lr=picks[t][s]["lr"]) for seed in suite.seeds
           for t in suite.tune_tasks for s in suite.strategies if picks[t][s]["complete"]]
@@ -352,7 +353,7 @@ def compare(suite: suite_lib.Suite, out: pathlib.Path, argv: list[str], tune: bo
   for run in outcome.failed:
     print(f"  failed: {out / run.relpath()} (see train.log there)", file=sys.stderr)
   if write_report:
-    from benchmarks import report  # pylint: disable=g-import-not-at-top
+    from benchmarks import report
     print(report.write(out))
   return 1 if outcome.failed else 0
 
@@ -364,8 +365,8 @@ def calibrate(suite: suite_lib.Suite, out: pathlib.Path, argv: list[str], tasks=
 
   Thresholds of tasks not calibrated now are kept. The suite file's other lines stay as written.
   """
-  from benchmarks import metrics  # pylint: disable=g-import-not-at-top
-  from benchmarks import report  # pylint: disable=g-import-not-at-top
+  from benchmarks import metrics
+  from benchmarks import report
   if suite.path is None:
     raise ValueError("calibrate: the suite must come from a file")
   if tasks:

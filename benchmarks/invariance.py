@@ -1,7 +1,7 @@
 """Checks that a refactor left training unchanged: one run with an older commit and with this tree.
 
-    python -m benchmarks.invariance                  # the cpu suite's rt_sentiment gradvar run, seed 0
-    python -m benchmarks.invariance --quick          # a tiny config (what tests/test_invariance.py runs)
+    python -m benchmarks.invariance               # the cpu suite's rt_sentiment gradvar run, seed 0
+    python -m benchmarks.invariance --quick       # a tiny config (tests/test_invariance.py runs it)
     python -m benchmarks.invariance --base COMMIT --strategy fixed
 
 The older commit is exported with `git archive` into a temporary folder and both trees run the same

@@ -14,11 +14,12 @@ Conventions, which REPORT.md repeats:
   `explode_factor` times the first epoch's.
 """
 
+from collections.abc import Iterable, Mapping, Sequence
 import dataclasses
 import math
 import statistics
 import typing
-from typing import Any, Iterable, Mapping, Optional, Sequence
+from typing import Any, Optional
 
 from scipy import stats as scipy_stats
 

@@ -17,7 +17,7 @@ import pathlib
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402  pylint: disable=g-import-not-at-top
+import matplotlib.pyplot as plt  # noqa: E402
 
 from benchmarks import metrics  # noqa: E402
 

@@ -17,6 +17,7 @@ import os
 import pathlib
 import re
 import sys
+
 import tomllib
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -33,10 +34,9 @@ def requirements(extra: str = "suite", pyproject: pathlib.Path = REPO_ROOT / "py
 def missing_packages(wanted: list[str]) -> list[str]:
   """Those of the requirement strings `wanted` that this Python lacks, with what it has instead."""
   try:
-    # pylint: disable-next=g-import-not-at-top
     from packaging.requirements import Requirement
   except ImportError:  # packaging comes with the suite's packages; without it, check names only
-    Requirement = None  # pylint: disable=invalid-name
+    Requirement = None
   missing = []
   for text in wanted:
     if Requirement is None:
@@ -85,13 +85,12 @@ def problems(suite_name: str, out: pathlib.Path | None = None, data_dir: str | N
             f"{', '.join(missing)}. `make install` installs them into .venv (or "
             "`pip install -e '.[suite]'` into your own environment)."]
   try:
-    # pylint: disable=g-import-not-at-top
+
     from benchmarks import suite as suite_lib
     from train import config as config_lib
     from train import data
     from train import tasks as tasks_lib
-    # pylint: enable=g-import-not-at-top
-  except Exception as e:  # pylint: disable=broad-except  # a broken install shows up as anything
+  except Exception as e:  # a broken install shows up as anything
     return [f"the suite's code does not import in {sys.executable}: {type(e).__name__}: {e}. "
             "`make clean install` rebuilds .venv."]
   try:
@@ -115,7 +114,7 @@ def problems(suite_name: str, out: pathlib.Path | None = None, data_dir: str | N
                       tfds_data_dir=tfds_data_dir)
     except (OSError, ValueError) as e:  # get_source's own errors say what to do
       found.append(f"task {task}: {e}")
-    except Exception as e:  # pylint: disable=broad-except  # a reader's error the run would hit too
+    except Exception as e:  # a reader's error the run would hit too
       found.append(f"task {task}: reading {tasks_lib.get(task).source!r} failed: "
                    f"{type(e).__name__}: {e}")
   why = _writable(out if out is not None else REPO_ROOT / "benchmarks" / "results" / suite.name)

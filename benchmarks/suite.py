@@ -32,10 +32,10 @@ import copy
 import dataclasses
 import pathlib
 import re
-import tomllib
 from typing import Any, Optional
 
 import tomli_w
+import tomllib
 
 from train import config as config_lib
 
@@ -252,8 +252,8 @@ def parse(text: str, path: Optional[pathlib.Path] = None) -> Suite:
     fail("description", "must be a string")
   seeds = int_list("seeds", raw["seeds"])
   strategy_names = str_list("strategies")
-  from train import strategies as strategies_lib  # pylint: disable=g-import-not-at-top
-  from train import tasks as tasks_lib  # pylint: disable=g-import-not-at-top
+  from train import strategies as strategies_lib
+  from train import tasks as tasks_lib
   for s in strategy_names:
     if s not in strategies_lib.names():
       fail("strategies", f"unknown strategy {s!r}; known: {', '.join(strategies_lib.names())}")
@@ -315,7 +315,8 @@ def _check_settings(fail, where, table):
       if not isinstance(value, dict):
         fail(f"{where}.{key}", "must be a table of options")
     elif key not in fields:
-      fail(f"{where}.{key}", f"unknown config field; known: {', '.join(sorted(fields - _RESERVED))}")
+      known = ", ".join(sorted(fields - _RESERVED))
+      fail(f"{where}.{key}", f"unknown config field; known: {known}")
 
 
 def _parse_calibration(fail, raw, tasks, seeds, tune_seeds) -> Calibration:

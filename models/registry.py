@@ -21,23 +21,24 @@ when the family is first built or its presets are asked for.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 import dataclasses
 import functools
 import importlib
 import os
-from typing import Any, Callable, Mapping
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ['DataFacts', 'Family', 'InputSpec', 'ModelSpec', 'TextInputs', 'family', 'get',
-           'names', 'register', 'sizes']
+__all__ = ["DataFacts", "Family", "InputSpec", "ModelSpec", "TextInputs", "family", "get",
+           "names", "register", "sizes"]
 
-_DTYPES = {'float32': jnp.dtype(jnp.float32), 'bfloat16': jnp.dtype(jnp.bfloat16)}
-KINDS = ('image', 'text')
+_DTYPES = {"float32": jnp.dtype(jnp.float32), "bfloat16": jnp.dtype(jnp.bfloat16)}
+KINDS = ("image", "text")
 # Batch keys besides the model's inputs: the labels, and evaluation's mask of padded examples.
-RESERVED = ('label', 'mask')
+RESERVED = ("label", "mask")
 
 # A dimension of an input: an int, or a name that the built model resolves: `'seq_len'` (the
 # text models' sequence length) or a field of the model's config, e.g. `'image_size'`.
@@ -67,8 +68,8 @@ class InputSpec:
   vocab_ids: bool = False
 
   def __post_init__(self):
-    object.__setattr__(self, 'shape', tuple(self.shape))
-    object.__setattr__(self, 'dtype', np.dtype(self.dtype))
+    object.__setattr__(self, "shape", tuple(self.shape))
+    object.__setattr__(self, "dtype", np.dtype(self.dtype))
 
   def resolve(self, dim: Callable[[str], int]) -> InputSpec:
     """This input with every named dimension (and `fill`) replaced by `dim(name)`."""
@@ -133,7 +134,7 @@ class ModelSpec:
 @functools.partial(jax.jit, static_argnums=0)
 def _init_variables(model: Any, rng: jax.Array, batch: dict[str, Any]) -> dict[str, Any]:
   params_rng, dropout_rng = jax.random.split(rng)
-  return model.init({'params': params_rng, 'dropout': dropout_rng}, **batch, train=False)
+  return model.init({"params": params_rng, "dropout": dropout_rng}, **batch, train=False)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -155,7 +156,7 @@ class TextInputs:
 
   to_inputs: Callable[[np.ndarray, np.ndarray, np.ndarray | None], dict[str, np.ndarray]]
   max_len: int
-  tokens: tuple[str, ...] = ('words', 'wordpiece')
+  tokens: tuple[str, ...] = ("words", "wordpiece")
   special_tokens: bool = False
   pairs: bool = False
   longest: int | None = None
@@ -213,7 +214,8 @@ class Family:
       pretrained checkpoint fixes (BERT: its vocab.txt); it raises `ValueError` when the
       checkpoint lacks what it needs.
     has_batch_stats: the model keeps BatchNorm statistics (see `ModelSpec`).
-    benchmark_classes: the logits' width that `benchmarks/perf/model_speed.py` measures it at (the seed's
+    benchmark_classes: the logits' width that `benchmarks/perf/model_speed.py` measures it at
+      (the seed's
       data set for the model: AG News 4, CIFAR-10 10, IMDb 2).
     title: the model's name in messages (`'BERT'`); defaults to `name`.
     description: one line for listings.
@@ -229,26 +231,26 @@ class Family:
   checkpoint_data_options: Callable[[str, Mapping[str, Any]], dict[str, Any]] | None = None
   has_batch_stats: bool = False
   benchmark_classes: int = 2
-  title: str = ''
-  description: str = ''
+  title: str = ""
+  description: str = ""
 
   def __post_init__(self):
-    object.__setattr__(self, 'inputs', tuple(self.inputs))
+    object.__setattr__(self, "inputs", tuple(self.inputs))
     if not self.title:
-      object.__setattr__(self, 'title', self.name)
-    where = f'Family {self.name!r}'
+      object.__setattr__(self, "title", self.name)
+    where = f"Family {self.name!r}"
     if self.kind not in KINDS:
-      raise ValueError(f'{where}: kind must be one of {KINDS}, got {self.kind!r}.')
+      raise ValueError(f"{where}: kind must be one of {KINDS}, got {self.kind!r}.")
     if not self.inputs or not all(isinstance(s, InputSpec) for s in self.inputs):
-      raise ValueError(f'{where}: inputs must be a non-empty tuple of InputSpec.')
+      raise ValueError(f"{where}: inputs must be a non-empty tuple of InputSpec.")
     if len(set(self.input_names)) != len(self.inputs) or set(self.input_names) & set(RESERVED):
-      raise ValueError(f'{where}: input names {self.input_names} must be distinct and none of '
-                       f'{RESERVED} (keys that the data pipeline adds to batches).')
-    if (self.kind == 'text') != (self.text is not None):
-      raise ValueError(f'{where}: a text family needs text=TextInputs(...), and only it.')
-    if self.kind == 'image' and len(self.inputs) != 1:
-      raise ValueError(f'{where}: an image family takes exactly one input (the images), got '
-                       f'{self.input_names}.')
+      raise ValueError(f"{where}: input names {self.input_names} must be distinct and none of "
+                       f"{RESERVED} (keys that the data pipeline adds to batches).")
+    if (self.kind == "text") != (self.text is not None):
+      raise ValueError(f"{where}: a text family needs text=TextInputs(...), and only it.")
+    if self.kind == "image" and len(self.inputs) != 1:
+      raise ValueError(f"{where}: an image family takes exactly one input (the images), got "
+                       f"{self.input_names}.")
 
   @property
   def input_names(self) -> tuple[str, ...]:
@@ -271,13 +273,13 @@ class Family:
     if seq_len is None:
       return self.text.max_len if limit is None else min(self.text.max_len, limit)
     if limit is not None and seq_len > limit:
-      raise ValueError(f'seq_len={seq_len} is more than {self.text.positions}={limit} of this '
-                       f'{self.title}.')
+      raise ValueError(f"seq_len={seq_len} is more than {self.text.positions}={limit} of this "
+                       f"{self.title}.")
     return seq_len
 
   def resolved_inputs(self, config: Any, seq_len: int | None) -> tuple[InputSpec, ...]:
     """The inputs of the model built with `config` at `seq_len`, every dimension an int."""
-    dim = lambda name: seq_len if name == 'seq_len' else getattr(config, name)
+    dim = lambda name: seq_len if name == "seq_len" else getattr(config, name)
     return tuple(s.resolve(dim) for s in self.inputs)
 
 
@@ -289,9 +291,9 @@ _FAMILIES: dict[str, Family] = {}
 def register(entry: Family) -> Family:
   """Adds a model family; its name must be new."""
   if not isinstance(entry, Family):
-    raise TypeError(f'register takes a models.Family, got {type(entry).__name__}.')
+    raise TypeError(f"register takes a models.Family, got {type(entry).__name__}.")
   if entry.name in _FAMILIES:
-    raise ValueError(f'model family {entry.name!r} is registered twice.')
+    raise ValueError(f"model family {entry.name!r} is registered twice.")
   _FAMILIES[entry.name] = entry
   return entry
 
@@ -313,7 +315,7 @@ def sizes(name: str) -> tuple[str, ...]:
   return tuple(family(name).presets)
 
 
-def get(name: str, size: str = 'full', *, num_classes: int, dtype: Any = jnp.float32,
+def get(name: str, size: str = "full", *, num_classes: int, dtype: Any = jnp.float32,
         checkpoint: str | os.PathLike | None = None, seq_len: int | None = None,
         **overrides: Any) -> tuple[Any, ModelSpec]:
   """Builds model `name` at preset `size` and describes it.
@@ -346,7 +348,7 @@ def get(name: str, size: str = 'full', *, num_classes: int, dtype: Any = jnp.flo
   """
   entry = family(name)  # Raises for an unknown name, listing the known ones.
   if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 1:
-    raise ValueError(f'num_classes must be a positive int, got {num_classes!r}.')
+    raise ValueError(f"num_classes must be a positive int, got {num_classes!r}.")
   dtype = _dtype(dtype)
   presets = entry.presets
   if size not in presets:
@@ -354,12 +356,12 @@ def get(name: str, size: str = 'full', *, num_classes: int, dtype: Any = jnp.flo
         f'Unknown size {size!r} for model {name!r}; known sizes: {", ".join(presets)}.')
   checkpoint = None if checkpoint is None else os.fspath(checkpoint)
   if checkpoint is not None and not os.path.exists(checkpoint):
-    raise ValueError(f'checkpoint {checkpoint!r} does not exist.')
+    raise ValueError(f"checkpoint {checkpoint!r} does not exist.")
   if seq_len is not None and (not isinstance(seq_len, int) or seq_len < 1):
-    raise ValueError(f'seq_len must be a positive int, got {seq_len!r}.')
+    raise ValueError(f"seq_len must be a positive int, got {seq_len!r}.")
   if entry.text is None and seq_len is not None:
-    raise ValueError(f'seq_len applies to the text models only; {entry.title} takes images '
-                     '(their size is a config field).')
+    raise ValueError(f"seq_len applies to the text models only; {entry.title} takes images "
+                     "(their size is a config field).")
   model, config, load = entry.build(entry, size=size, num_classes=num_classes, dtype=dtype,
                                     checkpoint=checkpoint, overrides=overrides)
   inputs = entry.resolved_inputs(config, entry.seq_len(config, seq_len))

@@ -1,4 +1,4 @@
-"""ResNet (v1.5) for image classification, and a loader for Hugging Face ResNet checkpoints.
+"""ResNet (v1.5) for image classification.
 
 The seed trains ResNet-50 on CIFAR-10. `ResNet` builds it and its smaller relatives from one
 `ResNetConfig`: bottleneck or basic blocks, any stage depths and widths, a width multiplier, and
@@ -45,16 +45,7 @@ and epsilon 1e-5: torch's defaults (its momentum 0.1 is the weight of the new ba
 difference remains in training only: torch folds the *unbiased* batch variance into its running
 variance, Flax the biased one (a factor n / (n - 1), with n = batch x height x width per channel).
 
-**Hugging Face checkpoints.** `load_hf_resnet` reads the `microsoft/resnet-50` format into `params`
-and `batch_stats`. The transformers implementation (`models/resnet/modeling_resnet.py`) matches
-this module: stride on the 3x3 (`downsample_in_bottleneck=False`, the default and the value of
-`microsoft/resnet-50`), symmetric `kernel // 2` padding, max-pool padding 1, a projection shortcut
-exactly where the channels or the stride change, BatchNorm epsilon 1e-5. Its checkpoints' two
-options are followed: `downsample_in_bottleneck=True` gives `stride_in_1x1=True` (v1), and
-`downsample_in_first_stage=True` gives `first_stage_stride=2`. Such a checkpoint has the ImageNet
-stem; a 3x3 stem cannot take its 7x7 weights. To fine-tune on 32x32 images, keep that stem and feed
-32x32 (the last stage then works on 1x1 maps) or upsample the inputs (e.g. to 224x224 with
-`jax.image.resize`, ~49x the compute), which transfers better.
+The Hugging Face loader is `models.resnet_hf`.
 
 Parameter counts (`params` only; `batch_stats` are not parameters): ResNet-50 with the ImageNet
 stem and 1000 classes has the canonical 25,557,032; with the CIFAR stem and 10 classes (the `full`
@@ -65,7 +56,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import os
 from typing import Any
 
 import flax.linen as nn
@@ -73,15 +63,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from models import _hf
-
 Array = jax.Array
 
-_BLOCKS = ('bottleneck', 'basic')
-_STEMS = ('cifar', 'imagenet')
+BLOCKS = ("bottleneck", "basic")
+_STEMS = ("cifar", "imagenet")
 _DTYPES = (jnp.dtype(jnp.float32), jnp.dtype(jnp.bfloat16))
 # He et al. (2015) initialisation with fan_out, as torchvision and transformers initialise convs.
-_CONV_INIT = nn.initializers.variance_scaling(2.0, 'fan_out', 'normal')
+_CONV_INIT = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 # A bottleneck's inner width is its output width divided by this (He et al., 2016).
 _EXPANSION = 4
 
@@ -114,12 +102,12 @@ class ResNetConfig:
     bn_epsilon: added to the variance in BatchNorm.
   """
 
-  block: str = 'bottleneck'
+  block: str = "bottleneck"
   stage_sizes: tuple[int, ...] = (3, 4, 6, 3)
   stem_width: int = 64
   stage_widths: tuple[int, ...] = (256, 512, 1024, 2048)
   width_multiplier: float = 1.0
-  stem: str = 'cifar'
+  stem: str = "cifar"
   in_channels: int = 3
   image_size: int = 32
   zero_init_last_bn: bool = False
@@ -130,39 +118,39 @@ class ResNetConfig:
   bn_epsilon: float = 1e-5
 
   def __post_init__(self):
-    if self.block not in _BLOCKS:
-      raise ValueError(f'ResNetConfig.block must be one of {_BLOCKS}, got {self.block!r}.')
+    if self.block not in BLOCKS:
+      raise ValueError(f"ResNetConfig.block must be one of {BLOCKS}, got {self.block!r}.")
     if self.stem not in _STEMS:
-      raise ValueError(f'ResNetConfig.stem must be one of {_STEMS}, got {self.stem!r}.')
-    for name in ('stage_sizes', 'stage_widths'):
+      raise ValueError(f"ResNetConfig.stem must be one of {_STEMS}, got {self.stem!r}.")
+    for name in ("stage_sizes", "stage_widths"):
       value = getattr(self, name)
       if not isinstance(value, tuple) or not value or not all(
           isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in value):
         raise ValueError(
-            f'ResNetConfig.{name} must be a non-empty tuple of positive ints, got {value!r}.')
+            f"ResNetConfig.{name} must be a non-empty tuple of positive ints, got {value!r}.")
     if len(self.stage_sizes) != len(self.stage_widths):
       raise ValueError(
-          f'ResNetConfig.stage_sizes {self.stage_sizes} and stage_widths {self.stage_widths} '
-          'must have the same length (one entry per stage).')
-    for name in ('stem_width', 'in_channels', 'image_size'):
+          f"ResNetConfig.stage_sizes {self.stage_sizes} and stage_widths {self.stage_widths} "
+          "must have the same length (one entry per stage).")
+    for name in ("stem_width", "in_channels", "image_size"):
       value = getattr(self, name)
       if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ValueError(f'ResNetConfig.{name} must be a positive int, got {value!r}.')
+        raise ValueError(f"ResNetConfig.{name} must be a positive int, got {value!r}.")
     if self.first_stage_stride not in (1, 2):
       raise ValueError(
-          f'ResNetConfig.first_stage_stride must be 1 or 2, got {self.first_stage_stride!r}.')
+          f"ResNetConfig.first_stage_stride must be 1 or 2, got {self.first_stage_stride!r}.")
     if not self.width_multiplier > 0:
       raise ValueError(
-          f'ResNetConfig.width_multiplier must be positive, got {self.width_multiplier!r}.')
-    if self.block == 'bottleneck' and self.width_multiplier == 1.0 and any(
+          f"ResNetConfig.width_multiplier must be positive, got {self.width_multiplier!r}.")
+    if self.block == "bottleneck" and self.width_multiplier == 1.0 and any(
         w % _EXPANSION for w in self.stage_widths):
       raise ValueError(
-          f'ResNetConfig.stage_widths {self.stage_widths} must be multiples of {_EXPANSION} for '
-          'bottleneck blocks (the inner width is a quarter of the output width).')
+          f"ResNetConfig.stage_widths {self.stage_widths} must be multiples of {_EXPANSION} for "
+          "bottleneck blocks (the inner width is a quarter of the output width).")
     if not 0.0 <= self.bn_momentum < 1.0:
-      raise ValueError(f'ResNetConfig.bn_momentum must be in [0, 1), got {self.bn_momentum!r}.')
+      raise ValueError(f"ResNetConfig.bn_momentum must be in [0, 1), got {self.bn_momentum!r}.")
     if not self.bn_epsilon > 0:
-      raise ValueError(f'ResNetConfig.bn_epsilon must be positive, got {self.bn_epsilon!r}.')
+      raise ValueError(f"ResNetConfig.bn_epsilon must be positive, got {self.bn_epsilon!r}.")
 
   @property
   def stem_channels(self) -> int:
@@ -172,24 +160,24 @@ class ResNetConfig:
   @property
   def stage_channels(self) -> tuple[int, ...]:
     """Output channels of each stage after the width multiplier."""
-    divisor = _EXPANSION if self.block == 'bottleneck' else 1
+    divisor = _EXPANSION if self.block == "bottleneck" else 1
     return tuple(max(divisor, round(w * self.width_multiplier / divisor) * divisor)
                  for w in self.stage_widths)
 
 
 PRESETS: dict[str, ResNetConfig] = {
     # The seed's model: ResNet-50 v1.5 with the CIFAR stem, for 32x32 CIFAR-10.
-    'full': ResNetConfig(),
+    "full": ResNetConfig(),
     # ResNet-18 (basic blocks), for reference runs and benchmarks.
-    'resnet18': ResNetConfig(
-        block='basic', stage_sizes=(2, 2, 2, 2), stage_widths=(64, 128, 256, 512)),
+    "resnet18": ResNetConfig(
+        block="basic", stage_sizes=(2, 2, 2, 2), stage_widths=(64, 128, 256, 512)),
     # ResNet-10-style at quarter width (16-128 channels, ~0.3M parameters): an epoch of the 60k
     # 28x28 Fashion-MNIST stand-in at batch 32 takes minutes on 2 CPU cores.
-    'small': ResNetConfig(
-        block='basic', stage_sizes=(1, 1, 1, 1), stage_widths=(64, 128, 256, 512),
+    "small": ResNetConfig(
+        block="basic", stage_sizes=(1, 1, 1, 1), stage_widths=(64, 128, 256, 512),
         width_multiplier=0.25, zero_init_last_bn=True),
     # For tests: bottleneck blocks with every feature of `full`, at 1/16 of its width.
-    'tiny': ResNetConfig(
+    "tiny": ResNetConfig(
         stage_sizes=(1, 1, 1, 1), width_multiplier=1 / 16, zero_init_last_bn=True),
 }
 
@@ -208,7 +196,7 @@ def _conv(features: int, kernel: int, stride: int, dtype: Any, name: str) -> nn.
                  kernel_init=_CONV_INIT, name=name)
 
 
-def _head(num_classes: int, dtype: Any) -> dict[str, Any]:
+def head_options(num_classes: int, dtype: Any) -> dict[str, Any]:
   """Arguments of the classification layer; `load_hf_resnet` re-initialises it from these.
 
   Flax's default initialisation: LeCun normal kernel (variance 1 / fan_in), zero bias. Torch's
@@ -230,13 +218,13 @@ class BottleneckBlock(nn.Module):
   def __call__(self, x: Array) -> Array:
     inner = self.features // _EXPANSION
     stride_1x1, stride_3x3 = (self.stride, 1) if self.config.stride_in_1x1 else (1, self.stride)
-    y = _conv(inner, 1, stride_1x1, self.dtype, 'conv1')(x)
-    y = nn.relu(self.norm(name='bn1')(y))
-    y = _conv(inner, 3, stride_3x3, self.dtype, 'conv2')(y)
-    y = nn.relu(self.norm(name='bn2')(y))
-    y = _conv(self.features, 1, 1, self.dtype, 'conv3')(y)
+    y = _conv(inner, 1, stride_1x1, self.dtype, "conv1")(x)
+    y = nn.relu(self.norm(name="bn1")(y))
+    y = _conv(inner, 3, stride_3x3, self.dtype, "conv2")(y)
+    y = nn.relu(self.norm(name="bn2")(y))
+    y = _conv(self.features, 1, 1, self.dtype, "conv3")(y)
     last_scale = nn.initializers.zeros if self.config.zero_init_last_bn else nn.initializers.ones
-    y = self.norm(scale_init=last_scale, name='bn3')(y)
+    y = self.norm(scale_init=last_scale, name="bn3")(y)
     return nn.relu(y + _shortcut(x, self.features, self.stride, self.norm, self.dtype))
 
 
@@ -251,11 +239,11 @@ class BasicBlock(nn.Module):
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
-    y = _conv(self.features, 3, self.stride, self.dtype, 'conv1')(x)
-    y = nn.relu(self.norm(name='bn1')(y))
-    y = _conv(self.features, 3, 1, self.dtype, 'conv2')(y)
+    y = _conv(self.features, 3, self.stride, self.dtype, "conv1")(x)
+    y = nn.relu(self.norm(name="bn1")(y))
+    y = _conv(self.features, 3, 1, self.dtype, "conv2")(y)
     last_scale = nn.initializers.zeros if self.config.zero_init_last_bn else nn.initializers.ones
-    y = self.norm(scale_init=last_scale, name='bn2')(y)
+    y = self.norm(scale_init=last_scale, name="bn2")(y)
     return nn.relu(y + _shortcut(x, self.features, self.stride, self.norm, self.dtype))
 
 
@@ -266,7 +254,7 @@ def _shortcut(x: Array, features: int, stride: int, norm: Any, dtype: Any) -> Ar
   """
   if x.shape[-1] == features and stride == 1:
     return x
-  return norm(name='proj_bn')(_conv(features, 1, stride, dtype, 'proj_conv')(x))
+  return norm(name="proj_bn")(_conv(features, 1, stride, dtype, "proj_conv")(x))
 
 
 class ResNet(nn.Module):
@@ -305,186 +293,40 @@ class ResNet(nn.Module):
     """
     cfg = self.config
     if not isinstance(self.num_classes, int) or self.num_classes < 1:
-      raise ValueError(f'ResNet.num_classes must be a positive int, got {self.num_classes!r}.')
+      raise ValueError(f"ResNet.num_classes must be a positive int, got {self.num_classes!r}.")
     if jnp.dtype(self.dtype) not in _DTYPES:
-      raise ValueError(f'ResNet.dtype must be float32 or bfloat16, got {self.dtype!r}.')
+      raise ValueError(f"ResNet.dtype must be float32 or bfloat16, got {self.dtype!r}.")
     if image.ndim != 4 or image.shape[-1] != cfg.in_channels:
       raise ValueError(
-          f'image must be [batch, height, width, {cfg.in_channels}] (config.in_channels), got '
-          f'shape {image.shape}.')
+          f"image must be [batch, height, width, {cfg.in_channels}] (config.in_channels), got "
+          f"shape {image.shape}.")
 
     norm = functools.partial(
         nn.BatchNorm, use_running_average=not train, momentum=cfg.bn_momentum,
         epsilon=cfg.bn_epsilon, dtype=self.dtype, param_dtype=jnp.float32,
         axis_name=cfg.axis_name)
     x = image.astype(self.dtype)
-    if cfg.stem == 'imagenet':
-      x = _conv(cfg.stem_channels, 7, 2, self.dtype, 'stem_conv')(x)
-      x = nn.relu(norm(name='stem_bn')(x))
+    if cfg.stem == "imagenet":
+      x = _conv(cfg.stem_channels, 7, 2, self.dtype, "stem_conv")(x)
+      x = nn.relu(norm(name="stem_bn")(x))
       x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
     else:
-      x = _conv(cfg.stem_channels, 3, 1, self.dtype, 'stem_conv')(x)
-      x = nn.relu(norm(name='stem_bn')(x))
+      x = _conv(cfg.stem_channels, 3, 1, self.dtype, "stem_conv")(x)
+      x = nn.relu(norm(name="stem_bn")(x))
 
-    block_cls = BottleneckBlock if cfg.block == 'bottleneck' else BasicBlock
+    block_cls = BottleneckBlock if cfg.block == "bottleneck" else BasicBlock
     for i, (size, features) in enumerate(zip(cfg.stage_sizes, cfg.stage_channels)):
       for j in range(size):
         stride = (cfg.first_stage_stride if i == 0 else 2) if j == 0 else 1
         x = block_cls(features, stride, cfg, norm, self.dtype,
-                      name=f'stage{i + 1}_block{j + 1}')(x)
+                      name=f"stage{i + 1}_block{j + 1}")(x)
 
     features = jnp.mean(x.astype(jnp.float32), axis=(1, 2))
-    logits = nn.Dense(**_head(self.num_classes, self.dtype), name='head')(features)
+    logits = nn.Dense(**head_options(self.num_classes, self.dtype), name="head")(features)
     logits = logits.astype(jnp.float32)
     return (logits, features) if return_features else logits
 
 
-# --------------------------------------------------------------------------- Hugging Face loading
-
-_HF_BN = {'scale': 'weight', 'bias': 'bias', 'mean': 'running_mean', 'var': 'running_var'}
-
-
-def config_from_hf(hf_config: dict[str, Any], **overrides: Any) -> ResNetConfig:
-  """The `ResNetConfig` of a transformers `ResNetConfig` dict (a checkpoint's `config.json`).
-
-  Args:
-    hf_config: the parsed `config.json`.
-    **overrides: fields that do not change the weights' shapes, e.g. `axis_name`, `image_size`.
-  """
-  if hf_config.get('model_type') != 'resnet':
-    raise ValueError(
-        f'config.json has model_type={hf_config.get("model_type")!r}; expected "resnet".')
-  if hf_config.get('hidden_act', 'relu') != 'relu':
-    raise ValueError(
-        f'config.json has hidden_act={hf_config["hidden_act"]!r}; only "relu" is supported.')
-  for key in ('depths', 'hidden_sizes', 'embedding_size'):
-    if key not in hf_config:
-      raise ValueError(f'config.json has no {key!r}.')
-  layer_type = hf_config.get('layer_type', 'bottleneck')
-  if layer_type not in _BLOCKS:
-    raise ValueError(f'config.json has layer_type={layer_type!r}; expected one of {_BLOCKS}.')
-  for name in ('stem', 'block', 'stage_sizes', 'stem_width', 'stage_widths', 'width_multiplier',
-               'stride_in_1x1', 'first_stage_stride', 'in_channels'):
-    if name in overrides:
-      raise ValueError(f'{name!r} is fixed by the checkpoint and cannot be overridden.')
-  return ResNetConfig(
-      block=layer_type,
-      stage_sizes=tuple(hf_config['depths']),
-      stem_width=hf_config['embedding_size'],
-      stage_widths=tuple(hf_config['hidden_sizes']),
-      stem='imagenet',
-      in_channels=hf_config.get('num_channels', 3),
-      image_size=overrides.pop('image_size', 224),
-      stride_in_1x1=bool(hf_config.get('downsample_in_bottleneck', False)),
-      first_stage_stride=2 if hf_config.get('downsample_in_first_stage', False) else 1,
-      **overrides)
-
-
-def _hf_name(module_path: tuple[str, ...], leaf: str) -> str:
-  """The transformers state-dict key (without the `resnet.` prefix) of one Flax variable."""
-  *blocks, layer = module_path
-  if not blocks:  # The stem: ('stem_conv',) or ('stem_bn',).
-    module = 'embedder.embedder.' + ('convolution' if layer == 'stem_conv' else 'normalization')
-  else:
-    (block,) = blocks  # 'stage{i}_block{j}', 1-based.
-    stage, index = (int(part[len(prefix):]) - 1
-                    for part, prefix in zip(block.split('_'), ('stage', 'block')))
-    base = f'encoder.stages.{stage}.layers.{index}'
-    if layer.startswith('proj_'):
-      module = f'{base}.shortcut.' + ('convolution' if layer == 'proj_conv' else 'normalization')
-    else:  # conv{k} / bn{k} → layer.{k-1}.convolution / .normalization
-      kind, k = ('convolution', layer[4:]) if layer.startswith('conv') else (
-          'normalization', layer[2:])
-      module = f'{base}.layer.{int(k) - 1}.{kind}'
-  return f'{module}.{"weight" if leaf == "kernel" else _HF_BN[leaf]}'
-
-
-def load_hf_resnet(
-    path: str | os.PathLike,
-    *,
-    num_classes: int,
-    rng: Array | None = None,
-    dtype: Any = jnp.float32,
-    **overrides: Any,
-) -> tuple[ResNetConfig, dict[str, Any]]:
-  """Reads a Hugging Face ResNet checkpoint folder into Flax variables for `ResNet`.
-
-  The folder holds `config.json` and `model.safetensors`, as `microsoft/resnet-50` and
-  `save_pretrained` of transformers' `ResNetModel` or `ResNetForImageClassification` write them.
-  Every backbone tensor must be there with the right shape; the checkpoint's classifier (if any) is
-  dropped and the head is re-initialised for `num_classes`.
-
-  Args:
-    path: the checkpoint folder.
-    num_classes: classes of the task; the new head's width.
-    rng: key for the new head's initialisation (default `jax.random.key(0)`).
-    dtype: compute dtype of the model that the variables are checked against.
-    **overrides: `ResNetConfig` fields that the checkpoint does not fix, e.g. `axis_name='batch'`
-      or `image_size=32`.
-
-  Returns:
-    `(config, variables)`: the config (ImageNet stem) to build `ResNet(config, num_classes)` with,
-    and `{'params': ..., 'batch_stats': ...}`.
-
-  Raises:
-    ValueError: naming the file, the config field or the tensor that is missing, mis-shaped or
-      unexpected.
-
-  Example:
-    >>> config, variables = load_hf_resnet('resnet-50', num_classes=10)  # doctest: +SKIP
-    >>> model = ResNet(config, num_classes=10)  # doctest: +SKIP
-    >>> logits = model.apply(variables, images, train=False)  # doctest: +SKIP
-  """
-  config = config_from_hf(_hf.read_config(path), **overrides)
-  model = ResNet(config, num_classes, dtype)
-  # Shapes only: nothing of the size of ResNet-50 is allocated or computed here.
-  shapes = jax.eval_shape(
-      functools.partial(model.init, train=False), jax.random.key(0), dummy_input(config))
-
-  with _hf.SafetensorsReader(path) as reader:
-    prefix = 'resnet.' if any(k.startswith('resnet.') for k in reader.keys) else ''
-    wanted = {}  # (collection, flax path) → (hf key, torch-layout shape)
-    for collection in ('params', 'batch_stats'):
-      for key_path, leaf in jax.tree_util.tree_flatten_with_path(shapes[collection])[0]:
-        names = tuple(k.key for k in key_path)
-        if names[0] == 'head':
-          continue
-        shape = leaf.shape
-        if names[-1] == 'kernel':  # Flax HWIO ← torch OIHW.
-          shape = (shape[3], shape[2], shape[0], shape[1])
-        wanted[(collection, names)] = (prefix + _hf_name(names[:-1], names[-1]), shape)
-
-    hf_keys = {key for key, _ in wanted.values()}
-    missing = sorted(hf_keys - reader.keys)
-    if missing:
-      raise ValueError(
-          f'{reader.file!r} lacks {len(missing)} tensor(s) that the config.json architecture '
-          f'needs: {", ".join(missing[:10])}{" ..." if len(missing) > 10 else ""}.')
-    ignored = (prefix + 'classifier.', 'classifier.')
-    unexpected = sorted(k for k in reader.keys - hf_keys
-                        if not k.endswith('num_batches_tracked') and not k.startswith(ignored))
-    if unexpected:
-      raise ValueError(
-          f'{reader.file!r} has {len(unexpected)} tensor(s) that the config.json architecture does '
-          f'not use: {", ".join(unexpected[:10])}{" ..." if len(unexpected) > 10 else ""}.')
-
-    variables: dict[str, Any] = {'params': {}, 'batch_stats': {}}
-    for (collection, names), (key, shape) in wanted.items():
-      value = reader.get(key, shape)  # Raises, naming the tensor, on a shape mismatch.
-      if names[-1] == 'kernel':
-        value = value.transpose(2, 3, 1, 0)
-      node = variables[collection]
-      for name in names[:-1]:
-        node = node.setdefault(name, {})
-      node[names[-1]] = jnp.asarray(value)
-
-  head_input = jnp.zeros((1, config.stage_channels[-1]), jnp.float32)
-  head = nn.Dense(**_head(num_classes, dtype)).init(
-      jax.random.key(0) if rng is None else rng, head_input)
-  variables['params']['head'] = head['params']
-  return config, variables
-
-
 def num_params(variables: dict[str, Any]) -> int:
   """Number of scalars in `variables['params']` (arrays or `jax.ShapeDtypeStruct`s)."""
-  return sum(int(np.prod(leaf.shape)) for leaf in jax.tree_util.tree_leaves(variables['params']))
+  return sum(int(np.prod(leaf.shape)) for leaf in jax.tree_util.tree_leaves(variables["params"]))

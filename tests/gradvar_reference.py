@@ -72,7 +72,8 @@ def stream(kind: str, steps: int, window: int = 5, seed: int = 0):
   out = []
   for t in range(steps):
     mag = 0.0 if kind == "zero" else 1.0 + amp[t // window] * rng.standard_normal()
-    out.append({"a": direction["a"] * np.float32(mag), "b": {"c": direction["b"]["c"] * np.float32(mag)}})
+    out.append({"a": direction["a"] * np.float32(mag),
+                "b": {"c": direction["b"]["c"] * np.float32(mag)}})
   return out
 
 

@@ -37,11 +37,11 @@ train_examples = 48
 @pytest.mark.parametrize("change, field", [
     ('colour = "red"\n', "colour: unknown key"),
     ('baseline = "step"\n', "baseline: 'step' must be one of"),
-    ('epochs = 0\n', None),  # replaces the line below
-    ('tune_seeds = [1]\n', "tune_seeds: [1] are also evaluation seeds"),
-    ('[calibration]\nreference_seeds = [0]\n', "calibration.reference_seeds: [0]"),
-    ('[calibration.thresholds]\nrt_sentiment = -1\n', "calibration.thresholds.rt_sentiment"),
-    ('[tasks.rt_sentiment.model]\ndepth = 2\n[tasks.nope]\n', "tasks.nope: unknown task"),
+    ("epochs = 0\n", None),  # replaces the line below
+    ("tune_seeds = [1]\n", "tune_seeds: [1] are also evaluation seeds"),
+    ("[calibration]\nreference_seeds = [0]\n", "calibration.reference_seeds: [0]"),
+    ("[calibration.thresholds]\nrt_sentiment = -1\n", "calibration.thresholds.rt_sentiment"),
+    ("[tasks.rt_sentiment.model]\ndepth = 2\n[tasks.nope]\n", "tasks.nope: unknown task"),
 ])
 def test_suite_errors_name_the_field(change, field):
   if field is None:

@@ -91,7 +91,8 @@ def make_out(tmp_path, thresholds=True) -> pathlib.Path:
   out.mkdir()
   text = SUITE
   if thresholds:
-    text += f"\n[calibration]\nrule = \"test\"\n[calibration.thresholds]\nrt_sentiment = {THRESHOLD}\n"
+    text += (f'\n[calibration]\nrule = "test"\n[calibration.thresholds]\n'
+             f"rt_sentiment = {THRESHOLD}\n")
   (out / "suite.toml").write_text(text)
   suite = suite_lib.parse(text)
   for (strategy, seed), losses in VAL.items():

@@ -12,6 +12,8 @@ import time
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from test_resume import jsonl
+from test_resume import last_checkpoint
 
 from train import checkpoint
 from train import clock as clock_lib
@@ -19,8 +21,6 @@ from train import config as config_lib
 from train import epoch as epoch_lib
 from train import loop
 from train import records
-
-from test_resume import jsonl, last_checkpoint
 
 EPOCH_FIELDS = [  # in the order of today's rows
     "epoch", "step", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "effective_lr",

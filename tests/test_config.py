@@ -26,9 +26,9 @@ def test_roles_give_the_sets_that_the_runner_and_the_resume_check_use():
   assert checkpoint.HARMLESS_FIELDS == {
       "workdir", "quiet", "cache_dir", "data_dir", "tfds_data_dir", "log_every",
       "checkpoint_every_steps", "keep_checkpoints", "eval_batch_size", "skip_nonfinite"}
-  assert compare._IGNORED_FIELDS == {  # pylint: disable=protected-access
+  assert compare._IGNORED_FIELDS == {
       "workdir", "quiet", "data_dir", "tfds_data_dir", "cache_dir"}
-  assert suite_lib._RESERVED == {  # pylint: disable=protected-access
+  assert suite_lib._RESERVED == {
       "task", "strategy", "seed", "workdir", "cache_dir", "data_dir", "quiet"}
 
 
@@ -157,7 +157,7 @@ def test_the_runner_starts_each_run_from_its_config_file_with_the_same_config(na
 
 
 def test_parse_args_runs_once(monkeypatch, tmp_path):
-  from train import loop  # pylint: disable=g-import-not-at-top
+  from train import loop
   calls, trained = [], []
   parse = argparse.ArgumentParser.parse_args
   monkeypatch.setattr(argparse.ArgumentParser, "parse_args",

@@ -250,7 +250,8 @@ def test_stand_ins_default_to_the_projects_data_folder(monkeypatch):
   monkeypatch.delenv(data.DATA_DIR_ENV, raising=False)
   project_data = pathlib.Path(__file__).resolve().parents[1] / "data"
   assert sources.DEFAULT_DATA_DIR == project_data
-  rows = len((project_data / "rt_sentiment" / "test.jsonl").read_text(encoding="utf-8").splitlines())
+  test_file = project_data / "rt_sentiment" / "test.jsonl"
+  rows = len(test_file.read_text(encoding="utf-8").splitlines())
   assert len(data.get_source("rt_sentiment").test) == rows
   monkeypatch.setenv(data.DATA_DIR_ENV, "")  # an empty variable counts as unset
   assert len(data.get_source("rt_sentiment").test) == rows
@@ -507,9 +508,9 @@ def test_label_outside_the_training_set_names_file_and_line(tmp_path):
 @pytest.mark.parametrize("content,line,message", [
     ('text,label\na,x\n"b, c",y\nd,e,x\n', 4, "3 fields where the header has 2"),
     ('text,label\n"two\nlines",x\n,y\n', 4, "text is empty"),
-    ('text,label\na,x\n\n', 3, "0 fields where the header has 2"),
+    ("text,label\na,x\n\n", 3, "0 fields where the header has 2"),
     ('text,label\na,x\n"open quote,x\n', 3, "malformed CSV"),
-    ('text,lab\na,x\n', 1, "the header ['text', 'lab'] lacks ['label']"),
+    ("text,lab\na,x\n", 1, "the header ['text', 'lab'] lacks ['label']"),
 ])
 def test_bad_csv_lines_name_file_and_line(tmp_path, content, line, message):
   (tmp_path / "train.csv").write_text(content, encoding="utf-8")

@@ -10,16 +10,23 @@ which steps' batches hold such a word, and so which steps must fail.
 import itertools
 import json
 import math
-import pathlib
 
 import jax
 import numpy as np
 import pytest
 
-from test_resume import EPOCHS, EVERY, STEPS_PER_EPOCH, checkpoint_steps, final_params
-from test_resume import jsonl, last_checkpoint, resumed_from, run, train_args
 # test_resume's module-scoped fixtures: the subprocess environment and the token cache.
-from test_resume import cache_dir, env  # pylint: disable=unused-import
+from test_resume import EPOCHS
+from test_resume import EVERY
+from test_resume import STEPS_PER_EPOCH
+from test_resume import checkpoint_steps
+from test_resume import final_params
+from test_resume import jsonl
+from test_resume import last_checkpoint
+from test_resume import resumed_from
+from test_resume import run
+from test_resume import train_args
+
 from train import config as config_lib
 from train import loop
 

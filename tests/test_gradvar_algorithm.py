@@ -1,5 +1,8 @@
 """gradvar_optax against the NumPy reference of the seed's rule, in both API forms."""
 
+from gradvar_reference import Reference
+from gradvar_reference import poison
+from gradvar_reference import stream
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -7,7 +10,6 @@ import optax
 import pytest
 
 import gradvar_optax
-from gradvar_reference import Reference, poison, stream
 
 FORMS = {
     # wrapped: the base optimizer's updates (SGD with lr 1, i.e. -g) are scaled.

@@ -1,5 +1,7 @@
 """The state round-trips through orbax mid-window, and a jitted step never recompiles."""
 
+from gradvar_reference import poison
+from gradvar_reference import stream
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -7,7 +9,6 @@ import optax
 import orbax.checkpoint as ocp
 
 import gradvar_optax
-from gradvar_reference import poison, stream
 
 
 def _opt():

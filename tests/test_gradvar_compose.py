@@ -2,6 +2,8 @@
 
 from flax import nnx
 from flax.training import train_state
+from gradvar_reference import Reference
+from gradvar_reference import stream
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -9,7 +11,6 @@ import optax
 import pytest
 
 import gradvar_optax
-from gradvar_reference import Reference, stream
 
 
 def _replay(opt, grads_seq, jit=True, **extra):

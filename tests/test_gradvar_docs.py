@@ -4,14 +4,15 @@ import doctest
 import pathlib
 import re
 
+import gradvar_reference
 import jax
 import numpy as np
 import optax
 import pytest
 
 import gradvar_optax
-from gradvar_optax import _gradvar, _readout
-import gradvar_reference
+from gradvar_optax import _gradvar
+from gradvar_optax import _readout
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text(encoding="utf-8")
@@ -27,7 +28,7 @@ def readme_block(heading: str, language: str = "python") -> str:
 
 def run_readme_block(heading: str) -> dict:
   namespace = {"__name__": "readme"}
-  exec(compile(readme_block(heading), f"README.md: {heading}", "exec"), namespace)  # pylint: disable=exec-used
+  exec(compile(readme_block(heading), f"README.md: {heading}", "exec"), namespace)
   return namespace
 
 

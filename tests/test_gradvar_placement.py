@@ -1,12 +1,12 @@
 """Where the scale goes: wrapping Adam scales its step; chaining before Adam does not (for long)."""
 
+from gradvar_reference import stream
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
 import gradvar_optax
-from gradvar_reference import stream
 
 LR = 1e-2
 
@@ -29,8 +29,9 @@ def test_wrapped_adam_is_adam_times_recorded_scale():
   scales = [float(s.lr_scale) for _, s in wrapped]
   assert len(set(scales)) > 3, "the stream should move the scale"
   for (u_w, s_w), (u_p, _) in zip(wrapped, plain):
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b * np.float32(s_w.lr_scale), rtol=1e-6),
-                 u_w, u_p)
+    jax.tree.map(
+        lambda a, b: np.testing.assert_allclose(a, b * np.float32(s_w.lr_scale), rtol=1e-6),
+        u_w, u_p)
 
 
 def _step_size(updates):

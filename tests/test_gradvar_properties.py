@@ -1,13 +1,16 @@
 """Property tests: any pytree, window and factor keep the state well formed and follow the rule."""
 
+from gradvar_reference import Reference
+from hypothesis import Phase
+from hypothesis import given
+from hypothesis import settings
+from hypothesis import strategies as st
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from hypothesis import Phase, given, settings, strategies as st
 
 import gradvar_optax
-from gradvar_reference import Reference
 
 SHAPES = st.sampled_from([(), (0,), (1,), (3,), (2, 5), (3, 1, 4), (7, 0, 2)])
 DTYPES = st.sampled_from([jnp.float32, jnp.bfloat16])

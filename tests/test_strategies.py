@@ -15,11 +15,13 @@ a new strategy fails the suite until it has a closed form here.
 `plateau` also runs through the training loop, on a loss that cannot move (`test_plateau_...`).
 """
 
+from collections.abc import Callable
 import dataclasses
 import json
 import pathlib
-from typing import Any, Callable
+from typing import Any
 
+from gradvar_reference import Reference
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -27,8 +29,6 @@ import optax
 import pytest
 
 import gradvar_optax
-from gradvar_reference import Reference
-
 from train import config as config_lib
 from train import loop
 from train import strategies

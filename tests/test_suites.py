@@ -11,8 +11,8 @@ import jax
 import pytest
 import tensorflow_datasets as tfds
 
-import gradvar_optax
 from benchmarks import suite as suite_lib
+import gradvar_optax
 from train import config as config_lib
 from train import loop
 from train import strategies

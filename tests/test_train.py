@@ -7,15 +7,14 @@ import json
 import math
 import pathlib
 
+from gradvar_reference import Reference
+import isolate
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
-import tensorflow_datasets as tfds
 from tensorboard.backend.event_processing import event_file_loader
-
-import isolate
-from gradvar_reference import Reference
+import tensorflow_datasets as tfds
 
 from train import __main__ as cli
 from train import config as config_lib

@@ -98,8 +98,8 @@ def main(argv=None) -> int:
     except (ValueError, RuntimeError) as e:
       print(f"error: {e}", file=sys.stderr)
       return 2
-  from train import loop  # pylint: disable=g-import-not-at-top  # jax and data only when training
-  from train import checkpoint  # pylint: disable=g-import-not-at-top
+  from train import checkpoint
+  from train import loop  # jax and data only when training
   try:
     result = loop.train(config, resume=args.resume or False)
   except ValueError as e:

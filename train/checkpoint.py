@@ -16,6 +16,7 @@ Every process calls the manager (orbax coordinates the primary host itself); onl
 writes records, so only it truncates them.
 """
 
+from collections.abc import Callable
 import contextlib
 import dataclasses
 import json
@@ -24,9 +25,9 @@ import pathlib
 import shutil
 import signal
 import threading
+from typing import Any, Optional
 import warnings
 import zlib
-from typing import Any, Callable, Optional
 
 import jax
 import numpy as np
@@ -142,7 +143,7 @@ class Checkpoints:
       meta = state = None
       try:
         meta = self._read_meta(step)
-      except Exception as e:  # pylint: disable=broad-except  # orbax/tensorstore raise many kinds
+      except Exception as e:  # orbax/tensorstore raise many kinds
         error = e
       if meta is not None:
         # Checked before the arrays: another config's arrays would not fit the target anyway.
@@ -155,7 +156,7 @@ class Checkpoints:
                            "the checkpointed values")
         try:
           state = self._read_state(step, meta, abstract_for(meta["config"]))
-        except Exception as e:  # pylint: disable=broad-except
+        except Exception as e:
           error = e
       if state is None:
         reason = f"checkpoint {step} ({type(error).__name__}: {_first_line(error)})"
@@ -269,7 +270,7 @@ class PreemptionWatch:
   def requested(self, step: int) -> Optional[str]:
     """The signal to stop for at this step boundary, if any (call it at every step)."""
     if jax.process_count() > 1:
-      from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+      from jax.experimental import multihost_utils
       with contextlib.suppress(RuntimeError):  # No preemption service: no notice to follow.
         if multihost_utils.reached_preemption_sync_point(step):
           return "SIGTERM"

@@ -16,9 +16,10 @@ A checkpoint stores `to_json()`: `train_time_total` (the finished epochs' traini
 clock starts from them; the time between the kill and the resume counts nowhere.
 """
 
+from collections.abc import Callable, Iterator
 import contextlib
 import time
-from typing import Callable, Iterator, NamedTuple
+from typing import NamedTuple
 
 import jax
 

@@ -34,7 +34,7 @@ OWNERS = ("runner", "suite", "anyone")
 
 
 def _field(default=dataclasses.MISSING, *,
-           help: str,  # pylint: disable=redefined-builtin
+           help: str,
            trajectory: bool = True, records: bool = True, owner: str = "anyone",
            default_factory=dataclasses.MISSING, **cli) -> Any:
   """A config field with its metadata (see above); `cli` holds `flag`, `choices`, `metavar`.
@@ -49,7 +49,8 @@ def _field(default=dataclasses.MISSING, *,
 class Config:
   """One training run. The seed fixes batch 32, LR 1e-3, 20 epochs and Adam."""
 
-  task: str = _field(help="what to train on: a task (see below), or local:DIR with --model", owner="suite")
+  task: str = _field(help="what to train on: a task (see below), or local:DIR with --model",
+                     owner="suite")
   workdir: str = _field(help="where records and the final params go", trajectory=False,
                         records=False, owner="runner")
   strategy: str = _field("fixed", help="LR strategy", owner="suite")
@@ -241,7 +242,8 @@ def apply_overrides(config: Config, assignments: list[str]) -> Config:
 
 def validate(config: Config) -> None:
   """Checks everything that does not need the data or the model; errors name the field."""
-  from train import strategies, tasks  # the registries
+  from train import strategies  # the registries
+  from train import tasks  # the registries
 
   def fail(field, message):
     raise ValueError(f"config.{field}: {message}")

@@ -60,7 +60,7 @@ def initialize(options: Options) -> None:
     RuntimeError: JAX's backends were already created, or the coordinator was not reached within
       `init_timeout_s`.
   """
-  import jax  # pylint: disable=g-import-not-at-top  # the CLI's --help must not need it
+  import jax  # the CLI's --help must not need it
 
   # CPU collectives across processes go over TCP (gloo); GPUs and TPUs use their own.
   jax.config.update("jax_cpu_collectives_implementation", "gloo")

@@ -5,12 +5,13 @@ epochs share and where the run stands, which is what a checkpoint saves (with th
 state and the clock, `train.clock`).
 """
 
+from collections.abc import Callable, Iterator
 import dataclasses
 import itertools
 import math
 import signal
 import time
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import jax
 import jax.numpy as jnp

@@ -36,8 +36,8 @@ from typing import Any
 import warnings
 
 import jax
-import jax.numpy as jnp
 from jax.experimental import multihost_utils
+import jax.numpy as jnp
 import numpy as np
 import optax
 import orbax.checkpoint as ocp

@@ -14,6 +14,7 @@ required field or a field the schema does not know is an error naming the file, 
 the field. run.json records the schema's version as `records_schema` (see `SCHEMA_VERSION`).
 """
 
+from collections.abc import Mapping, Sequence
 import dataclasses
 import datetime
 import functools
@@ -28,7 +29,7 @@ import socket
 import subprocess
 import types
 import typing
-from typing import Any, Mapping, Sequence, Union
+from typing import Any, Union
 
 import jax
 
@@ -97,7 +98,7 @@ def device_memory_mb(devices) -> float | None:
   """Peak device memory of the first device, where the backend reports it (GPU/TPU)."""
   try:
     stats = devices[0].memory_stats()
-  except Exception:  # pylint: disable=broad-except  # backends raise various errors
+  except Exception:  # backends raise various errors
     return None
   if not stats or "peak_bytes_in_use" not in stats:
     return None
@@ -287,7 +288,7 @@ class Recorder:
     self._tb = None
     if enabled:
       workdir.mkdir(parents=True, exist_ok=True)
-      from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
+      from tensorboardX import SummaryWriter
       self._tb = SummaryWriter(str(workdir / "tb"))
 
   def write_json(self, name: str, payload: dict) -> None:

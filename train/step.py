@@ -9,15 +9,18 @@ average a sum.
 """
 
 import collections
+from collections.abc import Callable
 import functools
-from typing import Any, Callable, NamedTuple
+from typing import Any, NamedTuple
 
 import jax
+from jax.experimental import multihost_utils
 import jax.numpy as jnp
+from jax.sharding import Mesh
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 import numpy as np
 import optax
-from jax.experimental import multihost_utils
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 import gradvar_optax
 
@@ -168,7 +171,7 @@ class Launcher:
 
   def placement(self) -> Callable:
     """`batch -> batch` on the devices, in the layout this launcher's step takes."""
-    from train.data import placement  # pylint: disable=g-import-not-at-top
+    from train.data import placement
     if self.parallel == "pmap":
       return placement.pmap_placement(self.local_devices)
     return placement.mesh_placement(self.mesh, AXIS)

@@ -13,8 +13,9 @@ Every strategy gets the same base LR (the seed's 1e-3), steps per epoch and epoc
 ``update`` may take ``value=`` (the training loss), which ``plateau`` uses and the others ignore.
 """
 
+from collections.abc import Callable
 import dataclasses
-from typing import Any, Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp

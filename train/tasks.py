@@ -89,7 +89,7 @@ def local_kind(name: str) -> str:
     TaskError: the folder is missing, holds no complete layout (the message names the folder and
       the files expected) or a malformed file (the message names the file).
   """
-  from train.data import local  # pylint: disable=g-import-not-at-top  # jax and grain, if asked
+  from train.data import local  # jax and grain, if asked
 
   folder = name[len(LOCAL):]
   if not folder:

@@ -5,7 +5,7 @@ and evaluation, and includes data loading, prefetch, metric accumulation and log
 against a bare loop that calls the same compiled step on batches already on the devices. Runs are
 interleaved and repeated; the report gives medians per step and the ratios.
 
-  python -m benchmarks.perf.loop_overhead --data-dir "$GRADVAR_DATA_DIR"          # rt_sentiment, small
+  python -m benchmarks.perf.loop_overhead                  # rt_sentiment, small, on data/
   python -m benchmarks.perf.loop_overhead --task fashion_mnist --examples 3200 --repeats 3
 """
 
@@ -69,7 +69,8 @@ def main(argv=None):
       task=args.task, workdir="", strategy=args.strategy, model_size=args.size, epochs=1,
       train_examples=args.examples, eval_examples=64, log_every=10, quiet=True,
       data_dir=args.data_dir, cache_dir=os.path.join(workroot, "cache"))
-  command = "python -m benchmarks.perf.loop_overhead " + " ".join(argv if argv is not None else sys.argv[1:])
+  given = argv if argv is not None else sys.argv[1:]
+  command = "python -m benchmarks.perf.loop_overhead " + " ".join(given)
   hw = records.hardware(jax.local_devices())
   print(f"command: {command}")
   print("hardware: " + ", ".join(f"{k}={v}" for k, v in hw.items()))

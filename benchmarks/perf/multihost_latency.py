@@ -8,7 +8,7 @@ seconds without heartbeats, or sooner when a collective fails first. The test ke
 guard; this is where the latency is measured.
 
   python -m benchmarks.perf.multihost_latency --data-dir "$GRADVAR_DATA_DIR"
-  python -m benchmarks.perf.multihost_latency --data-dir "$GRADVAR_DATA_DIR" --repeats 5 --out lat.json
+  python -m benchmarks.perf.multihost_latency --repeats 5 --out lat.json
 """
 
 import argparse

