@@ -82,7 +82,8 @@ def make_train_step(model, input_names, optimizer, effective_lr) -> Callable:
         "grad_norm": optax.tree.norm(grads),
         "lr_scale": _scale_metric(gradvar_optax.lr_scale, opt_state),
         "variability": _scale_metric(gradvar_optax.variability, opt_state),
-        "effective_lr": jnp.asarray(effective_lr(opt_state, state.step), jnp.float32),
+        "effective_lr": jnp.asarray(effective_lr(state.opt_state, opt_state, state.step),
+                                    jnp.float32),
     }
     return TrainState(state.step + 1, params, batch_stats, opt_state), metrics
 

@@ -7,7 +7,7 @@ plus the ``@register`` line above it:
     @register("my-schedule")
     def my_schedule(lr, steps_per_epoch, epochs):
       sched = optax.exponential_decay(lr, steps_per_epoch, 0.9)
-      return Strategy(optax.adam(sched), lambda state, step: sched(step))
+      return Strategy(optax.adam(sched), lambda before, after, step: sched(step))
 
 Every strategy gets the same base LR (the seed's 1e-3), steps per epoch and epochs. The optimizer's
 ``update`` may take ``value=`` (the training loss), which ``plateau`` uses and the others ignore.
@@ -23,7 +23,9 @@ import optax
 
 import gradvar_optax
 
-# (opt_state, step) -> the learning rate the update at that 0-based step ran at; jit-compatible.
+# (opt_state before the update, opt_state after it, 0-based step) -> the learning rate that update
+# ran at; jit-compatible. A factor the update computes and applies (gradvar's scale, plateau's) is
+# in the state after it; an estimate the update only reads (Prodigy's d) is in the state before.
 EffectiveLR = Callable[[Any, jax.Array], jax.Array]
 
 
@@ -68,15 +70,16 @@ def _warmup_cosine(lr, steps_per_epoch, epochs):
 
 
 def _constant(lr):
-  return lambda state, step: jnp.asarray(lr, jnp.float32)
+  return lambda before, after, step: jnp.asarray(lr, jnp.float32)
 
 
 def _scheduled(schedule):
-  return lambda state, step: jnp.asarray(schedule(step), jnp.float32)
+  return lambda before, after, step: jnp.asarray(schedule(step), jnp.float32)
 
 
 def _times_gradvar(base_lr: EffectiveLR) -> EffectiveLR:
-  return lambda state, step: base_lr(state, step) * gradvar_optax.lr_scale(state)
+  return lambda before, after, step: (base_lr(before, after, step)
+                                      * gradvar_optax.lr_scale(after))
 
 
 @register("fixed")
@@ -124,7 +127,7 @@ def plateau(lr, steps_per_epoch, epochs):
           factor=0.5, patience=2, rtol=1e-4, accumulation_size=steps_per_epoch, min_scale=1e-3
       ),
   )
-  return Strategy(opt, lambda state, step: lr * _plateau_scale(state))
+  return Strategy(opt, lambda before, after, step: lr * _plateau_scale(after))
 
 
 @register("gradvar")
@@ -187,9 +190,11 @@ def prodigy(lr, steps_per_epoch, epochs):
   """LR-free reference: Prodigy (``optax.contrib.prodigy``), which ignores the base LR.
 
   Its step is Adam's with the learning rate ``d``, its running estimate of the distance to the
-  solution; that ``d`` (``estim_lr``) is recorded as the effective LR.
+  solution. The update steps with the ``d`` it starts from and then raises it, so the ``d``
+  (``estim_lr``) of the state *before* the update is recorded as the effective LR.
   """
   del lr
   return Strategy(
-      optax.contrib.prodigy(), lambda state, step: optax.tree_utils.tree_get(state, "estim_lr")
+      optax.contrib.prodigy(),
+      lambda before, after, step: optax.tree_utils.tree_get(before, "estim_lr"),
   )
