@@ -40,7 +40,8 @@ def parser() -> argparse.ArgumentParser:
     q.add_argument("--tasks", nargs="+", help="only these tasks of the suite")
     q.add_argument("--out", help="output folder (default: benchmarks/results/<suite name>)")
     q.add_argument("--data-dir", default=os.environ.get("GRADVAR_DATA_DIR"),
-                   help="folder of the offline stand-ins (default: $GRADVAR_DATA_DIR)")
+                   help="folder of the offline stand-ins (default: $GRADVAR_DATA_DIR, else the "
+                        "project's data/)")
     q.add_argument("--no-progress", action="store_true", help="no progress bar")
 
   c = sub.add_parser("compare", help="run the suite's grid and write the report")

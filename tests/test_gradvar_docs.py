@@ -60,8 +60,6 @@ def test_readme_library_example_runs_and_takes_one_gradvar_step():
 
 
 def test_readme_nnx_step_scales_as_the_reference_rule(monkeypatch):
-  nnx = pytest.importorskip("flax.nnx")
-  del nnx
   seen = []
   real = gradvar_optax.gradvar
 

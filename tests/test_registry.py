@@ -156,7 +156,7 @@ def test_bert_checkpoint_loads_the_real_minilm():
 
 
 def test_resnet_checkpoint_written_by_transformers(tmp_path):
-  transformers = pytest.importorskip("transformers")
+  import transformers
   config = transformers.ResNetConfig(embedding_size=8, hidden_sizes=[16, 32], depths=[1, 1],
                                      layer_type="bottleneck")
   reference = transformers.ResNetModel(config)

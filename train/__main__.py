@@ -12,6 +12,7 @@ import dataclasses
 import json
 import sys
 
+import models
 from train import config as config_lib
 from train import distributed
 from train import strategies
@@ -52,7 +53,10 @@ def parser() -> argparse.ArgumentParser:
              "--set takes any config field (e.g. log_every=1, train_examples=2000), and\n"
              "model.<field> / data.<field> options, e.g. model.checkpoint=PATH (pretrained BERT),\n"
              "model.depth=18, model.hidden_dropout=0.2, data.max_len=64.\n"
-             "The config is the defaults, then --config FILE, then the flags, then --set.")
+             "The config is the defaults, then --config FILE, then the flags, then --set.\n\n"
+             "Your own data: --task local:DIR --model NAME trains family NAME\n"
+             f"({', '.join(models.names())}) on DIR: train.jsonl + test.jsonl, train.csv +\n"
+             "test.csv, or the IDX files of Fashion-MNIST's layout.")
   p.add_argument("--config", metavar="FILE",
                  help="start from this config file (the config.json of a run); flags and --set "
                       "given too override it")

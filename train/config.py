@@ -65,7 +65,8 @@ class Config:
   dtype: str = _field("float32", help="compute dtype; params and optimizer state stay float32",
                       choices=DTYPES)
   data_dir: Optional[str] = _field(
-      None, help="folder of the offline stand-ins (default: $GRADVAR_DATA_DIR)",
+      None, help="folder of the offline stand-ins (default: $GRADVAR_DATA_DIR, else the "
+                 "project's data/)",
       trajectory=False, records=False, owner="runner")
   tfds_data_dir: Optional[str] = _field(None, help="TFDS data folder (default: TFDS's own)",
                                         trajectory=False, records=False)

@@ -1,8 +1,8 @@
 """How fast the data pipelines deliver batches, against how fast the matching models consume them.
 
-For each pipeline, on the stand-in data (`--data-dir` or GRADVAR_DATA_DIR), batches per second of
-the training iterator at the seed's global batch of 32, with grain's thread prefetch and placement
-on the (CPU) device:
+For each pipeline, on the stand-in data (`--data-dir`, GRADVAR_DATA_DIR or data/), batches per
+second of the training iterator at the seed's global batch of 32, with grain's thread prefetch and
+placement on the (CPU) device:
 
 - **cold**: the first epoch of a first run: vocabulary and tokenisation of the training split
   (into an empty cache folder), or the image statistics, then the epoch;
@@ -182,7 +182,8 @@ def main(argv: list[str] | None = None) -> int:
       description=__doc__.split("\n\n", 1)[0],
       formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n", 1)[1])
   parser.add_argument("--data-dir", default=None,
-                      help="the stand-in data folder (default: $GRADVAR_DATA_DIR)")
+                      help="the stand-in data folder (default: $GRADVAR_DATA_DIR, else the "
+                           "project's data/)")
   parser.add_argument("--pipelines", type=_csv, default=list(PIPELINES),
                       help=f"comma-separated, from {', '.join(PIPELINES)} (default: all)")
   parser.add_argument("--epochs", type=int, default=3,

@@ -30,7 +30,7 @@ batch = next(it); it.get_state()                     # resumable, JSON-able
 for batch in pipe.eval_iterator("validation"): ...   # whole split, padded, with "mask"
 ```
 
-- `sources`: the registry and `get_source` (names, `--data-dir` / GRADVAR_DATA_DIR).
+- `sources`: the registry and `get_source` (names; `--data-dir`, else GRADVAR_DATA_DIR, else the project's data/).
 - `examples`: the record kinds, `Split`, `Source`, and the checks that name the bad record.
 - `splits`: the fixed validation carve (10% of train, by index; sizes listed there).
 - `labels`: label maps (sorted class names), saved with a run.
