@@ -57,8 +57,15 @@ def train_args(workdir, cache_dir, *extra) -> list[str]:
           *extra]
 
 
+def _default_sigint():
+  # A child of a background job inherits SIGINT ignored, and Python then keeps it ignored; a run
+  # started from a terminal, as Ctrl-C meets it, has the default (KeyboardInterrupt) instead.
+  signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def run(args, env, timeout=600) -> subprocess.CompletedProcess:
-  return subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+  return subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout,
+                        preexec_fn=_default_sigint)
 
 
 def with_signals(env, signals: str) -> dict[str, str]:
