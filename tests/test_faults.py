@@ -14,12 +14,12 @@ import math
 import jax
 import numpy as np
 import pytest
-
-# test_resume's module-scoped fixtures: the subprocess environment and the token cache.
 from test_resume import EPOCHS
 from test_resume import EVERY
 from test_resume import STEPS_PER_EPOCH
+from test_resume import cache_dir  # noqa: F401  (a module-scoped fixture: the token cache)
 from test_resume import checkpoint_steps
+from test_resume import env  # noqa: F401  (a module-scoped fixture: the subprocess environment)
 from test_resume import final_params
 from test_resume import jsonl
 from test_resume import last_checkpoint
