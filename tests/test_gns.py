@@ -213,8 +213,9 @@ def test_pmap_axis_name_equals_group_sq_norm_path():
         values = np.asarray(getattr(got, name))
         # Every replica holds the same statistics, and they are the group path's.
         np.testing.assert_array_equal(values, np.broadcast_to(values[0], values.shape), name)
+        # r = (1 - phi) / phi: near phi = 1 its error is absolute, phi's.
         np.testing.assert_allclose(values[0], np.asarray(getattr(want, name)), rtol=1e-5,
-                                   atol=1e-7, err_msg=f"{name} at step {t}")
+                                   atol=2e-6, err_msg=f"{name} at step {t}")
       # The base optimizer saw the averaged gradient: the same Adam step on every replica.
       jax.tree.map(lambda a, b: np.testing.assert_allclose(a, np.broadcast_to(b, a.shape),
                                                            rtol=1e-4, atol=1e-7),
@@ -402,7 +403,9 @@ def test_any_stream_keeps_the_scale_finite_and_bounded(kinds, seed, groups):
       mean[3], poisoned = (np.nan if kind == "nan_grad" else np.inf), poisoned + 1
     grads = {"a": jnp.asarray(mean[:6].reshape(2, 3), jnp.float32),
              "b": jnp.asarray(mean[6:], jnp.bfloat16)}
-    updates, state = _PROP_UPDATE(grads, state, _PROP_PARAMS, group_sq_norm=np.float32(q),
+    with np.errstate(over="ignore"):  # a "huge" q overflows float32 to inf, on purpose
+      q = np.float32(q)
+    updates, state = _PROP_UPDATE(grads, state, _PROP_PARAMS, group_sq_norm=q,
                                   num_groups=groups)
     scale = float(state.lr_scale)
     assert np.isfinite(scale) and 0.2 <= scale <= 2.0
@@ -475,7 +478,7 @@ def test_microbatch_grad_bad_arguments():
     with pytest.raises(ValueError, match="num_microbatches"):
       gradvar_optax.microbatch_grad(_mse, bad)
   x, y = _regression(13, batch=10)
-  with pytest.raises(ValueError, match=r"\[1\].*\(10,\).*num_microbatches=4"):
+  with pytest.raises(ValueError, match=r"\[0\].*\(10, 6\).*num_microbatches=4"):
     gradvar_optax.microbatch_grad(_mse, 4)({"w": jnp.zeros(6), "b": jnp.zeros(())}, x, y)
 
 
