@@ -2,6 +2,8 @@
 
 import doctest
 import functools
+import pathlib
+import re
 
 import gns_reference
 from gns_reference import Reference
@@ -13,6 +15,9 @@ from hypothesis import settings
 from hypothesis import strategies as st
 import jax
 import jax.numpy as jnp
+from jax.sharding import Mesh
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 import numpy as np
 import optax
 import orbax.checkpoint as ocp
@@ -519,8 +524,6 @@ def test_microbatch_path_equals_pmap_axis_name_path():
 
 
 def test_readme_gns_example_runs():
-  import pathlib
-  import re
   readme = (pathlib.Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
   start = readme.index("\n### The gradient noise scale: `gns`\n")
   block = re.compile(r"^```python\n(.*?)^```$", re.M | re.S).search(readme, start).group(1)
@@ -531,3 +534,35 @@ def test_readme_gns_example_runs():
   assert 0.01 <= float(gradvar_optax.lr_scale(state)) <= 1.0
   np.testing.assert_allclose(float(gradvar_optax.noise_scale(state, 64)),
                              64 * float(state.noise_to_signal), rtol=1e-6)
+
+
+def test_shard_map_axis_name_path_equals_group_sq_norm_path():
+  """shard_map with check_vma=False hands gns each replica's own gradient, as pmap does."""
+  kw = dict(warmup_steps=3, decay=0.7, min_scale=0.1)
+  mesh = Mesh(np.array(jax.devices()[:N_DEV]), ("batch",))
+  opt = gradvar_optax.gns(optax.adam(0.1), axis_name="batch", **kw)
+
+  def replica_step(params, state, x, y):
+    updates, state = opt.update(jax.grad(_mse)(params, x, y), state, params)
+    return optax.apply_updates(params, updates), state
+
+  step = jax.jit(jax.shard_map(replica_step, mesh=mesh, in_specs=(P(), P(), P("batch"),
+                                                                   P("batch")),
+                               out_specs=(P(), P()), check_vma=False))
+  one = gradvar_optax.gns(optax.adam(0.1), **kw)
+  grad_fn = jax.jit(gradvar_optax.microbatch_grad(_mse, N_DEV))
+  params0 = {"w": jnp.zeros(6), "b": jnp.zeros(())}
+  p, s = params0, opt.init(params0)
+  p1, s1 = params0, one.init(params0)
+  data = NamedSharding(mesh, P("batch"))
+  for t in range(10):
+    x, y = _regression(200 + t, batch=64)
+    p, s = step(p, s, jax.device_put(x, data), jax.device_put(y, data))
+    grads, q = grad_fn(p1, x, y)
+    updates, s1 = one.update(grads, s1, p1, group_sq_norm=q, num_groups=N_DEV)
+    p1 = optax.apply_updates(p1, updates)
+    for name in ("lr_scale", "noise_to_signal", "count"):
+      np.testing.assert_allclose(np.asarray(getattr(s, name)), np.asarray(getattr(s1, name)),
+                                 rtol=1e-5, atol=2e-6, err_msg=f"{name} at step {t}")
+  assert float(s1.lr_scale) != 1.0
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), p, p1)
