@@ -566,3 +566,39 @@ def test_shard_map_axis_name_path_equals_group_sq_norm_path():
                                  rtol=1e-5, atol=2e-6, err_msg=f"{name} at step {t}")
   assert float(s1.lr_scale) != 1.0
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), p, p1)
+
+
+_SHAPES = st.sampled_from([(), (0,), (1,), (3,), (2, 5), (3, 1, 4)])
+_LEAF = st.tuples(_SHAPES, st.sampled_from([jnp.float32, jnp.bfloat16]))
+_TREES = st.dictionaries(st.sampled_from("abcde"), st.one_of(
+    _LEAF, st.dictionaries(st.sampled_from("xy"), _LEAF, max_size=2)), min_size=1, max_size=3)
+
+
+def _leaves_of(spec, rng, scale):
+  if isinstance(spec, dict):
+    return {k: _leaves_of(v, rng, scale) for k, v in spec.items()}
+  shape, dtype = spec
+  return jnp.asarray(rng.standard_normal(shape) * scale, dtype)
+
+
+# Every example compiles its own update: few examples, no shrinking (see
+# test_gradvar_properties.py), derandomized so a failure reproduces.
+@settings(max_examples=20, deadline=None, phases=(Phase.explicit, Phase.generate))
+@given(spec=_TREES, seed=st.integers(0, 2**16), nan_every=st.integers(2, 5))
+def test_any_tree_keeps_the_state_well_formed(spec, seed, nan_every):
+  rng = np.random.default_rng(seed)
+  params = _leaves_of(spec, rng, 1.0)
+  opt = gradvar_optax.gns(optax.adam(1e-2), warmup_steps=2, decay=0.5, min_scale=0.5)
+  state = opt.init(params)
+  shapes = jax.tree.map(lambda x: (x.shape, x.dtype), state)
+  update = jax.jit(opt.update)
+  for t in range(8):
+    grads = _leaves_of(spec, rng, rng.uniform(0.1, 10))
+    q = np.float32(np.nan if t % nan_every == 0 else
+                   2 * gns_reference.sq_norm(jax.tree.leaves(grads)) + 1.0)
+    updates, state = update(grads, state, params, group_sq_norm=q, num_groups=2)
+    assert jax.tree.map(lambda x: x.dtype, updates) == jax.tree.map(lambda x: x.dtype, grads)
+    assert np.isfinite(float(state.lr_scale)) and 0.5 <= float(state.lr_scale) <= 1.0
+  assert jax.tree.map(lambda x: (x.shape, x.dtype), state) == shapes
+  assert int(state.skipped) == len(range(0, 8, nan_every))
+  assert update._cache_size() == 1
