@@ -1,19 +1,33 @@
 # Copyright 2026 The gradvar-optax Authors.
 # SPDX-License-Identifier: Apache-2.0
-"""gradvar_optax: a learning-rate scale set from the variability of the gradients."""
+"""gradvar_optax: a learning-rate scale set from the variability of the gradients.
 
+``gradvar`` is the seed's rule (the variability of the gradient norm); ``gns`` sets the scale
+from the gradient noise scale.
+"""
+
+from gradvar_optax._gns import GNSState
+from gradvar_optax._gns import gns
+from gradvar_optax._gns import microbatch_grad
 from gradvar_optax._gradvar import GradVarState
 from gradvar_optax._gradvar import gradvar
 from gradvar_optax._gradvar import scale_by_gradvar
 from gradvar_optax._readout import lr_scale
+from gradvar_optax._readout import noise_scale
+from gradvar_optax._readout import noise_to_signal
 from gradvar_optax._readout import variability
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = (
+    "GNSState",
     "GradVarState",
+    "gns",
     "gradvar",
     "lr_scale",
+    "microbatch_grad",
+    "noise_scale",
+    "noise_to_signal",
     "scale_by_gradvar",
     "variability",
 )
