@@ -44,7 +44,7 @@ def test_readme_first_screen_is_make_demo_and_make_test():
   commands = [line.split("#")[0].strip() for line in readme_block("# gradvar-optax", "bash")
               .splitlines()]
   assert commands == ["make demo", "make test"]
-  assert "../shared" not in README
+  assert "../" not in README  # no path outside the checkout: a fresh clone has nothing beside it
   assert not re.search(r"GRADVAR_DATA_DIR=\S", README.split("\n## Data\n")[0])
 
 

@@ -187,14 +187,11 @@ def read(path) -> dict[str, Any]:
   return check_values(values, where=f"--config {path}: ")
 
 
-def _parse_scalar(field: str, text: str, kind: Any) -> Any:
+def _parse_scalar(field: str, text: str) -> Any:
   """Converts `text` to the field's type; the error names the field."""
-  origin = typing.get_origin(kind)
-  if origin in (typing.Union, types.UnionType):
-    args = [a for a in typing.get_args(kind) if a is not type(None)]
-    if text.lower() in ("none", "null"):
-      return None
-    kind = args[0]
+  kind = scalar_type(field)
+  if kind is not _HINTS[field] and text.lower() in ("none", "null"):  # Optional
+    return None
   try:
     if kind is bool:
       if text.lower() in ("1", "true", "yes", "on"):
@@ -234,7 +231,7 @@ def apply_overrides(config: Config, assignments: list[str]) -> Config:
     if dot and section in nested:
       nested[section][sub] = _literal(value)
     elif key in hints and key not in nested:
-      changes[key] = _parse_scalar(key, value, hints[key])
+      changes[key] = _parse_scalar(key, value)
     else:
       known = ", ".join(sorted(set(hints) - set(nested)) + ["model.<option>", "data.<option>"])
       raise ValueError(f"--set {key}: unknown field; known fields: {known}")
