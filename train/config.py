@@ -107,6 +107,10 @@ class Config:
   model_family: Optional[str] = _field(
       None, help="model family to train (default: the task's; required with --task local:DIR)",
       flag="--model", metavar="NAME")
+  replay_from: Optional[str] = _field(
+      None, help="replay-X strategies: the folder of the recorded X run whose effective-LR path "
+                 "(its steps.jsonl) they follow; relative paths are from where the run starts",
+      owner="runner", metavar="DIR")
 
   def to_json(self) -> dict:
     return dataclasses.asdict(self)
@@ -272,3 +276,9 @@ def validate(config: Config) -> None:
     fail("skip_nonfinite", f"must be a bool, got {config.skip_nonfinite!r}")
   if not config.workdir:
     fail("workdir", "is required")
+  replay = config.strategy.startswith("replay-")
+  if replay and not config.replay_from:
+    fail("replay_from", f"strategy {config.strategy!r} needs the folder of the recorded run "
+                        "it replays")
+  if not replay and config.replay_from is not None:
+    fail("replay_from", f"is only for the replay-X strategies, not {config.strategy!r}")

@@ -141,8 +141,9 @@ def setup(config: config_lib.Config) -> Setup:
   pipeline = data.Pipeline(inputs, global_batch_size=config.batch_size, seed=config.seed,
                            eval_batch_size=eval_batch,
                            local_device_count=len(devices) // jax.process_count())
-  strategy = strategies.build(config.strategy, config.lr, pipeline.steps_per_epoch,
-                              config.epochs)
+  strategy = strategies.build(config.strategy, strategies.StrategyArgs(
+      config.lr, pipeline.steps_per_epoch, config.epochs, seed=config.seed,
+      replay_from=config.replay_from))
   if config.skip_nonfinite:
     strategy = dataclasses.replace(strategy, optimizer=optax.apply_if_finite(
         strategy.optimizer, max_consecutive_errors=MAX_CONSECUTIVE_NONFINITE))

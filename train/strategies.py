@@ -5,23 +5,31 @@ strategy for an optimizer and for the effective learning rate it ran at. Adding 
 plus the ``@register`` line above it:
 
     @register("my-schedule")
-    def my_schedule(lr, steps_per_epoch, epochs):
-      sched = optax.exponential_decay(lr, steps_per_epoch, 0.9)
+    def my_schedule(args):
+      sched = optax.exponential_decay(args.lr, args.steps_per_epoch, 0.9)
       return Strategy(optax.adam(sched), lambda before, after, step: sched(step))
 
-Every strategy gets the same base LR (the seed's 1e-3), steps per epoch and epochs. The optimizer's
-``update`` may take ``value=`` (the training loss), which ``plateau`` uses and the others ignore.
+Every strategy gets the same `StrategyArgs`: the base LR (the seed's 1e-3), steps per epoch,
+epochs, the run's seed and, for the replay controls, the recorded run to replay. The optimizer's
+``update`` may take ``value=`` (the training loss), which every strategy here ignores. A strategy
+may also say what the loop does at an evaluation (``observe_eval``, which ``plateau`` uses) and
+which params it evaluates (``eval_params``, which ``schedule-free`` uses).
+
+The controls (`gradvar-null`, `matched-X`, `replay-X` for the adaptive X = gradvar, gns) are not
+tuned: the comparison runner runs them at the LR that X was tuned to (`matched-X`: at the mean
+effective LR X realised, which the runner computes and passes as ``lr``).
 """
 
 from collections.abc import Callable
 import dataclasses
-from typing import Any
+from typing import Any, Optional
 
 import jax
 import jax.numpy as jnp
 import optax
 
 import gradvar_optax
+from train import controls
 
 # (opt_state before the update, opt_state after it, 0-based step) -> the learning rate that update
 # ran at; jit-compatible. A factor the update computes and applies (gradvar's scale, plateau's) is
@@ -31,11 +39,43 @@ EffectiveLR = Callable[[Any, jax.Array], jax.Array]
 
 @dataclasses.dataclass(frozen=True)
 class Strategy:
+  """An optimizer, the LR it ran at, and what it does at evaluations.
+
+  Attributes:
+    optimizer: the Optax optimizer.
+    effective_lr: see `EffectiveLR`.
+    observe_eval: `(opt_state, val_loss) -> opt_state`, pure and jit-able: the loop applies it
+      after each evaluation the strategy sees (None: evaluations do not change the state).
+    eval_params: `(opt_state, params) -> params`: the params to evaluate and to save as final
+      (None: the trained params themselves).
+  """
+
   optimizer: optax.GradientTransformationExtraArgs
   effective_lr: EffectiveLR
+  observe_eval: Optional[Callable[[Any, jax.Array], Any]] = None
+  eval_params: Optional[Callable[[Any, Any], Any]] = None
 
 
-_REGISTRY: dict[str, Callable[[float, int, int], Strategy]] = {}
+@dataclasses.dataclass(frozen=True)
+class StrategyArgs:
+  """What every strategy is built from.
+
+  Attributes:
+    lr: the base LR (for `prodigy`, its `estim_lr_coef`).
+    steps_per_epoch: optimizer steps per epoch.
+    epochs: epochs of the run.
+    seed: the run's seed (`gradvar-null`'s coins).
+    replay_from: the folder of the recorded run that `replay-X` replays (None for the others).
+  """
+
+  lr: float
+  steps_per_epoch: int
+  epochs: int
+  seed: int
+  replay_from: Optional[str]
+
+
+_REGISTRY: dict[str, Callable[[StrategyArgs], Strategy]] = {}
 
 
 def register(name: str):
@@ -52,20 +92,24 @@ def names() -> list[str]:
   return sorted(_REGISTRY)
 
 
-def build(name: str, lr: float, steps_per_epoch: int, epochs: int) -> Strategy:
+def build(name: str, args: StrategyArgs) -> Strategy:
   """Builds the named strategy; an unknown name gets an error that lists the known ones."""
   if name not in _REGISTRY:
     raise ValueError(f"unknown strategy {name!r}; known strategies: {', '.join(names())}")
-  strategy = _REGISTRY[name](lr, steps_per_epoch, epochs)
+  strategy = _REGISTRY[name](args)
   return dataclasses.replace(
       strategy, optimizer=optax.with_extra_args_support(strategy.optimizer)
   )
 
 
+def _warmup_steps(steps_per_epoch, epochs):
+  # One epoch of warmup, but never more than a tenth of the run.
+  return max(1, min(steps_per_epoch, (steps_per_epoch * epochs) // 10))
+
+
 def _warmup_cosine(lr, steps_per_epoch, epochs):
   total = steps_per_epoch * epochs
-  # One epoch of warmup, but never more than a tenth of the run.
-  warmup = max(1, min(steps_per_epoch, total // 10))
+  warmup = _warmup_steps(steps_per_epoch, epochs)
   return optax.warmup_cosine_decay_schedule(0.0, lr, warmup, max(total, warmup + 1), 0.0)
 
 
@@ -83,25 +127,25 @@ def _times_gradvar(base_lr: EffectiveLR) -> EffectiveLR:
 
 
 @register("fixed")
-def fixed(lr, steps_per_epoch, epochs):
+def fixed(args):
   """Adam at a constant LR: the seed's baseline."""
-  return Strategy(optax.adam(lr), _constant(lr))
+  return Strategy(optax.adam(args.lr), _constant(args.lr))
 
 
 @register("step")
-def step_decay(lr, steps_per_epoch, epochs):
+def step_decay(args):
   """Step decay: x0.1 at 50% and again at 75% of the run (epochs 10 and 15 of 20)."""
-  total = steps_per_epoch * epochs
+  total = args.steps_per_epoch * args.epochs
   schedule = optax.piecewise_constant_schedule(
-      lr, {max(1, total // 2): 0.1, max(2, (3 * total) // 4): 0.1}
+      args.lr, {max(1, total // 2): 0.1, max(2, (3 * total) // 4): 0.1}
   )
   return Strategy(optax.adam(schedule), _scheduled(schedule))
 
 
 @register("cosine")
-def cosine(lr, steps_per_epoch, epochs):
+def cosine(args):
   """Linear warmup (one epoch, at most 10% of the run), then cosine decay to 0."""
-  schedule = _warmup_cosine(lr, steps_per_epoch, epochs)
+  schedule = _warmup_cosine(args.lr, args.steps_per_epoch, args.epochs)
   return Strategy(optax.adam(schedule), _scheduled(schedule))
 
 
@@ -114,87 +158,182 @@ def _plateau_scale(state) -> jax.Array:
 
 
 @register("plateau")
-def plateau(lr, steps_per_epoch, epochs):
-  """Adam, halved after 2 epochs without a 1e-4 relative improvement of the training loss.
+def plateau(args):
+  """Adam, halved after 2 evaluations without a 1e-4 relative improvement of the validation loss.
 
-  It is fed the training loss of every batch (the step passes ``value=loss``), averaged over an
-  epoch (``accumulation_size`` = steps per epoch), so patience counts epochs. Feeding it the
-  validation loss would leak evaluation into training; the mean epoch loss is what it can see.
+  This is how `reduce_on_plateau` is used: on the validation loss, once per evaluation (Keras's
+  and PyTorch's ReduceLROnPlateau are documented that way). AlgoPerf allows it too: a
+  submission's `update_params` receives `eval_results`, so a rule that reacts to the validation
+  loss at the evaluations the workload makes is within its rules; the evaluation set is not the
+  held-out test set. Fed the training loss instead, as the seed's comparison did, it never fires
+  while the training loss keeps falling, and equals `fixed`.
+
+  So the train step's ``value=`` leaves the state alone; `observe_eval(opt_state, val_loss)`,
+  which the loop applies after each evaluation, is the plateau update (`accumulation_size` 1),
+  and `patience` counts evaluations: epochs, or `eval_every_steps` evaluations where that is set,
+  so that field changes this strategy's trajectory. A halving applies from the step after the
+  evaluation; the scale never goes below 1e-3.
   """
-  opt = optax.chain(
-      optax.adam(lr),
-      optax.contrib.reduce_on_plateau(
-          factor=0.5, patience=2, rtol=1e-4, accumulation_size=steps_per_epoch, min_scale=1e-3
-      ),
-  )
-  return Strategy(opt, lambda before, after, step: lr * _plateau_scale(after))
+  split = controls.plateau_on_eval(factor=0.5, patience=2, rtol=1e-4, min_scale=1e-3)
+  opt = optax.chain(optax.adam(args.lr), split.transformation)
+  lr = args.lr
+  return Strategy(opt, lambda before, after, step: lr * _plateau_scale(after),
+                  observe_eval=split.observe_eval)
 
 
 @register("gradvar")
-def gradvar(lr, steps_per_epoch, epochs):
+def gradvar(args):
   """The seed's technique with its defaults (window 5, factor 0.1), wrapping Adam."""
-  return Strategy(gradvar_optax.gradvar(optax.adam(lr)), _times_gradvar(_constant(lr)))
+  return Strategy(gradvar_optax.gradvar(optax.adam(args.lr)), _times_gradvar(_constant(args.lr)))
 
 
 @register("gradvar-cosine")
-def gradvar_cosine(lr, steps_per_epoch, epochs):
+def gradvar_cosine(args):
   """gradvar wrapping Adam on the warmup+cosine schedule of ``cosine``."""
-  schedule = _warmup_cosine(lr, steps_per_epoch, epochs)
+  schedule = _warmup_cosine(args.lr, args.steps_per_epoch, args.epochs)
   return Strategy(
       gradvar_optax.gradvar(optax.adam(schedule)), _times_gradvar(_scheduled(schedule))
   )
 
 
 @register("gradvar-smooth")
-def gradvar_smooth(lr, steps_per_epoch, epochs):
+def gradvar_smooth(args):
   """gradvar comparing each window with a slow moving average (0.9) of past variabilities."""
   return Strategy(
-      gradvar_optax.gradvar(optax.adam(lr), smoothing=0.9), _times_gradvar(_constant(lr))
+      gradvar_optax.gradvar(optax.adam(args.lr), smoothing=0.9), _times_gradvar(_constant(args.lr))
   )
 
 
 @register("gradvar-deadband")
-def gradvar_deadband(lr, steps_per_epoch, epochs):
+def gradvar_deadband(args):
   """gradvar that ignores changes of the variability smaller than 10%."""
   return Strategy(
-      gradvar_optax.gradvar(optax.adam(lr), tolerance=0.1), _times_gradvar(_constant(lr))
+      gradvar_optax.gradvar(optax.adam(args.lr), tolerance=0.1), _times_gradvar(_constant(args.lr))
   )
 
 
 @register("gradvar-window20")
-def gradvar_window20(lr, steps_per_epoch, epochs):
+def gradvar_window20(args):
   """Ablation: gradvar measuring the variability over the last 20 batches instead of 5."""
-  return Strategy(gradvar_optax.gradvar(optax.adam(lr), window=20), _times_gradvar(_constant(lr)))
+  return Strategy(gradvar_optax.gradvar(optax.adam(args.lr), window=20),
+                  _times_gradvar(_constant(args.lr)))
 
 
 @register("gradvar-factor0.05")
-def gradvar_factor005(lr, steps_per_epoch, epochs):
+def gradvar_factor005(args):
   """Ablation: gradvar with the gentler factor 0.05 (x0.95 on a rise, x1.05 on a fall)."""
-  return Strategy(gradvar_optax.gradvar(optax.adam(lr), factor=0.05),
-                  _times_gradvar(_constant(lr)))
+  return Strategy(gradvar_optax.gradvar(optax.adam(args.lr), factor=0.05),
+                  _times_gradvar(_constant(args.lr)))
 
 
 @register("gradvar-before-adam")
-def gradvar_before_adam(lr, steps_per_epoch, epochs):
+def gradvar_before_adam(args):
   """Ablation: the factor placed before Adam, ``chain(scale_by_gradvar(), adam)``.
 
   Adam cancels a constant factor on its input, so its effective LR is not ``lr * lr_scale``; the
   recorded value is the base LR, and the scale is recorded on its own.
   """
-  opt = optax.chain(gradvar_optax.scale_by_gradvar(), optax.adam(lr))
-  return Strategy(opt, _constant(lr))
+  opt = optax.chain(gradvar_optax.scale_by_gradvar(), optax.adam(args.lr))
+  return Strategy(opt, _constant(args.lr))
 
 
 @register("prodigy")
-def prodigy(lr, steps_per_epoch, epochs):
-  """LR-free reference: Prodigy (``optax.contrib.prodigy``), which ignores the base LR.
+def prodigy(args):
+  """LR-free reference: Prodigy (``optax.contrib.prodigy``); ``args.lr`` is its ``estim_lr_coef``.
 
+  Prodigy has no LR to tune, so the runner tunes the coefficient its distance estimate is
+  multiplied by (optax's ``estim_lr_coef``, 1 by default) on the same grid as the others' LRs.
   Its step is Adam's with the learning rate ``d``, its running estimate of the distance to the
-  solution. The update steps with the ``d`` it starts from and then raises it, so the ``d``
-  (``estim_lr``) of the state *before* the update is recorded as the effective LR.
+  solution (the coefficient included). The update steps with the ``d`` it starts from and then
+  raises it, so the ``d`` (``estim_lr``) of the state *before* the update is recorded as the
+  effective LR.
   """
-  del lr
   return Strategy(
-      optax.contrib.prodigy(),
+      optax.contrib.prodigy(estim_lr_coef=args.lr),
       lambda before, after, step: optax.tree_utils.tree_get(before, "estim_lr"),
   )
+
+
+# --- reference arms ------------------------------------------------------------------------------
+
+
+@register("schedule-free")
+def schedule_free(args):
+  """Schedule-Free AdamW (``optax.contrib.schedule_free_adamw``), with ``cosine``'s warmup.
+
+  The winner of AlgoPerf 2024's self-tuning track: no decay schedule, only the linear warmup
+  (the same length as ``cosine``'s), after which the LR stays at ``args.lr``. Its authors suggest
+  1-10x a scheduled AdamW's LR; the runner tunes it like the others.
+
+  The trained params ``y`` are an interpolation of a fast sequence ``z`` (AdamW without momentum,
+  steps of size ``lr``) and its weighted average ``x``; the evaluated and saved params are ``x``
+  (``eval_params``: ``optax.contrib.schedule_free_eval_params``). The effective LR recorded is
+  the LR of ``z``'s step at that update, i.e. the warmup schedule at the 0-based step; ``y``
+  and ``x`` move by less (by the interpolation and averaging weights).
+  """
+  schedule = optax.warmup_constant_schedule(
+      0.0, args.lr, _warmup_steps(args.steps_per_epoch, args.epochs))
+  opt = optax.contrib.schedule_free_adamw(learning_rate=schedule)
+  return Strategy(opt, _scheduled(schedule), eval_params=controls.schedule_free_eval_params)
+
+
+@register("mechanic")
+def mechanic(args):
+  """Mechanic (``optax.contrib.mechanize``) around Adam at ``args.lr``: a learned LR scale.
+
+  Mechanic sets the params to ``x0 + s * sum of Adam's updates``, where ``s`` (the sum of its
+  ``MechanicState.s`` over its betas) is learned online from the start ``s_init`` (6 x 1e-6).
+  The effective LR recorded is ``args.lr * s`` of the state after the update, the scale that
+  update set and applied.
+  """
+  lr = args.lr
+  return Strategy(
+      optax.contrib.mechanize(optax.adam(lr)),
+      lambda before, after, step: lr * jnp.sum(
+          controls.find_state(after, optax.contrib.MechanicState).s).astype(jnp.float32),
+  )
+
+
+# --- controls: gradvar's moves without its signal, and its LR without its timing ----------------
+
+
+@register("gradvar-null")
+def gradvar_null(args):
+  """The control of ``gradvar``: the same cadence, bounds and x0.9/x1.1 moves, decided by coins.
+
+  Each decision from the second window on is a fair coin from ``fold_in(key(seed), decision)``
+  (`controls.gradvar_null`): the drift and spread of a signal that carries no information. It
+  runs at gradvar's tuned LR; its scale is recorded as ``lr_scale``, like gradvar's.
+  """
+  return Strategy(controls.gradvar_null(optax.adam(args.lr), seed=args.seed),
+                  _times_gradvar(_constant(args.lr)))
+
+
+def _matched(of: str):
+  def build_matched(args):
+    return Strategy(optax.adam(args.lr), _constant(args.lr))
+
+  build_matched.__doc__ = (
+      f"Adam at a constant LR: the mean effective LR that ``{of}`` realised on the same task, "
+      f"seed and base LR. The runner computes it from {of}'s epochs.jsonl and passes it as "
+      "``lr``; with the same mean LR, what is left of a difference is the path's timing.")
+  return build_matched
+
+
+def _replay(of: str):
+  def build_replay(args):
+    total = args.steps_per_epoch * args.epochs
+    schedule = controls.array_schedule(controls.read_path(args.replay_from, total, of))
+    return Strategy(optax.adam(schedule), _scheduled(schedule))
+
+  build_replay.__doc__ = (
+      f"Adam following, as a schedule, the effective-LR path that ``{of}`` realised on another "
+      f"seed: the steps.jsonl of the run in ``replay_from`` (`controls.read_path` says which row "
+      f"applies to which update). If {of} beats its replay, its response to this run's "
+      "gradients matters, not just the shape of its path.")
+  return build_replay
+
+
+for _adaptive in ("gradvar", "gns"):
+  register(f"matched-{_adaptive}")(_matched(_adaptive))
+  register(f"replay-{_adaptive}")(_replay(_adaptive))
