@@ -5,14 +5,17 @@ effective LR that the strategy reports, the update it made and the gradient it w
 things are then checked against formulas written out here, independently of train/strategies.py:
 
 - the reported LR: the step schedule's two x0.1 drops, the cosine's warmup and shape, Prodigy's
-  `d`, the plateau's halvings, and gradvar's scale replayed by the NumPy reference
-  (tests/gradvar_reference.py) on the recorded gradient norms;
-- the update: a NumPy Adam step at that LR. So the reported LR is the one the optimizer used.
+  `d`, the plateau's constant scale (the training loss does not move it), gradvar's scale
+  replayed by the NumPy reference (tests/gradvar_reference.py) on the recorded gradient norms,
+  the null's coins, a replayed path, Mechanic's learned scale, schedule-free's warmup;
+- the update: a NumPy Adam step at that LR (schedule-free's and Mechanic's own recursions around
+  it). So the reported LR is the one the optimizer used.
 
 `CHECKS` holds one check per registered name, and a test compares its keys with the registry, so
 a new strategy fails the suite until it has a closed form here.
 
-`plateau` also runs through the training loop, on a loss that cannot move (`test_plateau_...`).
+`plateau` also runs through the training loop, on a validation loss that cannot move
+(`test_plateau_...`); tests/test_controls.py tests the controls' own pieces.
 """
 
 from collections.abc import Callable
@@ -31,9 +34,13 @@ import pytest
 import gradvar_optax
 from train import config as config_lib
 from train import loop
+from train import records
 from train import strategies
 
 LR = 1e-2
+SEED = 3  # gradvar-null's coins
+# prodigy's "LR" is its estim_lr_coef; at LR (1e-2) its estimate would barely grow in 40 steps.
+PRODIGY_COEF = 0.5
 # Adam's defaults, which every Adam-based strategy keeps.
 B1, B2, EPS = 0.9, 0.999, 1e-8
 
@@ -59,8 +66,9 @@ RUNS = {
     "many-epochs": Run(steps_per_epoch=3, epochs=14, warmup=3, drops=(21, 31)),
 }
 
-# What `plateau` is fed as `value=` (the other strategies ignore it): these means per epoch, with
-# a zero-mean ripple inside each epoch, so that only the epoch's average can decide.
+# What the step passes as `value=`, which every strategy ignores: these means per epoch, with a
+# zero-mean ripple inside each epoch. Fed to reduce_on_plateau as the training loss, as `plateau`
+# used to be, they would halve the LR after epochs 4, 7, 9, ...; `plateau` must not react.
 EPOCH_MEANS = [1.0, 0.9, 0.9, 0.89995, 0.8, 0.8, 0.8, 0.8, 0.8, 0.8, 0.8, 0.8, 0.8, 0.8]
 # Its scale after each epoch: an epoch improves on the best by more than 1e-4 (relative) or adds
 # one to the count; at 2 (patience) the scale halves and the count restarts. 0.89995 is within
@@ -85,14 +93,39 @@ class Trace:
   updates: np.ndarray  # [steps, n]: its updates, flattened
   states: list[Any]  # its state after each step; states[-1] is the initial one
   losses: np.ndarray
+  strategy: strategies.Strategy
+  params: Any  # the params after the last step
 
 
 def _flat(tree) -> np.ndarray:
   return np.concatenate([np.ravel(np.asarray(x, np.float64)) for x in jax.tree.leaves(tree)])
 
 
-def _trace(name: str, run: Run) -> Trace:
-  strategy = strategies.build(name, LR, run.steps_per_epoch, run.epochs)
+def _replayed(run: Run) -> np.ndarray:
+  """The recorded effective-LR path that `replay-X` replays: it changes at every step."""
+  return (LR * (1 + 0.5 * np.sin(np.arange(run.total)))).astype(np.float32)
+
+
+def write_record(folder: pathlib.Path, strategy: str, lrs, steps=None) -> pathlib.Path:
+  """A recorded run of `strategy`: config.json, and steps.jsonl with `lrs[k - 1]` at each step k
+  of `steps` (1-based; default every step)."""
+  folder.mkdir(parents=True, exist_ok=True)
+  (folder / "config.json").write_text(json.dumps({"strategy": strategy}))
+  steps = range(1, len(lrs) + 1) if steps is None else steps
+  rows = [records.StepRow(step=k, epoch=1, accuracy=0.5, effective_lr=float(lrs[k - 1]),
+                          grad_norm=1.0, loss=1.0, lr_scale=None, variability=None)
+          for k in steps]
+  (folder / "steps.jsonl").write_text("".join(json.dumps(r.as_dict()) + "\n" for r in rows))
+  return folder
+
+
+def _trace(name: str, run: Run, tmp_path: pathlib.Path | None = None) -> Trace:
+  replay_from = None
+  if name.startswith("replay-"):
+    replay_from = str(write_record(tmp_path / "source", name.removeprefix("replay-"),
+                                   _replayed(run)))
+  strategy = strategies.build(name, strategies.StrategyArgs(
+      PRODIGY_COEF if name == "prodigy" else LR, run.steps_per_epoch, run.epochs, seed=SEED, replay_from=replay_from))
   # Named like a LayerNorm's params: "scale" and "bias" also appear in the optimizer's moments, so
   # a strategy must not find its own state by those names.
   params = {"w": jnp.ones(4), "norm": {"scale": jnp.ones(()), "bias": jnp.zeros(())}}
@@ -122,9 +155,10 @@ def _trace(name: str, run: Run) -> Trace:
                       ("losses", float(loss))):
       out[key].append(item)
   trace = Trace(run=run, **{k: np.asarray(v) for k, v in out.items() if k != "states"},
-                states=out["states"] + [initial])
+                states=out["states"] + [initial], strategy=strategy, params=params)
   assert np.all(np.isfinite(trace.lrs)) and np.all(np.isfinite(trace.losses))
-  assert trace.losses[-1] < trace.losses[0]
+  # Mechanic's learned scale starts at 6e-6 (x LR): it cannot move the loss in 40 steps.
+  assert trace.losses[-1] < trace.losses[0] or name == "mechanic"
   return trace
 
 
@@ -190,14 +224,16 @@ def check_cosine(trace: Trace) -> None:
 
 
 def check_plateau(trace: Trace) -> None:
-  run = trace.run
-  # The scale set at an epoch's last step applies from that step on.
-  epoch_scale = np.asarray(PLATEAU_SCALE[:run.epochs], np.float64)
-  before = np.concatenate([[1.0], epoch_scale[:-1]])
-  scale = np.repeat(before, run.steps_per_epoch)
-  scale[run.steps_per_epoch - 1::run.steps_per_epoch] = epoch_scale
-  np.testing.assert_allclose(trace.lrs, LR * scale, rtol=1e-6)
-  _assert_adam_at(trace, LR * scale)
+  """The training losses (`value=`) would have halved the scale (PLATEAU_SCALE); they must not:
+  only `observe_eval` moves it (tests/test_controls.py), so without evaluations it is Adam."""
+  assert min(PLATEAU_SCALE[:trace.run.epochs]) < 1  # the values would have moved a plateau
+  np.testing.assert_array_equal(trace.lrs, np.float32(LR))
+  _assert_adam_at(trace, _constant(trace.run))
+  for state in trace.states:
+    plateau = _only(state, optax.contrib.ReduceLROnPlateauState)
+    assert float(plateau.scale) == 1.0 and int(plateau.count) == 0
+    assert float(plateau.best_value) == np.inf
+  assert trace.strategy.observe_eval is not None
 
 
 def check_prodigy(trace: Trace) -> None:
@@ -214,13 +250,25 @@ def check_prodigy(trace: Trace) -> None:
   assert ds[-1] == np.float32(1e-6)
   assert after[-1] > 1e3 * ds[-1]
   assert np.all(np.diff(after) >= 0) and len(set(after.tolist())) > 5
+  # The base LR is Prodigy's `estim_lr_coef`: each new estimate is LR x numerator / denominator.
+  estimates = []
+  for s in trace.states[:-1]:
+    state = _prodigy_state(s)
+    denominator = sum(float(np.sum(np.abs(x))) for x in jax.tree.leaves(state.grad_sum))
+    estimates.append(PRODIGY_COEF * float(state.numerator_weighted) / denominator)
+  np.testing.assert_allclose(after, np.maximum(before, estimates), rtol=1e-5)
+  assert np.any(np.asarray(estimates) > before)  # the coefficient decided some steps
+
+
+def _only(state, kind):
+  found = [x for x in jax.tree.leaves(state, is_leaf=lambda x: isinstance(x, kind))
+           if isinstance(x, kind)]
+  assert len(found) == 1
+  return found[0]
 
 
 def _prodigy_state(state):
-  found = [x for x in jax.tree.leaves(state, is_leaf=lambda x: isinstance(
-      x, optax.contrib.ProdigyState)) if isinstance(x, optax.contrib.ProdigyState)]
-  assert len(found) == 1
-  return found[0]
+  return _only(state, optax.contrib.ProdigyState)
 
 
 def _check_gradvar(base: Callable[[Run], np.ndarray], **rule):
@@ -250,6 +298,95 @@ def check_gradvar_before_adam(trace: Trace) -> None:
   _assert_adam_at(trace, _constant(trace.run), grads=trace.grads * scales[:, None])
 
 
+def _null_scales(run: Run, window=5, factor=0.1, lo=0.1, hi=10.0) -> np.ndarray:
+  """gradvar's cadence (every finite step here) with the moves decided by the contract's coins:
+  decision k (0-based, at step (k + 1) x window) lowers the scale iff
+  bernoulli(fold_in(key(SEED), k), 1/2); decision 0 has no earlier window and keeps it."""
+  scale, out = 1.0, []
+  for t in range(run.total):
+    count = t + 1
+    if count % window == 0 and count > window:
+      k = count // window - 1
+      down = bool(jax.random.bernoulli(jax.random.fold_in(jax.random.key(SEED), k), 0.5))
+      scale = float(np.clip(scale * (1 - factor if down else 1 + factor), lo, hi))
+    out.append(scale)
+  return np.asarray(out)
+
+
+def check_gradvar_null(trace: Trace) -> None:
+  scales = _null_scales(trace.run)
+  ratios = scales[1:] / scales[:-1]
+  assert np.any(np.isclose(ratios, 0.9)) and np.any(np.isclose(ratios, 1.1))  # both ways
+  np.testing.assert_allclose(trace.lrs, LR * scales, rtol=1e-6)
+  _assert_adam_at(trace, LR * scales)
+  recorded = [float(gradvar_optax.lr_scale(s)) for s in trace.states[:-1]]
+  np.testing.assert_allclose(recorded, scales, rtol=1e-6)
+
+
+def check_replay(trace: Trace) -> None:
+  """The recorded path, logged at every step, comes back exactly, step by step."""
+  np.testing.assert_array_equal(trace.lrs, _replayed(trace.run))
+  _assert_adam_at(trace, _replayed(trace.run).astype(np.float64))
+
+
+def check_schedule_free(trace: Trace) -> None:
+  """Schedule-Free AdamW (Defazio et al.) on the recorded gradients, in float64.
+
+  z steps by AdamW without momentum at the warmup schedule (the effective LR, at the 0-based
+  step); the trained params y = b1 x + (1 - b1) z, where x averages z with weights max_lr^2.
+  The averaging weight reads the schedule one step ahead (optax's step_count starts at 1).
+  """
+  run, b1 = trace.run, 0.9
+  sched = lambda n: LR * min(n / run.warmup, 1.0)
+  np.testing.assert_allclose(trace.lrs, [sched(t) for t in range(run.total)], rtol=1e-6)
+  y = _flat({"w": jnp.ones(4), "norm": {"scale": jnp.ones(()), "bias": jnp.zeros(())}})
+  z, v, weights, max_lr, updates = y.copy(), np.zeros_like(y), 0.0, 0.0, []
+  for t, g in enumerate(trace.grads):
+    max_lr = max(max_lr, sched(t + 1))
+    weights += max_lr**2
+    ck = max_lr**2 / weights
+    v = B2 * v + (1 - B2) * g * g
+    z_next = z - sched(t) * g / (np.sqrt(v / (1 - B2 ** (t + 1))) + EPS)
+    x = (1 - ck) * (y - (1 - b1) * z) / b1 + ck * z_next
+    y_next = b1 * x + (1 - b1) * z_next
+    updates.append(y_next - y)
+    y, z = y_next, z_next
+  # Within float32's rounding of y - y_next at params of about 1 to 3 (2 ulps).
+  np.testing.assert_allclose(trace.updates, updates, rtol=1e-4, atol=5e-7)
+  # Evaluation uses x, from the optax function on the state inside the strategy's.
+  eval_params = trace.strategy.eval_params(trace.states[-2], trace.params)
+  np.testing.assert_allclose(_flat(eval_params), x, rtol=1e-4, atol=1e-6)
+  assert np.max(np.abs(_flat(eval_params) - _flat(trace.params))) > 1e-3
+
+
+def check_mechanic(trace: Trace) -> None:
+  """Mechanic around Adam: params = x0 - S x delta, S = the sum of its `s`.
+
+  With a_t Adam's update at LR, optax's memory-saving form recomputes delta from the params x_t:
+  delta = (x0 - x_t) / (S_t + 1e-8) - a_t, so x_{t+1} = x0 - S_{t+1} delta; the effective LR is
+  LR x S_{t+1}. Its steps (~1e-8 here) are below float32's resolution at params near 1, so each
+  element is compared to within two float32 spacings of its value; the bias (from 0) resolves it.
+  """
+  scale = np.array([float(np.sum(_only(s, optax.contrib.MechanicState).s))
+                    for s in trace.states])
+  after, before = scale[:-1], np.concatenate([scale[-1:], scale[:-2]])
+  # S starts at 6 x s_init and is learned: it moves at every step (down here, at first).
+  assert before[0] == pytest.approx(6e-6, rel=1e-6)
+  assert np.all(after != before) and np.max(scale) > 2 * np.min(scale)
+  np.testing.assert_allclose(trace.lrs, LR * after, rtol=1e-6)
+  adam = _adam_updates(trace.grads, _constant(trace.run))
+  x0 = _flat({"w": jnp.ones(4), "norm": {"scale": jnp.ones(()), "bias": jnp.zeros(())}})
+  x = x0.astype(np.float32)
+  for t in range(trace.run.total):
+    delta = (x0 - x) / (before[t] + 1e-8) - adam[t]
+    expected = x0 - after[t] * delta - x
+    tolerance = 2 * np.spacing(np.abs(x).astype(np.float32)).astype(np.float64) + 1e-4 * np.abs(
+        expected)
+    assert np.all(np.abs(trace.updates[t] - expected) <= tolerance), t
+    x = (x + trace.updates[t].astype(np.float32)).astype(np.float32)
+  assert np.all(trace.updates[:, 0] != 0)  # the bias (first in key order) resolves every step
+
+
 CHECKS: dict[str, Callable[[Trace], None]] = {
     "fixed": _check_scheduled_adam(_constant),
     "step": check_step,
@@ -263,6 +400,13 @@ CHECKS: dict[str, Callable[[Trace], None]] = {
     "gradvar-window20": _check_gradvar(_constant, window=20),
     "gradvar-factor0.05": _check_gradvar(_constant, factor=0.05),
     "gradvar-before-adam": check_gradvar_before_adam,
+    "gradvar-null": check_gradvar_null,
+    "matched-gradvar": _check_scheduled_adam(_constant),
+    "matched-gns": _check_scheduled_adam(_constant),
+    "replay-gradvar": check_replay,
+    "replay-gns": check_replay,
+    "schedule-free": check_schedule_free,
+    "mechanic": check_mechanic,
 }
 
 
@@ -272,13 +416,14 @@ def test_every_registered_strategy_has_a_closed_form_check():
 
 @pytest.mark.parametrize("run", sorted(RUNS))
 @pytest.mark.parametrize("name", strategies.names())
-def test_effective_lr_and_updates_follow_the_closed_form(name, run):
-  CHECKS[name](_trace(name, RUNS[run]))
+def test_effective_lr_and_updates_follow_the_closed_form(name, run, tmp_path):
+  CHECKS[name](_trace(name, RUNS[run], tmp_path))
 
 
 def test_unknown_strategy_lists_the_known_ones():
   with pytest.raises(ValueError, match="known strategies: .*gradvar"):
-    strategies.build("adagrad-ish", 1e-3, 10, 2)
+    strategies.build("adagrad-ish", strategies.StrategyArgs(1e-3, 10, 2, seed=0,
+                                                            replay_from=None))
 
 
 # --- plateau in the training loop ----------------------------------------------------------------
