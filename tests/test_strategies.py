@@ -434,9 +434,10 @@ def _jsonl(path):
 
 
 @pytest.mark.slow
-def test_plateau_halves_the_lr_when_the_training_loss_stalls(tmp_path, data_dir):
+def test_plateau_halves_the_lr_when_the_validation_loss_stalls(tmp_path, data_dir):
+  """Through the loop, which applies `observe_eval` after each epoch's evaluation."""
   # An LR so small that no parameter moves (Adam's step is about the LR), and a model without
-  # dropout: every epoch's mean training loss is the same, up to the order of the sums.
+  # dropout: every epoch's validation loss is the same.
   lr, steps_per_epoch, epochs = 1e-30, 6, 5
   config = config_lib.Config(
       task="rt_sentiment", workdir=str(tmp_path / "run"), strategy="plateau", model_size="tiny",
@@ -447,12 +448,13 @@ def test_plateau_halves_the_lr_when_the_training_loss_stalls(tmp_path, data_dir)
   epochs_rows = _jsonl(tmp_path / "run" / "epochs.jsonl")
   steps = _jsonl(tmp_path / "run" / "steps.jsonl")
   assert len(steps) == steps_per_epoch * epochs
-  train_losses = [r["train_loss"] for r in epochs_rows]
-  np.testing.assert_allclose(train_losses, train_losses[0], rtol=1e-6)
-  # Epoch 1 sets the best loss, epochs 2 and 3 do not improve on it: after 2 (the patience) the
-  # scale halves, at epoch 3's last step; again after epochs 4 and 5.
-  expected = [1.0] * (3 * steps_per_epoch - 1) + [0.5] * (2 * steps_per_epoch) + [0.25]
+  val_losses = [r["val_loss"] for r in epochs_rows]
+  np.testing.assert_allclose(val_losses, val_losses[0], rtol=1e-6)
+  # Evaluation 1 sets the best loss, evaluations 2 and 3 do not improve on it: after 2 (the
+  # patience) the scale halves, from the first step of epoch 4 on; again after evaluation 5,
+  # when no step is left.
+  expected = [1.0] * (3 * steps_per_epoch) + [0.5] * (2 * steps_per_epoch)
   np.testing.assert_allclose([s["effective_lr"] for s in steps], lr * np.asarray(expected),
                              rtol=1e-6)
   np.testing.assert_allclose([r["effective_lr"] for r in epochs_rows],
-                             lr * np.array([1, 1, 0.5, 0.5, 0.25]), rtol=1e-6)
+                             lr * np.array([1, 1, 1, 0.5, 0.5]), rtol=1e-6)
