@@ -28,8 +28,9 @@ def test_roles_give_the_sets_that_the_runner_and_the_resume_check_use():
       "checkpoint_every_steps", "keep_checkpoints", "eval_batch_size", "skip_nonfinite"}
   assert compare._IGNORED_FIELDS == {
       "workdir", "quiet", "data_dir", "tfds_data_dir", "cache_dir"}
+  # replay_from: the runner points a replay-X run at X's run on another seed; no suite sets it.
   assert suite_lib._RESERVED == {
-      "task", "strategy", "seed", "workdir", "cache_dir", "data_dir", "quiet"}
+      "task", "strategy", "seed", "workdir", "cache_dir", "data_dir", "quiet", "replay_from"}
 
 
 def test_every_field_says_its_roles_and_its_help():
