@@ -198,6 +198,8 @@ def test_a_bad_replay_source_is_an_error_naming_the_field(tmp_path):
   fails(str(folder), "step 5 has no finite effective_lr")
   (folder / "steps.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[3:1:-1]))
   fails(str(folder), "step 3 follows step 4")
+  write_record(folder, "gradvar", [1e-3] * 20, steps=range(2, 16, 2))
+  fails(str(folder), "ends at step 14 \\(rows every 2 steps\\); this run takes 20")
   (folder / "steps.jsonl").write_text('{"step": 1}\n{}\n')
   fails(str(folder), "lacks the required field")
 

@@ -233,7 +233,8 @@ def read_path(replay_from: str | None, total_steps: int, of: str) -> np.ndarray:
 
   Raises:
     ValueError: naming `config.replay_from`: no folder given, a file missing or damaged, a run of
-      another strategy, no rows, a step out of order, or a non-finite LR.
+      another strategy, no rows, a step out of order, a non-finite LR, or a record that ends
+      more than its logging interval before this run does.
   """
   if not replay_from:
     raise _bad(f"replay-{of} needs the folder of a recorded {of} run (--set replay_from=DIR)")
@@ -258,6 +259,13 @@ def read_path(replay_from: str | None, total_steps: int, of: str) -> np.ndarray:
       raise _bad(f"{folder / 'steps.jsonl'}: step {row.step} follows step {previous}")
     if row.effective_lr is None or not np.isfinite(row.effective_lr):
       raise _bad(f"{folder / 'steps.jsonl'}: step {row.step} has no finite effective_lr")
+  # A record that stops short (a run cut off and not resumed) would replay its last LR for the
+  # rest of this run: with rows every `spacing` steps, a full record's last row is within one
+  # spacing of this run's end.
+  spacing = min(np.diff(steps)) if len(steps) > 1 else steps[0]
+  if steps[-1] + spacing <= total_steps:
+    raise _bad(f"{folder / 'steps.jsonl'} ends at step {steps[-1]} (rows every {spacing} "
+               f"steps); this run takes {total_steps}: is the recorded run complete?")
   values = np.asarray([r.effective_lr for r in rows], np.float32)
   updates = np.arange(max(total_steps, steps[-1]))
   # The last logged row at or before 1-based step t + 1; the first row before any.
