@@ -204,11 +204,11 @@ def test_a_bad_replay_source_is_an_error_naming_the_field(tmp_path):
   fails(str(folder), "lacks the required field")
 
 
-def test_the_config_asks_for_replay_from_exactly_with_a_replay_strategy(tmp_path):
+def test_the_config_takes_replay_from_only_with_a_replay_strategy(tmp_path):
   base = config_lib.Config(task="rt_sentiment", workdir=str(tmp_path))
   config_lib.validate(base)
-  with pytest.raises(ValueError, match="config.replay_from: strategy 'replay-gradvar' needs"):
-    config_lib.validate(config_lib.apply_overrides(base, ["strategy=replay-gradvar"]))
+  # Without it a replay run validates (the runner fills it in later); building it fails (above).
+  config_lib.validate(config_lib.apply_overrides(base, ["strategy=replay-gradvar"]))
   with pytest.raises(ValueError, match="config.replay_from: is only for the replay-X"):
     config_lib.validate(config_lib.apply_overrides(base, ["replay_from=runs/x"]))
   config_lib.validate(config_lib.apply_overrides(
