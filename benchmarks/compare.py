@@ -11,7 +11,8 @@ Layout of the output folder:
     suite.toml                  the exact suite file used
     commands.json               every compare/calibrate invocation on this folder, with its date
     runs/<task>/<strategy>/lr<lr>/seed<seed>/    evaluation runs (untuned LR and tuned LRs)
-    tune/<task>/<strategy>/lr<lr>/seed<seed>/    --tune selection runs on the tuning seeds
+    tune/<task>/<strategy>/lr<lr>/seed<seed>/    --tune selection runs on the tuning seeds,
+                                                 extension points included (benchmarks.tuning)
     reference/<task>/<baseline>/lr<lr>/seed<seed>/  calibration runs on the reference seeds
     .cache/, .jax_cache/        shared data and compilation caches (ignored by .gitignore)
 
@@ -19,6 +20,16 @@ Each run folder holds the complete config that the runner starts the run from
 (`run_config.json`: `python -m train --config run_config.json`; no other config crosses the
 process boundary), train's records (config.json, run.json, epochs.jsonl, steps.jsonl), the
 subprocess's output (`train.log`) and the runner's measurements per attempt (`bench.json`).
+
+The order of work: `tune` runs the tuning loop (the initial grids, then one point beyond an edge
+pick at a time, up to the suite's `max_extensions`); `calibrate` trains the reference strategy at
+its tuned LR; `compare --tune` runs the evaluation runs at the picks, the adaptive and reference
+strategies first, then the controls, derived from their runs: `gradvar-null` at gradvar's LR,
+`matched-X` at the mean `effective_lr_mean` of X's run on the same task and seed (its folder is
+named by that LR; `control.json` there records it and the source run), and `replay-X` with
+`replay_from` = X's run folder on the next evaluation seed (cyclically), relative to the
+repository root, the child's working directory. A suite with declared primaries is refused
+evaluation runs until its thresholds are calibrated.
 """
 
 from collections.abc import Callable, Iterable
@@ -414,6 +425,14 @@ def control_runs(suite: suite_lib.Suite, out: pathlib.Path,
   return runs, waiting
 
 
+def _check_grid(suite: suite_lib.Suite) -> None:
+  if not suite.tuned_strategies:
+    raise ValueError(f"{suite.path}: strategies: only controls are left to tune; controls are "
+                     "never tuned (they run at their adaptive strategy's tuned LR)")
+  if not any(suite.strategy_grid(t, s) for t in suite.tune_tasks for s in suite.tuned_strategies):
+    raise ValueError(f"{suite.path}: lr_grid: --tune needs a non-empty LR grid")
+
+
 def run_tuning(suite: suite_lib.Suite, out: pathlib.Path, argv: Optional[list[str]] = None,
          data_dir: Optional[str] = None, progress: bool = True) -> Outcome:
   """The tuning loop: the initial grids, then the extension points the selection asks for.
@@ -422,9 +441,7 @@ def run_tuning(suite: suite_lib.Suite, out: pathlib.Path, argv: Optional[list[st
   repeat runs that failed in this invocation ends the loop (the selection stays incomplete).
   """
   from benchmarks import tuning
-  if not suite.tuned_strategies or not any(suite.strategy_grid(t, s) for t in suite.tune_tasks
-                                          for s in suite.tuned_strategies):
-    raise ValueError(f"{suite.path}: lr_grid: --tune needs a non-empty LR grid")
+  _check_grid(suite)
   if argv is not None:
     prepare_out(suite, out, argv)
   total, failed = Outcome(), set()
@@ -474,6 +491,8 @@ def compare(suite: suite_lib.Suite, out: pathlib.Path, argv: list[str], tune: bo
   strategies, then the controls, which are derived from those runs.
   """
   check_declared(suite)
+  if tune:
+    _check_grid(suite)
   if not suite.calibration.thresholds:
     print(f"note: {suite.path} has no calibrated thresholds; convergence speed will be missing "
           f"from the report (run `python -m benchmarks calibrate --suite {suite.name}` first)",
