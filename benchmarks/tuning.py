@@ -175,9 +175,15 @@ V1_KEYS = ("lr", "scores", "states", "complete")
 
 
 def v1_selection(suite: suite_lib.Suite, out: pathlib.Path) -> dict:
-  """The v1 report's view: the initial grid only, and only the keys v1's results.json has."""
-  return {t: {s: {k: p[k] for k in V1_KEYS} for s, p in by.items()}
-          for t, by in selection(suite, out, max_extensions=0).items()}
+  """The v1 report's view: the initial grid only, and only the keys v1's results.json has.
+
+  A control (v1 suites have none) gets its adaptive strategy's entry, so that a v1 report of a
+  v2 suite finds an LR for every strategy.
+  """
+  picks = selection(suite, out, max_extensions=0)
+  return {t: {s: {k: by[(suite_lib.control_of(s) or (None, s))[1]][k] for k in V1_KEYS}
+              for s in suite.strategies}
+          for t, by in picks.items()}
 
 
 def needed_runs(suite: suite_lib.Suite, out: pathlib.Path) -> list[suite_lib.Run]:

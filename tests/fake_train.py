@@ -18,7 +18,8 @@ def main(config_file: str) -> None:
   loss = 0.5 + 0.01 * (math.log10(lr) + 3) ** 2 + 0.01 * (seed % 1000)
   rows = []
   for epoch, scale in ((1, 1 + seed / 10), (2, 0.5 + seed / 10)):
-    rows.append({"cpu_time_s": 0.1, "device_memory_mb": None, "effective_lr": lr * scale,
+    # effective_lr is the epoch's last step's, not its mean: matched must read the mean.
+    rows.append({"cpu_time_s": 0.1, "device_memory_mb": None, "effective_lr": 2 * lr * scale,
                  "effective_lr_mean": lr * scale, "elapsed_s": 1.0 * epoch, "epoch": epoch,
                  "examples_per_s": 10.0, "lr_scale": None, "lr_scale_mean": None,
                  "peak_rss_mb": 100.0, "step": 3 * epoch, "train_accuracy": 0.5,

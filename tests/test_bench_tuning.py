@@ -97,7 +97,8 @@ def test_point_score_and_beyond():
 
 def _epoch(epoch, val_loss, eff_lr=1e-3, train_loss=0.7):
   return records.EpochRow.from_json({
-      "cpu_time_s": 0.1, "device_memory_mb": None, "effective_lr": eff_lr,
+      "cpu_time_s": 0.1, "device_memory_mb": None,
+      "effective_lr": None if eff_lr is None else 2 * eff_lr,  # the last step's, not the mean
       "effective_lr_mean": eff_lr, "elapsed_s": float(epoch), "epoch": epoch,
       "examples_per_s": 10.0, "lr_scale": None, "lr_scale_mean": None, "peak_rss_mb": 1.0,
       "step": 3 * epoch, "train_accuracy": 0.5, "train_loss": train_loss,
@@ -227,6 +228,9 @@ def test_control_runs_come_from_the_adaptive_strategys_records(tmp_path, with_co
       tmp_path / "runs/rt_sentiment/gradvar/lr0.002/seed1").resolve()
   assert dict(replay.control)["source_seed"] == 1
   assert ("replay-gradvar", 1) not in by
+  # The v1 report's view gives a control its adaptive strategy's entry.
+  v1 = tuning.v1_selection(s, tmp_path)["rt_sentiment"]
+  assert list(v1) == list(s.strategies) and v1["matched-gradvar"] == v1["gradvar"]
   assert waiting == ["rt_sentiment/replay-gradvar/seed1: "
                      "runs/rt_sentiment/gradvar/lr0.002/seed2 has not finished"]
   # The folder of a matched run is named by its own LR; the relpath rule is unchanged.
