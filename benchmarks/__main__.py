@@ -2,8 +2,15 @@
 
   python -m benchmarks compare --suite NAME [--tasks T ...] [--strategies S ...] [--seeds N]
                                [--tune] [--out DIR] [--data-dir DIR]
+  python -m benchmarks tune --suite NAME [--tasks T ...] [--strategies S ...] [--out DIR]
+                            [--data-dir DIR]
   python -m benchmarks calibrate --suite NAME [--tasks T ...] [--out DIR] [--data-dir DIR]
   python -m benchmarks report DIR
+
+The order of a pre-registered comparison (a suite with [analysis]): `tune` (the LR grids, with
+points added beyond an edge pick), `calibrate` (targets from the tuned reference strategy),
+commit the suite file, then `compare --tune` (the evaluation runs at the tuned LRs, the controls
+after their adaptive strategies).
 
 `compare` trains every task x strategy x seed of a suite (skipping finished runs, resuming
 interrupted ones), then writes DIR/REPORT.md, DIR/results.json and DIR/plots/ and prints the
@@ -52,6 +59,9 @@ def parser() -> argparse.ArgumentParser:
                  help="also pick each strategy's LR from the suite's lr_grid on its tune_seeds, "
                       "then run the seeds at the picked LR")
   c.add_argument("--no-report", action="store_true", help="train only; `report DIR` later")
+  t = sub.add_parser("tune", help="tune every strategy's LR on the tuning seeds (no evaluation)")
+  common(t)
+  t.add_argument("--strategies", nargs="+", help="only these strategies of the suite")
   k = sub.add_parser("calibrate", help="fix the validation-loss thresholds from reference runs")
   common(k)
   k.add_argument("--factor", type=float,
@@ -77,6 +87,13 @@ def main(argv=None) -> int:
       return compare_lib.calibrate(suite, out, argv, tasks=_names(args.tasks),
                                    factor=args.factor, data_dir=args.data_dir,
                                    progress=not args.no_progress)
+    if args.command == "tune":
+      narrowed = suite.narrow(_names(args.tasks), _names(args.strategies))
+      outcome = compare_lib.run_tuning(narrowed, out, argv, data_dir=args.data_dir,
+                                       progress=not args.no_progress)
+      print(f"{len(outcome.ran)} tuning runs trained, {len(outcome.skipped)} already finished, "
+            f"{len(outcome.failed)} failed", file=sys.stderr)
+      return 1 if outcome.failed else 0
     narrowed = suite.narrow(_names(args.tasks), _names(args.strategies), args.seeds)
     return compare_lib.compare(narrowed, out, argv, tune=args.tune, data_dir=args.data_dir,
                                progress=not args.no_progress, write_report=not args.no_report)

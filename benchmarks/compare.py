@@ -11,7 +11,8 @@ Layout of the output folder:
     suite.toml                  the exact suite file used
     commands.json               every compare/calibrate invocation on this folder, with its date
     runs/<task>/<strategy>/lr<lr>/seed<seed>/    evaluation runs (untuned LR and tuned LRs)
-    tune/<task>/<strategy>/lr<lr>/seed<seed>/    --tune selection runs on the tuning seeds
+    tune/<task>/<strategy>/lr<lr>/seed<seed>/    --tune selection runs on the tuning seeds,
+                                                 extension points included (benchmarks.tuning)
     reference/<task>/<baseline>/lr<lr>/seed<seed>/  calibration runs on the reference seeds
     .cache/, .jax_cache/        shared data and compilation caches (ignored by .gitignore)
 
@@ -19,6 +20,16 @@ Each run folder holds the complete config that the runner starts the run from
 (`run_config.json`: `python -m train --config run_config.json`; no other config crosses the
 process boundary), train's records (config.json, run.json, epochs.jsonl, steps.jsonl), the
 subprocess's output (`train.log`) and the runner's measurements per attempt (`bench.json`).
+
+The order of work: `tune` runs the tuning loop (the initial grids, then one point beyond an edge
+pick at a time, up to the suite's `max_extensions`); `calibrate` trains the reference strategy at
+its tuned LR; `compare --tune` runs the evaluation runs at the picks, the adaptive and reference
+strategies first, then the controls, derived from their runs: `gradvar-null` at gradvar's LR,
+`matched-X` at the mean `effective_lr_mean` of X's run on the same task and seed (its folder is
+named by that LR; `control.json` there records it and the source run), and `replay-X` with
+`replay_from` = X's run folder on the next evaluation seed (cyclically), relative to the
+repository root, the child's working directory. A suite with declared primaries is refused
+evaluation runs until its thresholds are calibrated.
 """
 
 from collections.abc import Callable, Iterable
@@ -35,6 +46,7 @@ from typing import Optional
 
 from tqdm import tqdm
 
+from benchmarks import metrics
 from benchmarks import suite as suite_lib
 from train import config as config_lib
 from train import records
@@ -55,6 +67,8 @@ GITIGNORE = """\
 _IGNORED_FIELDS = config_lib.field_names(records=False)
 # The file in each run folder that the run is started from.
 RUN_CONFIG = "run_config.json"
+# A control's run folder: which run it was derived from, and the LR it got.
+CONTROL = "control.json"
 
 
 class Interrupted(Exception):
@@ -143,6 +157,8 @@ def execute(run: suite_lib.Run, out: pathlib.Path, data_dir: Optional[str]) -> i
   try:
     workdir.mkdir(parents=True, exist_ok=True)
     run_config(run, workdir, out, data_dir).write(workdir / RUN_CONFIG)
+    if run.control:
+      (workdir / CONTROL).write_text(json.dumps(dict(run.control), indent=2) + "\n")
     _write_bench(workdir, bench)
     with open(workdir / "train.log", "a") as log:
       log.write(f"# {attempt['start']} {' '.join(cmd[1:])}\n")
@@ -322,40 +338,232 @@ def prepare_out(suite: suite_lib.Suite, out: pathlib.Path, argv: list[str]) -> N
   path.write_text(json.dumps(history, indent=2) + "\n")
 
 
-def tuned_runs(suite: suite_lib.Suite, out: pathlib.Path) -> list[suite_lib.Run]:
-  """The evaluation seeds at each strategy's picked LR, for picks whose tuning runs all finished.
+def matched_lr(epochs: list[records.EpochRow]) -> float:
+  """`matched-X`'s LR: the mean over X's epochs of `effective_lr_mean`.
 
-  Tasks not tuned keep their LR; a strategy whose tuning runs failed gets no tuned runs.
+  Every epoch has the same number of steps, so this is the mean effective LR over the run.
+  """
+  values = [r.effective_lr_mean for r in epochs]
+  if not values or not all(metrics.finite(v) for v in values):
+    raise ValueError(f"matched LR: every epoch needs a finite effective_lr_mean, got {values}")
+  return statistics.fmean(values)
+
+
+def replay_seed(seeds: tuple[int, ...], seed: int) -> int:
+  """The seed whose path `replay-X` on `seed` follows: the next evaluation seed, cyclically."""
+  seeds = tuple(seeds)
+  if seed not in seeds:
+    raise ValueError(f"replay: seed {seed} is not one of the evaluation seeds {list(seeds)}")
+  if len(seeds) < 2:
+    raise ValueError(f"replay: needs at least 2 evaluation seeds (a run replays another seed's "
+                     f"path), got {list(seeds)}")
+  return seeds[(seeds.index(seed) + 1) % len(seeds)]
+
+
+def evaluation_lrs(suite: suite_lib.Suite, out: pathlib.Path, tuned: bool) -> dict:
+  """task -> strategy -> base LR of the evaluation runs (None: tuning not complete).
+
+  Untuned: the task's LR for every strategy. Tuned: each strategy's pick, a control's the pick
+  of its adaptive strategy; tasks outside `tune_tasks` keep their LR.
+  """
+  from benchmarks import tuning
+  picks = tuning.selection(suite, out) if tuned else {}
+  lrs = {}
+  for task in suite.tasks:
+    if tuned and task in suite.tune_tasks:
+      lrs[task] = {s: tuning.tuned_lr(picks, suite, task, s) for s in suite.strategies}
+    else:
+      lrs[task] = {s: suite.task_lr(task) for s in suite.strategies}
+  return lrs
+
+
+def adaptive_runs(suite: suite_lib.Suite, lrs: dict) -> list[suite_lib.Run]:
+  """The evaluation runs of the tuned (non-control) strategies, seed-major."""
+  return [suite.run(t, s, seed, lr=lrs[t][s]) for seed in suite.seeds for t in suite.tasks
+          for s in suite.tuned_strategies if lrs[t][s] is not None]
+
+
+def control_runs(suite: suite_lib.Suite, out: pathlib.Path,
+                 lrs: dict) -> tuple[list[suite_lib.Run], list[str]]:
+  """The controls' evaluation runs, from their adaptive strategy's finished runs.
+
+  Returns the runs and, for each one that cannot be made yet, why (its source is missing).
   """
   from benchmarks import report
-  picks = report.tuning_selection(suite, out)
-  return [suite.run(t, s, seed, lr=picks[t][s]["lr"]) for seed in suite.seeds
-          for t in suite.tune_tasks for s in suite.strategies if picks[t][s]["complete"]]
+  runs, waiting = [], []
+  for seed in suite.seeds:
+    for task in suite.tasks:
+      for strategy in suite.controls:
+        kind, source = suite_lib.control_of(strategy)
+        base = lrs[task][strategy]
+        if base is None:
+          waiting.append(f"{task}/{strategy}: {source}'s tuning is not complete")
+          continue
+        src_seed = replay_seed(suite.all_seeds, seed) if kind == "replay" else seed
+        src = suite.run(task, source, src_seed, lr=base)
+        info = {"control": strategy, "of": source}
+        if kind == "null":
+          runs.append(dataclasses.replace(suite.run(task, strategy, seed, lr=base),
+                                          control=tuple({**info, "source": None,
+                                                         "lr": base}.items())))
+          continue
+        if status(out / src.relpath()) != "finished":
+          waiting.append(f"{task}/{strategy}/seed{seed}: {src.relpath()} has not finished")
+          continue
+        if kind == "matched":
+          rec = report.read_run(out / src.relpath())
+          lr = matched_lr(rec.epochs)
+          run = suite.run(task, strategy, seed, lr=lr)
+          info.update(source=str(src.relpath()), lr=lr, base_lr=base)
+        else:
+          replay_from = os.path.relpath(out / src.relpath(), REPO_ROOT)
+          run = dataclasses.replace(suite.run(task, strategy, seed, lr=base),
+                                    options=(("replay_from", replay_from),))
+          info.update(source=str(src.relpath()), lr=base, replay_from=replay_from,
+                      source_seed=src_seed)
+        runs.append(dataclasses.replace(run, control=tuple(info.items())))
+  return runs, waiting
+
+
+def _check_grid(suite: suite_lib.Suite) -> None:
+  if not suite.tuned_strategies:
+    raise ValueError(f"{suite.path}: strategies: only controls are left to tune; controls are "
+                     "never tuned (they run at their adaptive strategy's tuned LR)")
+  if not any(suite.strategy_grid(t, s) for t in suite.tune_tasks for s in suite.tuned_strategies):
+    raise ValueError(f"{suite.path}: lr_grid: --tune needs a non-empty LR grid")
+
+
+def run_tuning(suite: suite_lib.Suite, out: pathlib.Path, argv: Optional[list[str]] = None,
+         data_dir: Optional[str] = None, progress: bool = True) -> Outcome:
+  """The tuning loop: the initial grids, then the extension points the selection asks for.
+
+  Each pass runs the tuning runs that the current selection waits for; a pass that would only
+  repeat runs that failed in this invocation ends the loop (the selection stays incomplete).
+  """
+  from benchmarks import tuning
+  _check_grid(suite)
+  if argv is not None:
+    prepare_out(suite, out, argv)
+  total, failed = Outcome(), set()
+  while True:
+    needed = [r for r in tuning.needed_runs(suite, out) if r.key not in failed]
+    if not needed:
+      break
+    outcome = run_all(needed, out, data_dir, progress=progress)
+    total.ran += outcome.ran
+    total.skipped += outcome.skipped
+    total.failed += outcome.failed
+    failed |= {r.key for r in outcome.failed}
+    if not outcome.ran:
+      break  # nothing new: the selection cannot move on
+  picks = tuning.selection(suite, out)
+  for task, by in picks.items():
+    for strategy, p in by.items():
+      state = ("incomplete" if not p["complete"] else
+               "on an edge after the limit" if p["on_edge"] else "bracketed")
+      print(f"tuned {task}/{strategy}: lr {p['lr']:g} ({state}; {p['extensions']} of "
+            f"{p['max_extensions']} extensions; grid {[f'{x:g}' for x in p['grid']]})",
+            file=sys.stderr)
+  return total
+
+
+def check_declared(suite: suite_lib.Suite) -> None:
+  """Evaluation runs of a suite with declared primaries need its thresholds first."""
+  if suite.analysis is None or not suite.analysis.primaries:
+    return
+  tasks = [t for t in dict.fromkeys(p.task for p in suite.analysis.primaries)
+           if t in suite.tasks and t not in suite.calibration.thresholds]
+  if tasks:
+    where = f"--suite {suite.path or suite.name}"
+    raise ValueError(
+        f"{suite.path}: [analysis] declares primaries, but calibration.thresholds has no "
+        f"{', '.join(tasks)}; the evaluation runs come after the targets: run `python -m "
+        f"benchmarks tune {where}` and then `python -m benchmarks calibrate {where}` (with the "
+        f"same --out), commit the suite file, then compare")
 
 
 def compare(suite: suite_lib.Suite, out: pathlib.Path, argv: list[str], tune: bool = False,
             data_dir: Optional[str] = None, progress: bool = True,
             write_report: bool = True) -> int:
-  """Runs the suite's grid (and the tuning, with `tune`); returns 0 when every run finished."""
-  if tune and not suite.lr_grid:
-    raise ValueError(f"{suite.path}: lr_grid: --tune needs a non-empty LR grid")
+  """Runs the suite's grid (and the tuning, with `tune`); returns 0 when every run finished.
+
+  Order: the tuning loop (with `tune`), then the evaluation runs of the adaptive and reference
+  strategies, then the controls, which are derived from those runs.
+  """
+  check_declared(suite)
+  if tune:
+    _check_grid(suite)
   if not suite.calibration.thresholds:
     print(f"note: {suite.path} has no calibrated thresholds; convergence speed will be missing "
           f"from the report (run `python -m benchmarks calibrate --suite {suite.name}` first)",
           file=sys.stderr)
   prepare_out(suite, out, argv)
-  runs = suite.grid() + (suite.tune_grid() if tune else [])
-  more = (lambda: tuned_runs(suite, out)) if tune else None
-  expected = len(suite.seeds) * len(suite.tune_tasks) * len(suite.strategies) if tune else 0
-  outcome = run_all(runs, out, data_dir, progress=progress, more=more, expected_more=expected)
+  total = Outcome()
+  if tune:
+    total = run_tuning(suite, out, data_dir=data_dir, progress=progress)
+  settings = [False] + ([True] if tune else [])
+  runs, lrs_by = [], {}
+  for tuned in settings:
+    lrs = evaluation_lrs(suite, out, tuned)
+    if tune and not tuned and not suite.untuned_runs:
+      # Only the tasks that are not tuned keep untuned evaluation runs.
+      lrs = {t: by for t, by in lrs.items() if t not in suite.tune_tasks}
+    lrs_by[tuned] = lrs
+    runs += adaptive_runs(dataclasses.replace(suite, tasks={t: suite.tasks[t] for t in lrs}),
+                          lrs)
+  waiting = []
+
+  def controls():
+    found = []
+    for tuned, lrs in lrs_by.items():
+      sub = dataclasses.replace(suite, tasks={t: suite.tasks[t] for t in lrs})
+      more, wait = control_runs(sub, out, lrs)
+      found += more
+      waiting.extend(wait)
+    return found
+
+  expected = len(suite.seeds) * len(suite.controls) * sum(len(v) for v in lrs_by.values())
+  outcome = run_all(runs, out, data_dir, progress=progress,
+                    more=controls if suite.controls else None, expected_more=expected)
+  for line in dict.fromkeys(waiting):
+    print(f"  not run: {line}", file=sys.stderr)
   print(f"{len(outcome.ran)} runs trained, {len(outcome.skipped)} already finished, "
         f"{len(outcome.failed)} failed", file=sys.stderr)
-  for run in outcome.failed:
+  failed = total.failed + outcome.failed
+  for run in failed:
     print(f"  failed: {out / run.relpath()} (see train.log there)", file=sys.stderr)
   if write_report:
     from benchmarks import report
     print(report.write(out))
-  return 1 if outcome.failed else 0
+  return 1 if failed else 0
+
+
+def reference_lrs(suite: suite_lib.Suite, out: pathlib.Path) -> dict:
+  """task -> the tuned LR of the reference strategy, for the tasks where tuning is done.
+
+  A task whose tuning has started but is not complete is an error, and so is a suite with an
+  [analysis] whose tuned tasks have not been tuned yet: the targets come from the tuned
+  reference, after the tuning.
+  """
+  from benchmarks import tuning
+  strategy = suite.calibration_strategy
+  if not any(suite.strategy_grid(t, strategy) for t in suite.tune_tasks):
+    return {}
+  picks = tuning.selection(suite, out)
+  where = f"--suite {suite.path or suite.name} --out {out}"
+  lrs = {}
+  for task in suite.tune_tasks:
+    if task not in suite.tasks:
+      continue
+    entry = picks[task][strategy]
+    started = any(x != "missing" for st in entry["states"].values() for x in st)
+    if entry["complete"]:
+      lrs[task] = entry["lr"]
+    elif started or suite.analysis is not None:
+      raise ValueError(
+          f"calibrate: the tuning of {strategy} on {task} is not complete (its thresholds come "
+          f"from {strategy} at its tuned LR); run `python -m benchmarks tune {where}` first")
+  return lrs
 
 
 def calibrate(suite: suite_lib.Suite, out: pathlib.Path, argv: list[str], tasks=None,
@@ -365,7 +573,6 @@ def calibrate(suite: suite_lib.Suite, out: pathlib.Path, argv: list[str], tasks=
 
   Thresholds of tasks not calibrated now are kept. The suite file's other lines stay as written.
   """
-  from benchmarks import metrics
   from benchmarks import report
   if suite.path is None:
     raise ValueError("calibrate: the suite must come from a file")
@@ -374,8 +581,9 @@ def calibrate(suite: suite_lib.Suite, out: pathlib.Path, argv: list[str], tasks=
   factor = suite.calibration.factor if factor is None else factor
   if not factor >= 1:
     raise ValueError(f"--factor: must be >= 1, got {factor}")
+  lrs = reference_lrs(suite, out)
   prepare_out(suite, out, argv)
-  runs = suite.reference_grid()
+  runs = suite.reference_grid(lrs=lrs)
   outcome = run_all(runs, out, data_dir, progress=progress)
   if outcome.failed:
     for run in outcome.failed:
@@ -394,7 +602,8 @@ def calibrate(suite: suite_lib.Suite, out: pathlib.Path, argv: list[str], tasks=
       "rule": suite_lib.RULE.format(factor=factor),
       "factor": factor,
       "strategy": suite.calibration_strategy,
-      "lr": suite.lr,
+      # The tuned LR per task where the reference strategy was tuned, else the suite's LR.
+      "lr": ({t: lrs.get(t, suite.task_lr(t)) for t in suite.tasks} if lrs else suite.lr),
       "reference_seeds": list(suite.calibration.reference_seeds),
       "date": records.now(),
       "commit": records.git_commit()["commit"] or "unknown",

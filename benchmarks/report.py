@@ -16,6 +16,7 @@ from benchmarks import metrics
 from benchmarks import plots
 from benchmarks import suite as suite_lib
 from benchmarks import tables
+from benchmarks import tuning
 from train import records
 
 
@@ -60,32 +61,8 @@ def _finished(out: pathlib.Path, run: suite_lib.Run) -> Optional[RunRecord]:
 
 
 def tuning_selection(suite: suite_lib.Suite, out: pathlib.Path) -> dict:
-  """Per tuned task and strategy: the LR grid's scores on the tuning seeds and the pick.
-
-  Score: mean over the tuning seeds of the best validation loss; a diverged run scores +inf. The
-  evaluation seeds take no part, so the selection does not leak into the comparison. A pick is
-  `complete` only when every tuning run of the strategy has finished; the runner trains, and
-  the report shows, tuned results only for complete picks.
-  """
-  picks = {}
-  for task in suite.tune_tasks:
-    picks[task] = {}
-    for strategy in suite.strategies:
-      scores, states = {}, {}
-      for lr in suite.lr_grid:
-        values, state = [], []
-        for seed in suite.tune_seeds:
-          rec = _finished(out, suite.run(task, strategy, seed, lr=lr, kind="tune"))
-          m = rec.metrics(None, suite.explode_factor) if rec else None
-          state.append("missing" if m is None else "diverged" if m["diverged"] else "ok")
-          values.append(m["best_val_loss"] if state[-1] == "ok" else None)
-        scores[lr], states[f"{lr:g}"] = values, state
-      picks[task][strategy] = {"lr": metrics.select_lr(scores),
-                               "scores": {f"{lr:g}": v for lr, v in scores.items()},
-                               "states": states,
-                               "complete": all(x != "missing" for st in states.values()
-                                               for x in st)}
-  return picks
+  """v1's selection (initial grid, no extensions); the bracketed one is `tuning.selection`."""
+  return tuning.v1_selection(suite, out)
 
 
 def _group(suite, out, task, strategy, lr, threshold) -> dict:

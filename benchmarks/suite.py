@@ -14,12 +14,27 @@ comparison. `benchmarks/suites/tiny.toml` is a complete example:
     lr_grid = [3e-4, 1e-3, 3e-3]      # --tune: every strategy gets this grid
     tune_seeds = [1000]               # --tune: selection runs, apart from the evaluation seeds
     tune_tasks = ["rt_sentiment"]     # --tune: only these tasks (default: all)
+    max_extensions = 2                # --tune: points added beyond an edge pick (benchmarks.tuning)
+    untuned_runs = true               # --tune: also the untuned evaluation runs (default true)
+    [grids]                           # --tune: a strategy's own initial grid instead of lr_grid
+    prodigy = [0.3, 1.0, 3.0]         #   (prodigy's "lr" is optax's estim_lr_coef)
+    [grid_points]                     # --tune: an expensive task's grids keep their middle N
+    wordnet_topics = 3
+    [analysis]                        # the pre-registered analysis (benchmarks.stats)
+    metric = "steps_to_target"
+    primaries = ["rt_sentiment: gradvar vs gradvar-null"]   # "TASK: A vs B", Holm over these
+    alpha = 0.05
+    permutations = 10000              # sign-flip permutations
+    bootstrap = 10000                 # bootstrap resamples of the interval
     [defaults]                        # config fields (see `python -m train --help`) for every run
     model_size = "small"
     [tasks.rt_sentiment]              # one table per task; config fields that override defaults
     train_examples = 4000
     [calibration]                     # written by `python -m benchmarks calibrate`
     ...
+
+Control strategies (`gradvar-null`, `matched-X`, `replay-X`, with X also in the suite) are never
+tuned: they run at the LR that X was tuned to, from X's runs (see `benchmarks.compare`).
 
 Config fields are the `train.config.Config` fields; `model` and `data` sub-tables (or dotted keys
 such as `model.depth = 18`) become entries of the run's `model` / `data` options. The fields that
@@ -51,9 +66,51 @@ DEFAULT_EXPLODE_FACTOR = 2.0
 _RESERVED = config_lib.field_names(owners=("runner", "suite"))
 _TOP_KEYS = frozenset({"name", "description", "seeds", "strategies", "baseline", "epochs", "lr",
                        "lr_grid", "tune_seeds", "tune_tasks", "explode_factor", "defaults",
-                       "tasks", "calibration"})
+                       "tasks", "calibration", "grids", "grid_points", "max_extensions",
+                       "untuned_runs", "analysis"})
 _CALIBRATION_KEYS = frozenset({"rule", "factor", "strategy", "lr", "reference_seeds",
                                "thresholds", "reference_best_val_loss", "date", "commit"})
+_ANALYSIS_KEYS = frozenset({"metric", "primaries", "alpha", "permutations", "bootstrap"})
+DEFAULT_MAX_EXTENSIONS = 2
+METRICS = ("steps_to_target",)
+DEFAULT_ALPHA = 0.05
+DEFAULT_PERMUTATIONS = 10000
+DEFAULT_BOOTSTRAP = 10000
+# The adaptive strategies and their controls (never tuned: each runs at the LR its adaptive
+# strategy was tuned to). `gradvar-null` is gradvar's; `matched-X` and `replay-X` exist for any X.
+NULL_CONTROLS = {"gradvar-null": "gradvar"}
+_PRIMARY = re.compile(r"^\s*([A-Za-z0-9_.-]+)\s*:\s*(\S+)\s+vs\s+(\S+)\s*$")
+
+
+def control_of(strategy: str) -> Optional[tuple[str, str]]:
+  """('null' | 'matched' | 'replay', X) for a control strategy's name, else None."""
+  if strategy in NULL_CONTROLS:
+    return "null", NULL_CONTROLS[strategy]
+  for kind in ("matched", "replay"):
+    if strategy.startswith(kind + "-") and len(strategy) > len(kind) + 1:
+      return kind, strategy[len(kind) + 1:]
+  return None
+
+
+@dataclasses.dataclass(frozen=True)
+class Primary:
+  """One declared primary comparison: `a` against `b` on `task`."""
+  task: str
+  a: str
+  b: str
+
+  def __str__(self) -> str:
+    return f"{self.task}: {self.a} vs {self.b}"
+
+
+@dataclasses.dataclass(frozen=True)
+class Analysis:
+  """The pre-registered analysis of a suite's `[analysis]` table."""
+  metric: str = METRICS[0]
+  primaries: tuple[Primary, ...] = ()
+  alpha: float = DEFAULT_ALPHA
+  permutations: int = DEFAULT_PERMUTATIONS
+  bootstrap: int = DEFAULT_BOOTSTRAP
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,6 +132,10 @@ class Run:
   epochs: int
   settings: tuple[tuple[str, Any], ...]  # (config key, value), model.X / data.X flattened
   kind: str = "runs"
+  # Config fields the runner sets for this run alone (a replay's `replay_from`).
+  options: tuple[tuple[str, Any], ...] = ()
+  # What the runner writes to the run folder's control.json (matched and replay controls).
+  control: tuple[tuple[str, Any], ...] = ()
 
   @property
   def key(self) -> tuple:
@@ -94,7 +155,8 @@ class Run:
         options[section][sub] = copy.deepcopy(value)  # each run its own, as from a file
     fields = config_lib.check_values(fields)
     return config_lib.Config(task=self.task, workdir=workdir, strategy=self.strategy,
-                             lr=self.lr, seed=self.seed, epochs=self.epochs, **fields, **options)
+                             lr=self.lr, seed=self.seed, epochs=self.epochs, **fields, **options,
+                             **dict(self.options))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -115,6 +177,34 @@ class Suite:
   defaults: dict
   tasks: dict  # task -> its override table (insertion order is the report's order)
   calibration: Calibration
+  grids: dict = dataclasses.field(default_factory=dict)  # strategy -> its own initial grid
+  grid_points: dict = dataclasses.field(default_factory=dict)  # task -> middle N grid points
+  max_extensions: int = DEFAULT_MAX_EXTENSIONS
+  untuned_runs: bool = True  # with --tune, also the untuned evaluation runs of tuned tasks
+  analysis: Optional[Analysis] = None
+  all_seeds: tuple[int, ...] = ()  # the file's evaluation seeds, whatever --seeds narrows to
+
+  @property
+  def tuned_strategies(self) -> tuple[str, ...]:
+    """The strategies that are tuned: all but the controls."""
+    return tuple(s for s in self.strategies if control_of(s) is None)
+
+  @property
+  def controls(self) -> tuple[str, ...]:
+    return tuple(s for s in self.strategies if control_of(s) is not None)
+
+  def strategy_grid(self, task: str, strategy: str) -> tuple[float, ...]:
+    """The initial tuning grid of one strategy on one task, as written in the suite.
+
+    A strategy's own `[grids]` entry replaces `lr_grid`; a task's `[grid_points]` N keeps the
+    middle N points (the lower middle when the difference is odd).
+    """
+    grid = tuple(self.grids.get(strategy, self.lr_grid))
+    n = self.grid_points.get(task)
+    if n is not None and n < len(grid):
+      start = (len(grid) - n) // 2
+      grid = grid[start:start + n]
+    return grid
 
   def task_settings(self, task: str) -> dict:
     merged = {**_flatten(self.defaults), **_flatten(self.tasks[task])}
@@ -132,21 +222,28 @@ class Suite:
     return float(self.task_settings(task).get("lr", self.lr))
 
   def grid(self) -> list[Run]:
-    """The untuned evaluation runs, seed-major: after each seed the comparison is complete."""
+    """The untuned evaluation runs, seed-major: after each seed the comparison is complete.
+
+    Controls are not here: their runs follow from their adaptive strategy's (`compare`).
+    """
     return [self.run(t, s, seed) for seed in self.seeds for t in self.tasks
-            for s in self.strategies]
+            for s in self.tuned_strategies]
 
   def tune_grid(self) -> list[Run]:
+    """The tuning runs of the initial grids (the extensions follow from their results)."""
     return [self.run(t, s, seed, lr=lr, kind="tune") for t in self.tune_tasks
-            for seed in self.tune_seeds for lr in self.lr_grid for s in self.strategies]
+            for seed in self.tune_seeds for s in self.tuned_strategies
+            for lr in self.strategy_grid(t, s)]
 
   @property
   def calibration_strategy(self) -> str:
     """The strategy of the reference runs: `calibration.strategy`, else the baseline."""
     return self.calibration.raw.get("strategy", self.baseline)
 
-  def reference_grid(self, tasks=None) -> list[Run]:
-    return [self.run(t, self.calibration_strategy, seed, kind="reference")
+  def reference_grid(self, tasks=None, lrs: Optional[dict] = None) -> list[Run]:
+    """The calibration runs; `lrs` (task -> LR) gives the tuned LR where tuning is done."""
+    lrs = lrs or {}
+    return [self.run(t, self.calibration_strategy, seed, lr=lrs.get(t), kind="reference")
             for t in (tasks or self.tasks) for seed in self.calibration.reference_seeds]
 
   def narrow(self, tasks=None, strategies=None, seeds: Optional[int] = None) -> "Suite":
@@ -257,6 +354,10 @@ def parse(text: str, path: Optional[pathlib.Path] = None) -> Suite:
   for s in strategy_names:
     if s not in strategies_lib.names():
       fail("strategies", f"unknown strategy {s!r}; known: {', '.join(strategies_lib.names())}")
+    control = control_of(s)
+    if control and control[1] not in strategy_names:
+      fail("strategies", f"{s!r} is a control of {control[1]!r}, which must also be one of the "
+                         f"suite's strategies (it runs at {control[1]}'s tuned LR, from its runs)")
   baseline = raw.get("baseline", "fixed")
   if baseline not in strategy_names:
     fail("baseline", f"{baseline!r} must be one of the suite's strategies {list(strategy_names)}")
@@ -286,6 +387,46 @@ def parse(text: str, path: Optional[pathlib.Path] = None) -> Suite:
     if t not in tasks:
       fail("tune_tasks", f"{t!r} is not one of the suite's tasks {list(tasks)}")
 
+  grids = raw.get("grids", {})
+  if not isinstance(grids, dict):
+    fail("grids", "must be a table of strategy = [lr, ...]")
+  grids_out = {}
+  for strategy, grid in grids.items():
+    if strategy not in strategy_names:
+      fail(f"grids.{strategy}", f"is not one of the suite's strategies {list(strategy_names)}")
+    if control_of(strategy):
+      fail(f"grids.{strategy}", "is a control: controls are never tuned (they run at their "
+                                "adaptive strategy's tuned LR)")
+    if not isinstance(grid, list) or not grid:
+      fail(f"grids.{strategy}", f"must be a non-empty list of numbers, got {grid!r}")
+    grids_out[strategy] = tuple(float(positive(f"grids.{strategy}[{i}]", v))
+                                for i, v in enumerate(grid))
+    if len(set(grids_out[strategy])) != len(grid):
+      fail(f"grids.{strategy}", f"has duplicates: {grid!r}")
+  max_extensions = raw.get("max_extensions", DEFAULT_MAX_EXTENSIONS)
+  if isinstance(max_extensions, bool) or not isinstance(max_extensions, int) or max_extensions < 0:
+    fail("max_extensions", f"must be an int >= 0, got {max_extensions!r}")
+  grid_points = raw.get("grid_points", {})
+  if not isinstance(grid_points, dict):
+    fail("grid_points", "must be a table of task = number of points")
+  for t, n in grid_points.items():
+    if t not in tasks:
+      fail(f"grid_points.{t}", f"is not one of the suite's tasks {list(tasks)}")
+    if isinstance(n, bool) or not isinstance(n, int) or n < (2 if max_extensions else 1):
+      fail(f"grid_points.{t}", f"must be an int >= {2 if max_extensions else 1} (bracketing "
+                               f"needs 2 points), got {n!r}")
+  if max_extensions:
+    for strategy in strategy_names:
+      grid = grids_out.get(strategy, lr_grid)
+      if control_of(strategy) is None and len(grid) == 1:
+        fail(f"grids.{strategy}" if strategy in grids_out else "lr_grid",
+             f"has a single point; bracketing (max_extensions = {max_extensions}) needs 2")
+  untuned_runs = raw.get("untuned_runs", True)
+  if not isinstance(untuned_runs, bool):
+    fail("untuned_runs", f"must be true or false, got {untuned_runs!r}")
+  analysis = _parse_analysis(fail, raw["analysis"], tasks, strategy_names) \
+      if "analysis" in raw else None
+
   overlap = set(seeds) & set(tune_seeds)
   if overlap:
     fail("tune_seeds", f"{sorted(overlap)} are also evaluation seeds; tuning on them would leak "
@@ -294,8 +435,12 @@ def parse(text: str, path: Optional[pathlib.Path] = None) -> Suite:
   if calibration.raw.get("strategy", baseline) not in strategy_names:
     fail("calibration.strategy", f"{calibration.raw['strategy']!r} must be one of the suite's "
                                  f"strategies {list(strategy_names)}")
+  if control_of(calibration.raw.get("strategy", baseline)):
+    fail("calibration.strategy" if "strategy" in calibration.raw else "baseline",
+         "the reference runs' strategy cannot be a control (controls are never tuned)")
   suite = Suite(name, description, path, text, seeds, strategy_names, baseline, epochs, lr,
-                lr_grid, tune_seeds, tune_tasks, explode, defaults, tasks, calibration)
+                lr_grid, tune_seeds, tune_tasks, explode, defaults, tasks, calibration,
+                grids_out, dict(grid_points), max_extensions, untuned_runs, analysis, seeds)
   # Every run's config is checked now, so a typo fails before hours of training, not during.
   for t in tasks:
     try:
@@ -317,6 +462,48 @@ def _check_settings(fail, where, table):
     elif key not in fields:
       known = ", ".join(sorted(fields - _RESERVED))
       fail(f"{where}.{key}", f"unknown config field; known: {known}")
+
+
+def _parse_analysis(fail, raw, tasks, strategy_names) -> Analysis:
+  if not isinstance(raw, dict):
+    fail("analysis", "must be a table")
+  unknown = sorted(set(raw) - _ANALYSIS_KEYS)
+  if unknown:
+    fail(f"analysis.{unknown[0]}", f"unknown key; known: {', '.join(sorted(_ANALYSIS_KEYS))}")
+  metric = raw.get("metric", METRICS[0])
+  if metric not in METRICS:
+    fail("analysis.metric", f"must be one of {list(METRICS)}, got {metric!r}")
+  texts = raw.get("primaries", [])
+  if not isinstance(texts, list) or not all(isinstance(p, str) for p in texts):
+    fail("analysis.primaries", f"must be a list of \"TASK: A vs B\" strings, got {texts!r}")
+  primaries = []
+  for i, text in enumerate(texts):
+    field = f"analysis.primaries[{i}]"
+    m = _PRIMARY.match(text)
+    if not m:
+      fail(field, f"must read \"TASK: A vs B\", got {text!r}")
+    primary = Primary(*m.groups())
+    if primary.task not in tasks:
+      fail(field, f"{primary.task!r} is not one of the suite's tasks {list(tasks)}")
+    for strategy in (primary.a, primary.b):
+      if strategy not in strategy_names:
+        fail(field, f"{strategy!r} is not one of the suite's strategies {list(strategy_names)}")
+    if primary.a == primary.b:
+      fail(field, f"compares {primary.a!r} with itself")
+    if any({p.a, p.b} == {primary.a, primary.b} and p.task == primary.task for p in primaries):
+      fail(field, f"{text!r} repeats an earlier primary")
+    primaries.append(primary)
+  alpha = raw.get("alpha", DEFAULT_ALPHA)
+  if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0 < alpha < 1:
+    fail("analysis.alpha", f"must be a number in (0, 1), got {alpha!r}")
+  counts = {}
+  for key, default in (("permutations", DEFAULT_PERMUTATIONS), ("bootstrap", DEFAULT_BOOTSTRAP)):
+    value = raw.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+      fail(f"analysis.{key}", f"must be a positive int, got {value!r}")
+    counts[key] = value
+  return Analysis(metric, tuple(primaries), float(alpha), counts["permutations"],
+                  counts["bootstrap"])
 
 
 def _parse_calibration(fail, raw, tasks, seeds, tune_seeds) -> Calibration:

@@ -1,0 +1,380 @@
+"""Bracketed tuning, the controls' runs and the [analysis] declaration, on synthetic records.
+
+Nothing here trains: the selection reads run folders written by the test, and the runner's
+orchestration starts `tests/fake_train.py` (synthetic records, no JAX) in place of `python -m
+train`. The expected values are computed by hand in the comments.
+"""
+
+import json
+import math
+import pathlib
+import statistics
+import sys
+
+import pytest
+
+from benchmarks import __main__ as benchmarks_main
+from benchmarks import compare
+from benchmarks import suite as suite_lib
+from benchmarks import tuning
+from train import config as config_lib
+from train import records
+from train import strategies
+
+FAKE_TRAIN = pathlib.Path(__file__).resolve().parent / "fake_train.py"
+HAS_REPLAY = "replay_from" in config_lib.field_names()
+BASE = """\
+name = "t"
+seeds = [0, 1]
+strategies = ["fixed", "gradvar"]
+epochs = 2
+lr_grid = [1e-3, 1e-2]
+tune_seeds = [1000, 1001]
+max_extensions = 1
+[defaults]
+model_size = "tiny"
+[tasks.rt_sentiment]
+train_examples = 48
+"""
+
+
+# ---- the bracketing rule ---------------------------------------------------------------------
+
+def _walk(table, grid=(3e-4, 1e-3, 3e-3), limit=2):
+  return tuning.bracket(grid, table.get, limit)
+
+
+def test_pick_inside_the_grid_adds_nothing():
+  b = _walk({3e-4: 0.7, 1e-3: 0.5, 3e-3: 0.6})
+  assert (b.pick, b.complete, b.extensions, b.on_edge) == (1e-3, True, 0, False)
+  assert b.grid == (3e-4, 1e-3, 3e-3)
+
+
+def test_pick_on_the_low_edge_extends_down_one_log_step_until_the_limit():
+  # 3e-4 / (1e-3 / 3e-4) = 9e-5; 9e-5 / (3e-4 / 9e-5) = 2.7e-5; each one better: limit 2 hit.
+  b = _walk({3e-4: 0.5, 1e-3: 0.6, 3e-3: 0.7, 9e-5: 0.4, 2.7e-5: 0.3})
+  assert b.grid == (3e-4, 1e-3, 3e-3, 9e-5, 2.7e-5)
+  assert (b.pick, b.complete, b.extensions, b.on_edge) == (2.7e-5, True, 2, True)
+
+
+def test_pick_on_the_high_edge_extends_up_and_stops_once_bracketed():
+  # 3e-3 * (3e-3 / 1e-3) = 9e-3, which is worse: the pick 3e-3 is now inside.
+  b = _walk({3e-4: 0.7, 1e-3: 0.6, 3e-3: 0.5, 9e-3: 0.8})
+  assert b.grid == (3e-4, 1e-3, 3e-3, 9e-3)
+  assert (b.pick, b.complete, b.extensions, b.on_edge) == (3e-3, True, 1, False)
+
+
+def test_the_walk_stops_at_a_missing_point_and_names_it():
+  b = _walk({3e-4: 0.5, 1e-3: 0.6, 3e-3: 0.7})
+  assert (b.complete, b.missing, b.extensions) == (False, (9e-5,), 1)
+  b = _walk({3e-4: 0.5, 3e-3: 0.7})  # an initial point missing: nothing extended yet
+  assert (b.complete, b.missing, b.extensions, b.grid) == (False, (1e-3,), 0, (3e-4, 1e-3, 3e-3))
+
+
+def test_limit_zero_reports_an_edge_pick_without_extending():
+  b = _walk({3e-4: 0.5, 1e-3: 0.6, 3e-3: 0.7}, limit=0)
+  assert (b.pick, b.complete, b.extensions, b.on_edge) == (3e-4, True, 0, True)
+
+
+def test_ties_go_to_the_smaller_lr_and_all_diverged_goes_lower():
+  b = _walk({3e-4: 0.6, 1e-3: 0.5, 3e-3: 0.5})
+  assert (b.pick, b.on_edge) == (1e-3, False)
+  b = _walk({3e-4: math.inf, 1e-3: math.inf, 3e-3: math.inf, 9e-5: math.inf, 2.7e-5: math.inf})
+  assert (b.pick, b.extensions, b.on_edge) == (2.7e-5, 2, True)
+
+
+def test_point_score_and_beyond():
+  assert tuning.point_score([0.5, 0.7], ["ok", "ok"]) == pytest.approx(0.6)
+  assert tuning.point_score([0.5, None], ["ok", "diverged"]) == math.inf
+  assert tuning.point_score([0.5, None], ["ok", "missing"]) is None
+  assert tuning.beyond([1e-3, 1e-2, 1e-1], 1e-2) is None
+  assert tuning.beyond([1e-2, 1e-3], 1e-2) == 0.1  # the order as written does not matter
+  with pytest.raises(ValueError, match="at least 2 points"):
+    tuning.beyond([1e-3], 1e-3)
+
+
+# ---- the selection over run folders ----------------------------------------------------------
+
+def _epoch(epoch, val_loss, eff_lr=1e-3, train_loss=0.7):
+  return records.EpochRow.from_json({
+      "cpu_time_s": 0.1, "device_memory_mb": None,
+      "effective_lr": None if eff_lr is None else 2 * eff_lr,  # the last step's, not the mean
+      "effective_lr_mean": eff_lr, "elapsed_s": float(epoch), "epoch": epoch,
+      "examples_per_s": 10.0, "lr_scale": None, "lr_scale_mean": None, "peak_rss_mb": 1.0,
+      "step": 3 * epoch, "train_accuracy": 0.5, "train_loss": train_loss,
+      "train_time_s": 0.5, "train_time_total_s": 0.5 * epoch, "val_accuracy": 0.5,
+      "val_loss": val_loss, "variability_mean": None})
+
+
+def _write_run(workdir, val_losses, eff_lrs=None):
+  workdir.mkdir(parents=True, exist_ok=True)
+  eff_lrs = eff_lrs or [1e-3] * len(val_losses)
+  rows = [_epoch(i + 1, v, e) for i, (v, e) in enumerate(zip(val_losses, eff_lrs))]
+  (workdir / "epochs.jsonl").write_text("".join(json.dumps(r.as_dict()) + "\n" for r in rows))
+  (workdir / "run.json").write_text(json.dumps({"start": "s", "end": "e"}))
+
+
+def _tune(out, suite, strategy, lr, seed, val_losses):
+  _write_run(out / suite.run("rt_sentiment", strategy, seed, lr=lr, kind="tune").relpath(),
+             val_losses)
+
+
+def test_selection_with_diverged_runs_and_an_extension(tmp_path):
+  s = suite_lib.parse(BASE)
+  # fixed: 1e-3 scores mean(0.5, 0.7) = 0.6 (the best epoch of each); 1e-2 has a diverged
+  # seed (a null validation loss) so it scores +inf. The pick 1e-3 is on the low edge.
+  _tune(tmp_path, s, "fixed", 1e-3, 1000, [0.6, 0.5])
+  _tune(tmp_path, s, "fixed", 1e-3, 1001, [0.7, 0.8])
+  _tune(tmp_path, s, "fixed", 1e-2, 1000, [0.4, 0.3])
+  _tune(tmp_path, s, "fixed", 1e-2, 1001, [0.4, None])
+  # gradvar: 1e-2 (0.4) beats 1e-3 (0.5), on the high edge; only seed 1000 of 1e-3 is done.
+  _tune(tmp_path, s, "gradvar", 1e-3, 1000, [0.5, 0.5])
+  _tune(tmp_path, s, "gradvar", 1e-2, 1000, [0.4, 0.4])
+  _tune(tmp_path, s, "gradvar", 1e-2, 1001, [0.4, 0.4])
+  picks = tuning.selection(s, tmp_path)["rt_sentiment"]
+  f = picks["fixed"]
+  assert f["scores"] == {"0.001": [0.5, 0.7], "0.01": [0.3, None], "0.0001": [None, None]}
+  assert f["states"]["0.01"] == ["ok", "diverged"]
+  assert f["score"]["0.001"] == pytest.approx(0.6) and f["score"]["0.01"] == math.inf
+  assert (f["lr"], f["complete"], f["extensions"], f["grid"]) == (1e-3, False, 1,
+                                                                  [1e-3, 1e-2, 1e-4])
+  assert picks["gradvar"]["complete"] is False and picks["gradvar"]["extensions"] == 0
+  needed = {(r.strategy, r.lr, r.seed) for r in tuning.needed_runs(s, tmp_path)}
+  assert needed == {("fixed", 1e-4, 1000), ("fixed", 1e-4, 1001), ("gradvar", 1e-3, 1001)}
+
+  # 1e-4 scores 0.65 > 0.6: fixed stays at 1e-3, now inside. gradvar: 1e-2 stays the best,
+  # 1e-1 is added (limit 1), scores 0.35 and wins: the pick is on the edge after the limit.
+  _tune(tmp_path, s, "fixed", 1e-4, 1000, [0.65, 0.7])
+  _tune(tmp_path, s, "fixed", 1e-4, 1001, [0.65, 0.7])
+  _tune(tmp_path, s, "gradvar", 1e-3, 1001, [0.5, 0.5])
+  _tune(tmp_path, s, "gradvar", 1e-1, 1000, [0.35, 0.4])
+  _tune(tmp_path, s, "gradvar", 1e-1, 1001, [0.35, 0.4])
+  picks = tuning.selection(s, tmp_path)["rt_sentiment"]
+  assert (picks["fixed"]["lr"], picks["fixed"]["complete"], picks["fixed"]["on_edge"]) == (
+      1e-3, True, False)
+  g = picks["gradvar"]
+  assert (g["lr"], g["complete"], g["extensions"], g["on_edge"]) == (0.1, True, 1, True)
+  assert tuning.needed_runs(s, tmp_path) == []
+  # v1's view: the initial grid only, v1's keys; gradvar's pick there is 1e-2.
+  v1 = tuning.v1_selection(s, tmp_path)["rt_sentiment"]
+  assert set(v1["gradvar"]) == set(tuning.V1_KEYS) and v1["gradvar"]["lr"] == 1e-2
+  assert v1["fixed"]["scores"] == {"0.001": [0.5, 0.7], "0.01": [0.3, None]}
+
+
+def test_strategy_grids_and_grid_points():
+  s = suite_lib.parse(BASE.replace("max_extensions = 1", "max_extensions = 1\n"
+                                   "lr_grid = [1e-4, 3e-4, 1e-3, 3e-3, 1e-2]").replace(
+                                       "lr_grid = [1e-3, 1e-2]\n", "")
+                      + "[grids]\ngradvar = [1, 2, 4]\n[grid_points]\nrt_sentiment = 3\n")
+  assert s.strategy_grid("rt_sentiment", "fixed") == (3e-4, 1e-3, 3e-3)  # the middle 3
+  assert s.strategy_grid("rt_sentiment", "gradvar") == (1.0, 2.0, 4.0)
+  assert [(r.strategy, r.lr) for r in s.tune_grid()][:3] == [
+      ("fixed", 3e-4), ("fixed", 1e-3), ("fixed", 3e-3)]
+
+
+# ---- the controls ----------------------------------------------------------------------------
+
+@pytest.fixture
+def with_controls(monkeypatch):
+  """The control strategies, stood in by `fixed` where this checkout does not have them."""
+  for name in ("gradvar-null", "matched-gradvar", "replay-gradvar"):
+    if name not in strategies.names():
+      monkeypatch.setitem(strategies._REGISTRY, name, strategies._REGISTRY["fixed"])
+
+
+CONTROLS = BASE.replace('strategies = ["fixed", "gradvar"]',
+                        'strategies = ["fixed", "gradvar", "gradvar-null", "matched-gradvar", '
+                        '"replay-gradvar"]').replace("seeds = [0, 1]", "seeds = [0, 1, 2]")
+
+
+def test_matched_lr_is_the_mean_effective_lr():
+  rows = [_epoch(1, 0.5, 1e-3), _epoch(2, 0.5, 2e-3), _epoch(3, 0.5, 4.5e-3)]
+  assert compare.matched_lr(rows) == pytest.approx(2.5e-3, rel=1e-12)  # 7.5e-3 / 3
+  with pytest.raises(ValueError, match="effective_lr_mean"):
+    compare.matched_lr([_epoch(1, 0.5, None)])
+
+
+def test_replay_seed_is_the_next_evaluation_seed_cyclically():
+  assert [compare.replay_seed((0, 1, 2), s) for s in (0, 1, 2)] == [1, 2, 0]
+  assert compare.replay_seed((7, 3), 3) == 7
+  with pytest.raises(ValueError, match="at least 2"):
+    compare.replay_seed((0,), 0)
+  with pytest.raises(ValueError, match="not one of"):
+    compare.replay_seed((0, 1), 5)
+
+
+def test_control_runs_come_from_the_adaptive_strategys_records(tmp_path, with_controls):
+  s = suite_lib.parse(CONTROLS)
+  assert s.tuned_strategies == ("fixed", "gradvar") and len(s.grid()) == 6  # no controls
+  lrs = {"rt_sentiment": {name: 2e-3 for name in s.strategies}}
+  for seed, effs in ((0, [1e-3, 3e-3]), (1, [2e-3, 2e-3])):  # seed 2 not yet run
+    _write_run(tmp_path / s.run("rt_sentiment", "gradvar", seed, lr=2e-3).relpath(),
+               [0.5, 0.5], effs)
+  runs, waiting = compare.control_runs(s.narrow(seeds=2), tmp_path, lrs)
+  by = {(r.strategy, r.seed): r for r in runs}
+  # gradvar-null: gradvar's LR. matched: mean(1e-3, 3e-3) = 2e-3 on seed 0, 2e-3 on seed 1.
+  assert by["gradvar-null", 0].lr == 2e-3 and by["gradvar-null", 0].options == ()
+  m = dict(by["matched-gradvar", 0].control)
+  assert m == {"control": "matched-gradvar", "of": "gradvar",
+               "source": "runs/rt_sentiment/gradvar/lr0.002/seed0",
+               "lr": by["matched-gradvar", 0].lr, "base_lr": 2e-3}
+  assert m["lr"] == statistics.fmean([1e-3, 3e-3])
+  # replay: seed 0 follows seed 1 (present); seed 1 follows seed 2, over the file's seeds
+  # [0, 1, 2] although --seeds narrowed to 2: it waits for gradvar's seed-2 run.
+  replay = by["replay-gradvar", 0]
+  assert replay.lr == 2e-3
+  path = dict(replay.options)["replay_from"]
+  assert (compare.REPO_ROOT / path).resolve() == (
+      tmp_path / "runs/rt_sentiment/gradvar/lr0.002/seed1").resolve()
+  assert dict(replay.control)["source_seed"] == 1
+  assert ("replay-gradvar", 1) not in by
+  # The v1 report's view gives a control its adaptive strategy's entry.
+  v1 = tuning.v1_selection(s, tmp_path)["rt_sentiment"]
+  assert list(v1) == list(s.strategies) and v1["matched-gradvar"] == v1["gradvar"]
+  assert waiting == ["rt_sentiment/replay-gradvar/seed1: "
+                     "runs/rt_sentiment/gradvar/lr0.002/seed2 has not finished"]
+  # The folder of a matched run is named by its own LR; the relpath rule is unchanged.
+  assert by["matched-gradvar", 0].relpath() == pathlib.Path(
+      "runs/rt_sentiment/matched-gradvar", suite_lib.lr_dirname(m["lr"]), "seed0")
+
+
+# ---- the declaration -------------------------------------------------------------------------
+
+@pytest.mark.parametrize("table, message", [
+    ('metric = "epochs"', "analysis.metric: must be one of ['steps_to_target']"),
+    ('primaries = ["rt_sentiment gradvar vs fixed"]', "analysis.primaries[0]: must read"),
+    ('primaries = ["imdb: gradvar vs fixed"]', "analysis.primaries[0]: 'imdb' is not one of"),
+    ('primaries = ["rt_sentiment: gns vs fixed"]', "analysis.primaries[0]: 'gns' is not one"),
+    ('primaries = ["rt_sentiment: fixed vs fixed"]', "compares 'fixed' with itself"),
+    ('primaries = ["rt_sentiment: gradvar vs fixed", "rt_sentiment: fixed vs gradvar"]',
+     "analysis.primaries[1]: 'rt_sentiment: fixed vs gradvar' repeats"),
+    ("primaries = 3", "analysis.primaries: must be a list"),
+    ("alpha = 1.5", "analysis.alpha: must be a number in (0, 1)"),
+    ("permutations = 0", "analysis.permutations: must be a positive int"),
+    ("bootstrap = 2.5", "analysis.bootstrap: must be a positive int"),
+    ("holm = true", "analysis.holm: unknown key"),
+])
+def test_analysis_errors_name_the_file_and_field(table, message):
+  with pytest.raises(ValueError) as info:
+    suite_lib.parse(BASE + "[analysis]\n" + table + "\n", pathlib.Path("x.toml"))
+  assert "x.toml" in str(info.value) and message in str(info.value)
+
+
+def test_analysis_is_parsed():
+  s = suite_lib.parse(BASE + '[analysis]\nprimaries = [" rt_sentiment :gradvar  vs fixed"]\n'
+                      "bootstrap = 500\n")
+  assert s.analysis == suite_lib.Analysis(
+      "steps_to_target", (suite_lib.Primary("rt_sentiment", "gradvar", "fixed"),), 0.05,
+      10000, 500)
+  assert str(s.analysis.primaries[0]) == "rt_sentiment: gradvar vs fixed"
+  assert suite_lib.parse(BASE).analysis is None
+
+
+@pytest.mark.parametrize("change, message", [
+    ('strategies = ["fixed", "matched-gradvar"]',
+     "strategies: 'matched-gradvar' is a control of 'gradvar', which must also be"),
+    ("max_extensions = -1", "max_extensions: must be an int >= 0"),
+    ("lr_grid = [1e-3]", "lr_grid: has a single point"),
+    ("[grids]\ngradvar-null = [1e-3, 1e-2]", "grids.gradvar-null: is a control"),
+    ("[grids]\nprodigy = [1.0, 2.0]", "grids.prodigy: is not one of the suite's strategies"),
+    ("[grid_points]\nrt_sentiment = 1", "grid_points.rt_sentiment: must be an int >= 2"),
+])
+def test_tuning_keys_errors_name_the_field(change, message, with_controls):
+  key = change.split(" ")[0]
+  base = CONTROLS if "gradvar-null" in change else BASE
+  if change.startswith("["):
+    text = base + change + "\n"
+  else:
+    text = "\n".join(change if line.startswith(key + " ") else line
+                     for line in base.splitlines()) + "\n"
+  with pytest.raises(ValueError) as info:
+    suite_lib.parse(text, pathlib.Path("x.toml"))
+  assert "x.toml" in str(info.value) and message in str(info.value)
+
+
+# ---- the order of work, with a stand-in for `python -m train` --------------------------------
+
+PIPELINE = CONTROLS.replace("seeds = [0, 1, 2]", "seeds = [0, 1]").replace(
+    "lr_grid = [1e-3, 1e-2]", "lr_grid = [3e-3, 1e-2]").replace(
+    "tune_seeds = [1000, 1001]", "tune_seeds = [1000]\nuntuned_runs = false") + """\
+[calibration]
+reference_seeds = [100]
+[analysis]
+primaries = ["rt_sentiment: gradvar vs gradvar-null", "rt_sentiment: gradvar vs fixed"]
+"""
+
+
+def test_tune_calibrate_compare_in_order(tmp_path, monkeypatch, with_controls):
+  text = PIPELINE if HAS_REPLAY else PIPELINE.replace(', "replay-gradvar"', "")
+  path = tmp_path / "p.toml"
+  path.write_text(text)
+  out = tmp_path / "out"
+  monkeypatch.setattr(compare, "command", lambda config_file, resume: [
+      sys.executable, str(FAKE_TRAIN), "--config", str(config_file)])
+  suite = suite_lib.load(str(path))
+  # Evaluation before the targets is refused, with the commands to run first.
+  with pytest.raises(ValueError) as info:
+    compare.compare(suite, out, ["compare"], tune=True, progress=False, write_report=False)
+  assert "benchmarks tune" in str(info.value) and "benchmarks calibrate" in str(info.value)
+  assert not out.exists()
+  assert benchmarks_main.main(["compare", "--suite", str(path), "--out", str(out), "--tune",
+                               "--no-progress"]) == 2
+  with pytest.raises(ValueError, match="tuning of fixed on rt_sentiment is not complete"):
+    compare.calibrate(suite, out, ["calibrate"], progress=False)
+
+  # tune: the grid [3e-3, 1e-2] picks 3e-3 (nearest 1e-3), the low edge: one extension at
+  # 3e-3 / (1e-2 / 3e-3) = 9e-4, which wins and is on the edge after the limit of 1.
+  assert benchmarks_main.main(["tune", "--suite", str(path), "--out", str(out),
+                               "--no-progress"]) == 0
+  picks = tuning.selection(suite, out)["rt_sentiment"]
+  assert set(picks) == {"fixed", "gradvar"}  # controls are never tuned
+  for p in picks.values():
+    assert (p["lr"], p["extensions"], p["on_edge"], p["complete"]) == (9e-4, 1, True, True)
+  calls = (out / "calls.log").read_text().split()
+  assert len(calls) == 6 and all(c.startswith("tune/") for c in calls)
+  # Again: nothing reruns.
+  assert benchmarks_main.main(["tune", "--suite", str(path), "--out", str(out),
+                               "--no-progress"]) == 0
+  assert len((out / "calls.log").read_text().split()) == 6
+
+  # calibrate: the reference runs are fixed at its tuned LR.
+  assert benchmarks_main.main(["calibrate", "--suite", str(path), "--out", str(out),
+                               "--no-progress"]) == 0
+  suite = suite_lib.load(str(path))
+  # fake_train: best val loss 0.5 + 0.01 (log10(9e-4) + 3)^2 at seed 100 (+ 0.01 x 100), x 1.05.
+  best = 0.5 + 0.01 * (math.log10(9e-4) + 3) ** 2 + 1.0
+  assert suite.calibration.thresholds["rt_sentiment"] == pytest.approx(round(best * 1.05, 6))
+  assert suite.calibration.raw["lr"] == {"rt_sentiment": 9e-4}
+  assert (out / "reference/rt_sentiment/fixed/lr0.0009/seed100/run.json").exists()
+
+  # compare --tune: the adaptive and reference strategies first, then the controls.
+  assert benchmarks_main.main(["compare", "--suite", str(path), "--out", str(out), "--tune",
+                               "--no-progress", "--no-report"]) == 0
+  calls = (out / "calls.log").read_text().split()[7:]
+  kinds = [c.split("/")[2] for c in calls]
+  adaptive = [k for k in kinds if k in ("fixed", "gradvar")]
+  assert kinds[:len(adaptive)] == adaptive and len(adaptive) == 4  # no untuned runs
+  assert all(c.split("/")[3] == "lr0.0009" for c in calls if c.split("/")[2] != "matched-gradvar")
+  for seed in (0, 1):
+    source = out / f"runs/rt_sentiment/gradvar/lr0.0009/seed{seed}"
+    mean = statistics.fmean(r.effective_lr_mean for r in
+                            records.read_epochs(source / "epochs.jsonl"))
+    # fake_train: 9e-4 x mean(1 + seed / 10, 0.5 + seed / 10) = 9e-4 x (0.75 + seed / 10)
+    assert mean == pytest.approx(9e-4 * (0.75 + seed / 10))
+    folder = out / "runs/rt_sentiment/matched-gradvar" / suite_lib.lr_dirname(mean) / f"seed{seed}"
+    control = json.loads((folder / "control.json").read_text())
+    assert control == {"control": "matched-gradvar", "of": "gradvar", "lr": mean,
+                       "base_lr": 9e-4, "source": f"runs/rt_sentiment/gradvar/lr0.0009/seed{seed}"}
+    assert json.loads((folder / "config.json").read_text())["lr"] == mean
+    null = out / f"runs/rt_sentiment/gradvar-null/lr0.0009/seed{seed}"
+    assert json.loads((null / "config.json").read_text())["strategy"] == "gradvar-null"
+    if HAS_REPLAY:
+      replay = out / f"runs/rt_sentiment/replay-gradvar/lr0.0009/seed{seed}"
+      expected = out / f"runs/rt_sentiment/gradvar/lr0.0009/seed{1 - seed}"
+      given = json.loads((replay / "config.json").read_text())["replay_from"]
+      assert (compare.REPO_ROOT / given).resolve() == expected.resolve()
+  # Idempotent: a second compare trains nothing.
+  before = (out / "calls.log").read_text()
+  assert benchmarks_main.main(["compare", "--suite", str(path), "--out", str(out), "--tune",
+                               "--no-progress", "--no-report"]) == 0
+  assert (out / "calls.log").read_text() == before

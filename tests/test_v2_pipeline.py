@@ -1,0 +1,103 @@
+"""The v2 comparison end to end on `benchmarks/suites/tiny-v2.toml`, through the CLI.
+
+tune -> calibrate (targets from the tuned fixed reference) -> regime -> compare --tune -> report,
+into a temporary folder, with the real `python -m train` runs (2 tasks x 2 seeds at the tiny
+preset). The suite file is copied first, since calibrate writes its thresholds into it.
+"""
+
+import importlib.util
+import json
+import pathlib
+import shutil
+import statistics
+import subprocess
+import sys
+
+import pytest
+
+from benchmarks import suite as suite_lib
+from benchmarks import tuning
+from train import records
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+def _cli(*args, data_dir):
+  cmd = [sys.executable, "-m", "benchmarks", *args, "--data-dir", str(data_dir), "--no-progress"]
+  done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=1500)
+  assert done.returncode == 0, " ".join(cmd) + "\n" + done.stdout + done.stderr[-4000:]
+  return done
+
+
+def _json(path):
+  return json.loads(pathlib.Path(path).read_text())
+
+
+@pytest.mark.slow
+def test_tiny_v2_runs_end_to_end(tmp_path, data_dir):
+  path = tmp_path / "tiny-v2.toml"
+  shutil.copy(REPO / "benchmarks/suites/tiny-v2.toml", path)
+  out = tmp_path / "out"
+  where = ["--suite", str(path), "--out", str(out)]
+
+  # The declared primaries need targets: compare refuses before the tuning and calibration.
+  refused = subprocess.run([sys.executable, "-m", "benchmarks", "compare", *where, "--tune",
+                            "--no-progress", "--data-dir", str(data_dir)], cwd=REPO,
+                           capture_output=True, text=True, timeout=300)
+  assert refused.returncode == 2 and "benchmarks calibrate" in refused.stderr
+  assert not (out / "runs").exists()
+
+  _cli("tune", *where, data_dir=data_dir)
+  suite = suite_lib.load(str(path))
+  picks = tuning.selection(suite, out)
+  assert set(picks) == {"rt_sentiment", "fashion_mnist"}
+  for task, by in picks.items():
+    assert set(by) == {"fixed", "cosine", "gradvar", "schedule-free"}  # controls: not tuned
+    for strategy, p in by.items():
+      assert p["complete"], (task, strategy, p)
+      initial = list(suite.strategy_grid(task, strategy))
+      assert p["grid"][:2] == initial and len(p["grid"]) == 2 + p["extensions"]
+      # With 2 points every pick is on an edge, so each strategy takes its one extension.
+      assert p["extensions"] == 1 and p["lr"] in p["grid"]
+
+  _cli("calibrate", *where, data_dir=data_dir)
+  suite = suite_lib.load(str(path))
+  for task in suite.tasks:
+    assert suite.calibration.raw["lr"][task] == picks[task]["fixed"]["lr"]
+    assert suite.calibration.thresholds[task] > 0
+
+  if importlib.util.find_spec("benchmarks.regime") is not None:
+    _cli("regime", *where, data_dir=data_dir)
+  _cli("compare", *where, "--tune", data_dir=data_dir)
+
+  seeds = list(suite.seeds)
+  for task in suite.tasks:
+    lr = picks[task]["gradvar"]["lr"]
+    for seed in seeds:
+      source = out / suite.run(task, "gradvar", seed, lr=lr).relpath()
+      mean = statistics.fmean(r.effective_lr_mean for r in
+                              records.read_epochs(source / "epochs.jsonl"))
+      matched = out / suite.run(task, "matched-gradvar", seed, lr=mean).relpath()
+      assert _json(matched / "control.json") == {
+          "control": "matched-gradvar", "of": "gradvar", "lr": mean, "base_lr": lr,
+          "source": str(source.relative_to(out))}
+      assert _json(matched / "config.json")["lr"] == mean
+      replay = out / suite.run(task, "replay-gradvar", seed, lr=lr).relpath()
+      other = seeds[(seeds.index(seed) + 1) % len(seeds)]
+      replay_from = _json(replay / "config.json")["replay_from"]
+      assert (REPO / replay_from).resolve() == (
+          out / suite.run(task, "gradvar", other, lr=lr).relpath()).resolve()
+      null = out / suite.run(task, "gradvar-null", seed, lr=lr).relpath()
+      for run in (matched, replay, null):
+        assert _json(run / "run.json").get("end"), run
+      assert (source / "evals.jsonl").exists()  # eval_every_steps
+
+  results = _json(out / "results.json")
+  for task, by in picks.items():
+    for strategy, p in by.items():
+      recorded = results["tuning"][task][strategy]
+      assert (recorded["lr"], recorded["extensions"]) == (p["lr"], p["extensions"])
+  report = (out / "REPORT.md").read_text()
+  assert "rimar" in report  # the declared primaries' section
+  for primary in suite.analysis.primaries:
+    assert primary.b in report
