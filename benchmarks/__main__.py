@@ -4,6 +4,7 @@
                                [--tune] [--out DIR] [--data-dir DIR]
   python -m benchmarks calibrate --suite NAME [--tasks T ...] [--out DIR] [--data-dir DIR]
   python -m benchmarks report DIR
+  python -m benchmarks regime --suite NAME [--tasks T ...] [--out DIR] [--data-dir DIR]
 
 `compare` trains every task x strategy x seed of a suite (skipping finished runs, resuming
 interrupted ones), then writes DIR/REPORT.md, DIR/results.json and DIR/plots/ and prints the
@@ -59,6 +60,9 @@ def parser() -> argparse.ArgumentParser:
                       f"{suite_lib.DEFAULT_FACTOR})")
   r = sub.add_parser("report", help="(re)write REPORT.md, results.json and plots of a folder")
   r.add_argument("dir", help="an output folder of `compare`")
+  g = sub.add_parser("regime", help="each task's classical reference on the runs' data: "
+                                    "DIR/regime.json for the report's regime check")
+  common(g)
   return p
 
 
@@ -73,6 +77,9 @@ def main(argv=None) -> int:
     suite = suite_lib.load(args.suite)
     out = pathlib.Path(args.out) if args.out else RESULTS_DIR / suite.name
     out = out.resolve()
+    if args.command == "regime":
+      from benchmarks import regime
+      return regime.run(suite, out, argv, tasks=_names(args.tasks), data_dir=args.data_dir)
     if args.command == "calibrate":
       return compare_lib.calibrate(suite, out, argv, tasks=_names(args.tasks),
                                    factor=args.factor, data_dir=args.data_dir,
