@@ -1,4 +1,5 @@
-"""The regime check: a classical reference per task on exactly the runs' training and validation data.
+"""The regime check: a classical reference per task, on exactly the runs' training and validation
+data.
 
   python -m benchmarks regime --suite NAME [--tasks T ...] [--out DIR] [--data-dir DIR]
 

@@ -242,7 +242,8 @@ def _setting(entry: dict) -> str:
 
 
 def cost_ratios(step_cost: dict, task: str) -> Optional[dict]:
-  """Per strategy, its compiled step's time over fixed's on the task (`benchmarks.perf.step_cost`)."""
+  """Per strategy, its compiled step's time over fixed's on the task (from step_cost.json,
+  written by `benchmarks.perf.step_cost`); None when not measured."""
   return ((step_cost.get("tasks") or {}).get(task) or {}).get("ratios") or None
 
 
@@ -294,7 +295,7 @@ def _analysis(suite, analysis, results: dict, picks: dict, step_cost: dict) -> d
                "expected_by_chance": sum(1 - iv["confidence"] for iv in intervals)}
 
   tuned = {}
-  for task, entry in results["tasks"].items():
+  for task in results["tasks"]:
     if task not in picks:
       continue
     tuned[task] = {}

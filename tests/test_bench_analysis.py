@@ -8,14 +8,14 @@ tests fix the report's side of it whatever the parser's shape on the way there.
 import dataclasses
 import json
 
+import evals_rows
 import matplotlib.pyplot as plt
 import pytest
+from test_bench_report import write_run
 
-import evals_rows
 from benchmarks import plots
 from benchmarks import report
 from benchmarks import suite as suite_lib
-from test_bench_report import write_run
 
 SUITE = """\
 name = "analysed"
@@ -179,7 +179,8 @@ def test_regime_check_flags_a_short_task_and_memorisation(tmp_path, monkeypatch)
                              "final_val_loss": 0.75}]
   md = (out / "REPORT.md").read_text()
   assert "## Regime check" in md and "Wilson" in md and "scikit-learn 1.9.1" in md
-  assert "| rt_sentiment | fixed (untuned) | 0.8200 | [0.7333, 0.8830] | 0.9500 | 100 | **yes** |" in md
+  assert ("| rt_sentiment | fixed (untuned) | 0.8200 | [0.7333, 0.8830] | 0.9500 | 100 | **yes** |"
+          in md)
   assert "rt_sentiment / untuned / fixed / seed 2: final validation loss 0.7500 > 0.7200" in md
 
 
@@ -264,3 +265,23 @@ def test_grid_holds_the_strategies_outside_the_main_panel(tmp_path, monkeypatch)
   plt.close(fig)
   assert "val_loss_grid_rt_sentiment.png" in plots.write_all(results, runs, tmp_path / "p",
                                                              render=False)["rt_sentiment"]
+
+
+def test_controls_follow_their_adaptive_strategy(tmp_path):
+  assert [report.control_of(s) for s in ("gradvar-null", "matched-gns", "replay-gradvar",
+                                         "gradvar", "cosine")] == [
+      "gradvar", "gns", "gradvar", None, None]
+  # matched-X's folder is named by the LR it realised; control.json says whose run it matches.
+  out = tmp_path / "out"
+  base = out / "runs" / "rt_sentiment" / "matched-gradvar"
+  for lr, source_lr in (("lr0.00123", "lr0.001"), ("lr0.0005", "lr0.003")):
+    folder = base / lr / "seed0"
+    write_run(folder, CURVE)
+    (folder / "control.json").write_text(json.dumps(
+        {"control": "matched-gradvar", "of": "gradvar", "lr": float(lr[2:]),
+         "source": f"runs/rt_sentiment/gradvar/{source_lr}/seed0"}))
+  run = suite_lib.Run("rt_sentiment", "matched-gradvar", 1e-3, 0, 6, ())
+  rec = report._finished(out, run)
+  assert rec.path == base / "lr0.00123" / "seed0" and rec.info["control"]["lr"] == 0.00123
+  assert report._finished(out, dataclasses.replace(run, lr=3e-3)).path.parent.name == "lr0.0005"
+  assert report._finished(out, dataclasses.replace(run, seed=1)) is None

@@ -1,7 +1,6 @@
 """The regime check's references: on toy data by hand, and on the tiny suite's own splits."""
 
 import json
-import math
 
 import numpy as np
 import pytest
