@@ -3,6 +3,15 @@
 `write(out)` can be rerun at any time (`python -m benchmarks report DIR`): it reads DIR/suite.toml
 and every run folder, trains nothing, and covers the runs found, listing the missing ones.
 This module computes the figures (results.json's content); `tables` formats REPORT.md.
+
+Sections that only some folders have:
+- with evals.jsonl in the run folders: steps and examples to target per run and strategy;
+- with an [analysis] in the suite (`Suite.analysis`: `primaries` as (task, A, B), `alpha`,
+  `permutations`, `bootstrap`): the pre-registered primaries (`benchmarks.stats`: sign-flip
+  test, Holm), the count of secondary intervals that exclude 0 against chance, the tuned LRs,
+  and time to target from DIR/step_cost.json (`benchmarks.perf.step_cost`) where it exists;
+- with DIR/regime.json (`python -m benchmarks regime`): the regime check.
+A folder without them (every committed v1 one) gets exactly the report it had before.
 """
 
 import dataclasses
