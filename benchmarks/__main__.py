@@ -6,6 +6,7 @@
                             [--data-dir DIR]
   python -m benchmarks calibrate --suite NAME [--tasks T ...] [--out DIR] [--data-dir DIR]
   python -m benchmarks report DIR
+  python -m benchmarks regime --suite NAME [--tasks T ...] [--out DIR] [--data-dir DIR]
 
 The order of a pre-registered comparison (a suite with [analysis]): `tune` (the LR grids, with
 points added beyond an edge pick), `calibrate` (targets from the tuned reference strategy),
@@ -69,6 +70,9 @@ def parser() -> argparse.ArgumentParser:
                       f"{suite_lib.DEFAULT_FACTOR})")
   r = sub.add_parser("report", help="(re)write REPORT.md, results.json and plots of a folder")
   r.add_argument("dir", help="an output folder of `compare`")
+  g = sub.add_parser("regime", help="each task's classical reference on the runs' data: "
+                                    "DIR/regime.json for the report's regime check")
+  common(g)
   return p
 
 
@@ -83,6 +87,9 @@ def main(argv=None) -> int:
     suite = suite_lib.load(args.suite)
     out = pathlib.Path(args.out) if args.out else RESULTS_DIR / suite.name
     out = out.resolve()
+    if args.command == "regime":
+      from benchmarks import regime
+      return regime.run(suite, out, argv, tasks=_names(args.tasks), data_dir=args.data_dir)
     if args.command == "calibrate":
       return compare_lib.calibrate(suite, out, argv, tasks=_names(args.tasks),
                                    factor=args.factor, data_dir=args.data_dir,

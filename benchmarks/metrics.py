@@ -10,6 +10,10 @@ Conventions, which REPORT.md repeats:
 - *Across-seed* spreads and confidence intervals use the sample standard deviation (ddof=1) and
   Student's t with n-1 degrees of freedom. With 3 seeds t(0.975, 2) = 4.30, so the 95% half-width
   is 4.30/sqrt(3) = 2.48 standard deviations.
+- *Steps (examples) to target*, from `evals.jsonl` (an evaluation every `eval_every_steps`
+  steps): the step (training examples seen) of the first evaluation whose validation loss is <=
+  the target, the calibrated threshold. A run that never gets there is censored (`None`); the
+  pre-registered test gives it its *horizon*, the run's total steps (`benchmarks.stats`).
 - A run *diverged* when any recorded loss is non-finite, or an epoch's mean training loss exceeds
   `explode_factor` times the first epoch's.
 """
@@ -57,6 +61,49 @@ def seconds_to_threshold(rows: Sequence["records.EpochRow"],
     return None
   i = reach_index([r.val_loss for r in rows], threshold)
   return None if i is None else float(rows[i].train_time_total_s)
+
+
+def _eval_reach(evals: Sequence["records.EvalRow"], target: Optional[float]):
+  if target is None:
+    return None
+  i = reach_index([r.val_loss for r in evals], target)
+  return None if i is None else evals[i]
+
+
+def steps_to_target(evals: Sequence["records.EvalRow"], target: Optional[float]) -> Optional[int]:
+  """The step of the first evaluation (evals.jsonl's rows) whose val_loss is <= target."""
+  row = _eval_reach(evals, target)
+  return None if row is None else int(row.step)
+
+
+def examples_to_target(evals: Sequence["records.EvalRow"],
+                       target: Optional[float]) -> Optional[int]:
+  """Training examples seen at the first evaluation whose val_loss is <= target."""
+  row = _eval_reach(evals, target)
+  return None if row is None or row.examples is None else int(row.examples)
+
+
+def horizon_steps(epochs: Sequence["records.EpochRow"],
+                  evals: Sequence["records.EvalRow"]) -> Optional[int]:
+  """The run's total steps: its last epoch's, else its last evaluation's (a censored run's
+  steps to target in the permutation test)."""
+  if epochs:
+    return int(epochs[-1].step)
+  return int(evals[-1].step) if evals else None
+
+
+def eval_metrics(evals: Sequence["records.EvalRow"], epochs: Sequence["records.EpochRow"],
+                 target: Optional[float]) -> dict:
+  """The figures of a run's evals.jsonl rows: steps, examples and training-clock seconds to
+  the target (None: not reached, or no target), the horizon and the number of evaluations."""
+  row = _eval_reach(evals, target)
+  return {"steps_to_target": None if row is None else int(row.step),
+          "examples_to_target": None if row is None or row.examples is None
+          else int(row.examples),
+          "train_seconds_to_target": None if row is None or not finite(row.train_time_s)
+          else float(row.train_time_s),
+          "horizon_steps": horizon_steps(epochs, evals),
+          "evaluations": len(evals)}
 
 
 def stability(val_losses: Sequence[Optional[float]], last: int = LAST_EPOCHS) -> Optional[float]:
@@ -197,9 +244,11 @@ def select_lr(scores: Mapping[float, Sequence[Optional[float]]]) -> float:
 
 def run_metrics(epochs: Sequence["records.EpochRow"], steps: Sequence["records.StepRow"],
                 test: Optional[Mapping], threshold: Optional[float], explode_factor: float = 2.0,
-                bench: Optional[Mapping] = None, compile_s: Optional[float] = None) -> dict:
+                bench: Optional[Mapping] = None, compile_s: Optional[float] = None,
+                evals: Optional[Sequence["records.EvalRow"]] = None) -> dict:
   """Every per-run figure of the report, from one run's rows (`train.records`), its run.json's
-  `test` and the runner's bench.json."""
+  `test` and the runner's bench.json; with `evals` (the rows of an evals.jsonl, which runs
+  before `eval_every_steps` do not have) also `eval_metrics`' figures."""
   val = [r.val_loss for r in epochs]
   train = [r.train_loss for r in epochs]
   finite_val = [(v, i) for i, v in enumerate(val) if finite(v)]
@@ -211,7 +260,7 @@ def run_metrics(epochs: Sequence["records.EpochRow"], steps: Sequence["records.S
   rss = [r.peak_rss_mb for r in epochs if finite(r.peak_rss_mb)]
   dev = [r.device_memory_mb for r in epochs if finite(r.device_memory_mb)]
   train_cpu = [r.cpu_time_s for r in epochs]
-  return {
+  out = {
       "epochs_run": len(epochs),
       "final_val_loss": None if last is None else last.val_loss,
       "best_val_loss": best_loss,
@@ -233,3 +282,6 @@ def run_metrics(epochs: Sequence["records.EpochRow"], steps: Sequence["records.S
       "device_memory_mb": max(dev) if dev else None,
       "compile_s": compile_s,
   }
+  if evals is not None:
+    out.update(eval_metrics(evals, epochs, threshold))
+  return out

@@ -9,10 +9,22 @@ Per task:
 - `summary_<task>.png`: epochs to threshold (per seed; "not reached" drawn above the axis, never
   averaged), stability, final validation accuracy and training time, mean ± 95% CI.
 
+With a pre-registered analysis (the suite's [analysis]), the validation loss is drawn instead as
+- `val_loss_steps_<task>.png`: one main panel against steps (from evals.jsonl; epochs where runs
+  have none) with at most four bands, each the median and the range over seeds: the baseline,
+  the best adaptive strategy, its null or replay control (dashed) and the best reference arm;
+- `val_loss_grid_<task>.png`: every other strategy in a small-multiples grid, each panel with the
+  baseline in grey behind it.
+
+Strategies with the same curve stay visible: each has its own line style and marker, and a curve
+drawn later is thinner than the one below it.
+
 Whether a plot exists depends on the records alone; `render=False` decides it without drawing.
 """
 
+import math
 import pathlib
+import statistics
 
 import matplotlib
 
@@ -27,6 +39,19 @@ _DPI = 110
 def _colors(strategies):
   cmap = plt.get_cmap("tab10")
   return {s: cmap(i % 10) for i, s in enumerate(strategies)}
+
+
+_MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*", "<", ">")
+_STYLES = ("-", "--", "-.", ":")
+
+
+def _styles(strategies) -> dict:
+  """Per strategy a line style, a marker and a width that shrinks with the drawing order, so a
+  curve drawn over an identical one leaves it showing on both sides."""
+  n = max(len(strategies), 1)
+  return {s: {"ls": _STYLES[i % len(_STYLES)], "marker": _MARKERS[i % len(_MARKERS)],
+              "lw": 1.0 + 2.0 * (n - 1 - i) / n, "zorder": 2 + i}
+          for i, s in enumerate(strategies)}
 
 
 def _band_points(xs_by_seed: list[dict]) -> tuple[list, list, list, list]:
@@ -47,12 +72,16 @@ def _band_points(xs_by_seed: list[dict]) -> tuple[list, list, list, list]:
   return xs, mean, low, high
 
 
-def _band(ax, xs_by_seed: list[dict], label: str, color, log: bool = False) -> bool:
+def _band(ax, xs_by_seed: list[dict], label: str, color, log: bool = False,
+          style: dict | None = None) -> bool:
   """Draws `_band_points`' curve and band; False if there is nothing to draw."""
   xs, mean, low, high = _band_points(xs_by_seed)
   if not xs:
     return False
-  ax.plot(xs, mean, color=color, label=f"{label} (n={len(xs_by_seed)})", lw=1.6)
+  style = style or {"lw": 1.6}
+  if "marker" in style:
+    style = {**style, "markevery": max(1, len(xs) // 8), "markersize": 4}
+  ax.plot(xs, mean, color=color, label=f"{label} (n={len(xs_by_seed)})", **style)
   if len(xs_by_seed) > 1:
     if log:  # a band below zero cannot be drawn on a log axis
       low = [max(l, m * 1e-3) for l, m in zip(low, mean)]
@@ -87,12 +116,13 @@ def val_loss(results, runs, task, setting, path, render=True) -> str | None:
   if not render:
     return path.name
   colors = _colors(results["strategies"])
+  styles = _styles(results["strategies"])
   fig, ax = plt.subplots(figsize=(7, 4.2))
   for strategy in results["strategies"]:
     if strategy in groups:
       lr = results["tasks"][task]["settings"][setting]["strategies"][strategy]["lr"]
       _band(ax, _series(groups[strategy], "val_loss"), f"{strategy} (lr {lr:g})",
-            colors[strategy])
+            colors[strategy], style=styles[strategy])
   threshold = results["tasks"][task]["threshold"]
   if threshold is not None:
     ax.axhline(threshold, color="k", ls="--", lw=1, label=f"threshold {threshold:.4g}")
@@ -202,6 +232,155 @@ def summary(results, task, setting, path, render=True) -> str | None:
   return _save(fig, path)
 
 
+ADAPTIVE = ("gradvar", "gns")
+# The self-tuning and scheduled arms a reader compares the adaptive ones with.
+REFERENCE_ARMS = ("schedule-free", "mechanic", "prodigy", "cosine", "step", "plateau")
+
+
+def _control_of(strategy: str):
+  if strategy == "gradvar-null":
+    return "gradvar"
+  for prefix in ("matched-", "replay-"):
+    if strategy.startswith(prefix):
+      return strategy[len(prefix):]
+  return None
+
+
+def _rank(group: dict):
+  """Fewer median steps to target first (n.r. last), then a lower mean best val loss."""
+  reach = group["reach"].get("steps_to_target") or {}
+  steps = reach.get("median")
+  best = group["summary"]["best_val_loss"]["mean"]
+  return (float("inf") if steps is None else steps, float("inf") if best is None else best)
+
+
+def main_strategies(results: dict, task: str, setting: str, present) -> list[tuple[str, str]]:
+  """The main panel's (role, strategy) pairs, at most four: baseline, the best adaptive
+  strategy, its control (gradvar-null, else replay-X, else matched-X) and the best reference
+  arm, where present."""
+  groups = results["tasks"][task]["settings"][setting]["strategies"]
+  present = [s for s in results["strategies"] if s in present]
+  chosen = []
+  if results["baseline"] in present:
+    chosen.append(("baseline", results["baseline"]))
+  adaptive = sorted((s for s in present if s in ADAPTIVE), key=lambda s: _rank(groups[s]))
+  if adaptive:
+    best = adaptive[0]
+    chosen.append(("adaptive", best))
+    for control in ([f"{best}-null"] if best == "gradvar" else []) + [f"replay-{best}",
+                                                                       f"matched-{best}"]:
+      if control in present:
+        chosen.append(("control", control))
+        break
+  arms = sorted((s for s in present if s in REFERENCE_ARMS and s != results["baseline"]),
+                key=lambda s: _rank(groups[s]))
+  if arms:
+    chosen.append(("reference", arms[0]))
+  return chosen
+
+
+_ROLE_STYLE = {"baseline": {"ls": "-", "marker": "o", "lw": 3.0, "zorder": 2},
+               "adaptive": {"ls": "-", "marker": "s", "lw": 2.2, "zorder": 3},
+               "control": {"ls": "--", "marker": "^", "lw": 1.6, "zorder": 4},
+               "reference": {"ls": "-.", "marker": "D", "lw": 1.2, "zorder": 5}}
+
+
+def _range_band(ax, series: list[dict], label: str, color, style: dict) -> bool:
+  """The median over seeds at the x every seed has, and the range (min to max) as a band."""
+  if not series:
+    return False
+  common = sorted(set.intersection(*(set(d) for d in series)))
+  xs, med, low, high = [], [], [], []
+  for x in common:
+    values = [d[x] for d in series]
+    if all(metrics.finite(v) for v in values):
+      xs.append(x)
+      med.append(statistics.median(values))
+      low.append(min(values))
+      high.append(max(values))
+  if not xs:
+    return False
+  ax.plot(xs, med, color=color, label=f"{label} (n={len(series)})",
+          markevery=max(1, len(xs) // 8), markersize=4, **style)
+  if len(series) > 1:
+    ax.fill_between(xs, low, high, color=color, alpha=0.15, lw=0, zorder=style["zorder"] - 1)
+  return True
+
+
+def _loss_series(recs) -> tuple[list[dict], str]:
+  """Validation loss per run against steps (evals.jsonl) or, if any run lacks it, epochs."""
+  if recs and all(getattr(r, "evals", None) for r in recs):
+    return [{e.step: e.val_loss for e in r.evals} for r in recs], "step"
+  return _series(recs, "val_loss"), "epoch"
+
+
+def main_figure(results, runs, task, setting):
+  """The main panel's figure (drawn, not saved), or None when there are no runs."""
+  groups = _by_strategy(runs, setting, task)
+  chosen = main_strategies(results, task, setting, groups)
+  if not chosen:
+    return None
+  colors = _colors(results["strategies"])
+  lrs = results["tasks"][task]["settings"][setting]["strategies"]
+  fig, ax = plt.subplots(figsize=(7.5, 4.5))
+  xlabels = set()
+  for role, strategy in chosen:
+    series, xlabel = _loss_series(groups[strategy])
+    xlabels.add(xlabel)
+    _range_band(ax, series, f"{strategy} [{role}] (lr {lrs[strategy]['lr']:g})",
+                colors[strategy], _ROLE_STYLE[role])
+  threshold = results["tasks"][task]["threshold"]
+  if threshold is not None:
+    ax.axhline(threshold, color="k", ls=":", lw=1, label=f"target {threshold:.4g}")
+  ax.set(xlabel=" / ".join(sorted(xlabels)), ylabel="validation loss",
+         title=f"{task} ({setting}): median and range over seeds")
+  ax.legend(fontsize=8)
+  ax.grid(alpha=0.3)
+  return fig
+
+
+def grid_figure(results, runs, task, setting):
+  """The other strategies, one small panel each over the baseline in grey; None if none."""
+  groups = _by_strategy(runs, setting, task)
+  main = {s for _, s in main_strategies(results, task, setting, groups)}
+  rest = [s for s in results["strategies"] if s in groups and s not in main]
+  if not rest:
+    return None
+  cols = min(4, len(rest))
+  rows = math.ceil(len(rest) / cols)
+  fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.6 * rows), sharex=True,
+                           sharey=True, squeeze=False)
+  colors = _colors(results["strategies"])
+  base = results["baseline"]
+  for ax, strategy in zip(axes.flat, rest):
+    if base in groups:
+      _range_band(ax, _loss_series(groups[base])[0], base, "0.6", _ROLE_STYLE["baseline"])
+    style = {**_ROLE_STYLE["control" if _control_of(strategy) else "adaptive"], "zorder": 6}
+    _range_band(ax, _loss_series(groups[strategy])[0], strategy, colors[strategy], style)
+    ax.set_title(strategy, fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=6)
+  for ax in list(axes.flat)[len(rest):]:
+    ax.set_visible(False)
+  fig.suptitle(f"{task} ({setting}): the other strategies (median, range over seeds)",
+               fontsize=10)
+  return fig
+
+
+def _steps_plots(results, runs, task, setting, folder, render) -> list:
+  suffix = "" if setting == "untuned" else "_tuned"
+  groups = _by_strategy(runs, setting, task)
+  main = {s for _, s in main_strategies(results, task, setting, groups)}
+  wanted = []
+  if main:
+    wanted.append((f"val_loss_steps_{task}{suffix}.png", main_figure))
+  if any(s not in main for s in groups):
+    wanted.append((f"val_loss_grid_{task}{suffix}.png", grid_figure))
+  if not render:
+    return [name for name, _ in wanted]
+  return [_save(make(results, runs, task, setting), folder / name) for name, make in wanted]
+
+
 def write_all(results: dict, runs: dict, folder: pathlib.Path,
               render: bool = True) -> dict[str, list[str]]:
   """Writes every plot; returns the file names per task (with `render=False`, the names only:
@@ -209,11 +388,15 @@ def write_all(results: dict, runs: dict, folder: pathlib.Path,
   if render:
     folder.mkdir(parents=True, exist_ok=True)
   out = {}
+  steps_panels = "primaries" in results  # the suite declares an [analysis]
   for task, entry in results["tasks"].items():
-    files = [val_loss(results, runs, task, "untuned", folder / f"val_loss_{task}.png", render)]
-    if "tuned" in entry["settings"]:
-      files.append(val_loss(results, runs, task, "tuned", folder / f"val_loss_{task}_tuned.png",
-                            render))
+    files = []
+    for setting in [s for s in ("untuned", "tuned") if s in entry["settings"]]:
+      if steps_panels:
+        files += _steps_plots(results, runs, task, setting, folder, render)
+      else:
+        name = f"val_loss_{task}.png" if setting == "untuned" else f"val_loss_{task}_tuned.png"
+        files.append(val_loss(results, runs, task, setting, folder / name, render))
     files += [effective_lr(results, runs, task, folder / f"effective_lr_{task}.png", render),
               gradvar(results, runs, task, folder / f"gradvar_{task}.png", render),
               summary(results, task, "untuned", folder / f"summary_{task}.png", render)]

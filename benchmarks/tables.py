@@ -25,11 +25,15 @@ NUMERIC = (
 )
 REACH = (("epochs_to_threshold", "epochs to threshold", "{:.0f}"),
          ("seconds_to_threshold", "train seconds to threshold", "{:.1f}"))
+# From evals.jsonl (runs with `eval_every_steps`): the pre-registered metric and its companion.
+EVAL_REACH = (("steps_to_target", "steps to target", "{:.0f}"),
+              ("examples_to_target", "examples to target", "{:.0f}"))
 # The paired table: what a reader weighs a strategy on.
 PAIRED = ("final_val_loss", "best_val_loss", "stability", "final_val_accuracy",
           "best_val_accuracy", "test_accuracy", "train_time_s")
-_LABEL = {k: label for k, label, *_ in NUMERIC + REACH}
-_FMT = {k: fmt for k, _, fmt, *_ in NUMERIC + REACH}
+_LABEL = {k: label for k, label, *_ in NUMERIC + REACH + EVAL_REACH}
+_FMT = {k: fmt for k, _, fmt, *_ in NUMERIC + REACH + EVAL_REACH}
+EVAL_REACH = tuple(k for k, *_ in EVAL_REACH)
 
 
 def _num(value, fmt="{:.4g}") -> str:
@@ -100,6 +104,15 @@ def _paired_table(results: dict, task: str, setting: str) -> str:
         rows.append([strategy, _LABEL[key], f"{sum(w.values())}",
                      f"better {w['better']}, tie {w['tie']}, worse {w['worse']}", "–",
                      "(counts, not averaged)"])
+    iv = paired.get("steps_to_target_censored")
+    if iv and iv["n"] and results["tasks"][task]["threshold"] is not None:
+      ci = ("–" if iv["half_width"] is None
+            else f"[{iv['low']:.0f}, {iv['high']:.0f}]")
+      inc = {None: "n/a (1 seed)", True: "yes", False: "**no**"}[iv["includes_zero"]]
+      w = paired["steps_to_target"]
+      rows.append([strategy, "steps to target (n.r. at the horizon)", f"{iv['n']}",
+                   f"{iv['mean']:.0f} (better {w['better']}, tie {w['tie']}, "
+                   f"worse {w['worse']})", ci, inc])
   return _table([f"strategy − {results['baseline']}", "metric", "pairs", "mean difference",
                  "95% CI", "CI includes 0"], rows)
 
@@ -115,6 +128,11 @@ def _full_table(results: dict, task: str, setting: str) -> str:
     for key, label, fmt in REACH:
       rows.append([label + " (reached/n; median [per seed])"]
                   + [_reach(g["reach"][key], fmt) for g in groups.values()])
+    for key in EVAL_REACH:
+      if any(key in g["reach"] for g in groups.values()):
+        rows.append([_LABEL[key] + " (reached/n; median [per seed])"]
+                    + [_reach(g["reach"][key], "{:.0f}") if key in g["reach"] else "–"
+                       for g in groups.values()])
   for key, label, fmt, _ in NUMERIC:
     if all(g["summary"][key]["n"] == 0 for g in groups.values()):
       continue
@@ -215,13 +233,18 @@ def markdown(results: dict, plot_files: dict[str, list[str]]) -> str:
             + ": intervals are wide, and a difference whose "
             "interval includes 0 is not shown to exist. Paired differences are per seed "
             f"(strategy − {results['baseline']}), then mean ± CI.", ""]
+  if "primaries" in results:
+    lines += primaries_section(results) + secondary_section(results)
+  if "regime" in results:
+    lines += regime_section(results)
+  secondary = " — secondary" if "primaries" in results else ""
   for task, entry in results["tasks"].items():
     lines += [f"## {task}", "",
               f"Validation-loss threshold: {_num(entry['threshold'], '{:.4f}')}.", ""]
     for setting in entry["settings"]:
       lines += [f"### {setting.capitalize()}"
                 + (" (the suite's LR for every strategy)" if setting == "untuned" else
-                   " (each strategy at the LR its tuning picked)"), "",
+                   " (each strategy at the LR its tuning picked)") + secondary, "",
                 _full_table(results, task, setting), "",
                 f"Paired differences against `{results['baseline']}`:", "",
                 _paired_table(results, task, setting), ""]
@@ -244,3 +267,139 @@ def markdown(results: dict, plot_files: dict[str, list[str]]) -> str:
     lines += ["## Missing runs", "", "Not finished (yet), so not in the figures above:", ""]
     lines += [f"- {t} / {st} / {s}: seeds {m}" for t, st, s, m in missing] + [""]
   return "\n".join(lines)
+
+
+def _interval(low, high, fmt="{:.0f}") -> str:
+  return "–" if low is None or high is None else f"[{fmt.format(low)}, {fmt.format(high)}]"
+
+
+def _time(value, ratios) -> str:
+  if ratios is None:
+    return "not measured"
+  return "–" if value is None else f"{value:.0f}"
+
+
+def primaries_section(results: dict) -> list[str]:
+  """The pre-registered comparisons: steps to target, sign-flip p, Holm across them."""
+  a = results["analysis"]
+  prim = results["primaries"]
+  conf = round(100 * (1 - a["alpha"]))
+  lines = ["## Primaries (pre-registered)", "",
+           "Declared in the suite file before the evaluation runs. Metric: **steps to the target "
+           "validation loss** (the calibrated threshold), from the evaluations in evals.jsonl. "
+           "A run that never reaches the target (*n.r.*) takes its horizon, the run's total "
+           "steps. Difference A − B per seed, paired by seed (negative: A needs fewer steps). "
+           "p: two-sided paired sign-flip permutation test over the seeds (all 2^n sign "
+           f"assignments when 2^n ≤ {a['permutations']}, else {a['permutations']} random ones "
+           f"from a fixed seed), with Holm's step-down correction across the {len(prim)} "
+           f"primaries; a primary is significant when its Holm-adjusted p ≤ {a['alpha']:g}. "
+           f"Intervals: {conf}% percentile bootstrap of the median difference "
+           f"({a['bootstrap']} resamples, fixed seed) and the {conf}% Student-t interval of the "
+           "mean difference. Each comparison uses the tuned LRs where the task's tuning is "
+           "complete (setting).", ""]
+  rows = []
+  for c in prim:
+    t = c["t_interval"]
+    mean = ("–" if t["mean"] is None else f"{t['mean']:.0f}"
+            + ("" if t["half_width"] is None else f" ± {t['half_width']:.0f}"))
+    p = "–" if c["p_value"] is None else (f"{c['p_value']:.4g}"
+                                          + (" (exact)" if c["exact"] else " (MC)"))
+    holm = "–" if c["p_value"] is None else (f"**{c['p_holm']:.4g}**" if c["significant"]
+                                             else f"{c['p_holm']:.4g}")
+    med = "–" if c["median_difference"] is None else f"{c['median_difference']:.0f}"
+    ratios = c["cost_ratios"]
+    rows.append([c["task"], f"{c['a']} − {c['b']}", c["setting"], str(c["n"]),
+                 f"{c['reached_a']}/{c['n']}", f"{c['reached_b']}/{c['n']}", med,
+                 _interval(*c["bootstrap_interval"]), mean, p, holm,
+                 f"{_time(c['time_to_target']['a'], ratios)} / "
+                 f"{_time(c['time_to_target']['b'], ratios)}"])
+  lines += [_table(["task", "A − B", "setting", "seeds", "A reached", "B reached",
+                    "median diff (steps)", f"{conf}% bootstrap", f"mean diff ± {conf}% t",
+                    "p (sign-flip)", "p (Holm)", "time to target A / B"], rows), ""]
+  sc = a.get("step_cost")
+  lines += ["*Time to target* is the median steps to target times each strategy's per-step "
+            "cost relative to `fixed`, the compiled train steps timed side by side in one "
+            "process (`python -m benchmarks.perf.step_cost`, step_cost.json), in units of "
+            "fixed's steps; wall clocks of a shared machine are not compared. "
+            + ("Not measured: this folder has no step_cost.json." if not sc else
+               f"Measured by `{sc.get('command')}`"
+               + (f" on {(sc.get('hardware') or {}).get('device_kind')}" if sc.get("hardware")
+                  else "") + "."), ""]
+  return lines
+
+
+def secondary_section(results: dict) -> list[str]:
+  sec = results["secondary"]
+  lines = ["## Secondary", "",
+           "Everything other than the primaries above is secondary: every other pair, the "
+           "seed's metrics, time and accuracy. They are not corrected for multiplicity; read "
+           f"them against chance. Of the {sec['intervals']} secondary paired 95% intervals in "
+           f"this report, **{sec['exclude_zero']}** exclude 0; about "
+           f"{sec['expected_by_chance']:.1f} would by chance alone (0.05 × {sec['intervals']}).",
+           ""]
+  rows = []
+  for task, entry in results["tasks"].items():
+    if entry["threshold"] is None:
+      continue
+    for setting, st in entry["settings"].items():
+      for strategy, g in st["strategies"].items():
+        r = g["reach"].get("steps_to_target")
+        if r is None:
+          continue
+        tt = (results.get("cost_ratios") or {}).get(task)
+        ratio = (tt or {}).get(strategy)
+        time = ("not measured" if tt is None else "–" if r["median"] is None or ratio is None
+                else f"{r['median'] * ratio:.0f}")
+        rows.append([task, setting, strategy, _reach(r, "{:.0f}"),
+                     _reach(g["reach"]["examples_to_target"], "{:.0f}"), time])
+  if rows:
+    lines += ["Steps and examples to target per strategy (reached/n; median, n.r. ordered "
+              "last; per seed), and time to target in fixed-step units:", "",
+              _table(["task", "setting", "strategy", "steps to target", "examples to target",
+                      "time to target"], rows), ""]
+  tuned = results.get("tuned_lrs") or {}
+  rows = []
+  for task, per in tuned.items():
+    for strategy, t in per.items():
+      rows.append([task, strategy, f"{t['lr']:g}",
+                   "control of " + t["of"] if t.get("of") else
+                   ", ".join(f"{float(x):g}" for x in t.get("grid", [])),
+                   str(t.get("extensions", "–")), "yes" if t["complete"] else "no"])
+  if rows:
+    lines += ["Tuned LRs (controls run at their adaptive strategy's):", "",
+              _table(["task", "strategy", "tuned lr", "grid", "extensions", "complete"], rows),
+              ""]
+  return lines
+
+
+def regime_section(results: dict) -> list[str]:
+  reg = results["regime"]
+  lines = ["## Regime check", "",
+           "Each task's own reference, fitted on the same training subset and scored on the "
+           "same validation split as the runs (`python -m benchmarks regime`: TF-IDF 1–2-grams "
+           "with logistic regression for text, logistic regression on pixels for images; "
+           f"scikit-learn {reg.get('sklearn')}"
+           + (f"; `{reg['command']}`" if reg.get("command") else "") + "). The baseline's best "
+           "validation accuracy is its mean over seeds, at the tuned LR where tuning is "
+           "complete, with the 95% Wilson score interval of a proportion on the validation "
+           "set's size; a task **falls short** when the reference lies above that interval. "
+           "**Memorisation**: a run whose final validation loss is above the class-prior "
+           "loss, the cross-entropy on the validation labels of predicting the training "
+           "labels' frequencies.", ""]
+  rows, flagged = [], []
+  for task, r in reg["tasks"].items():
+    short = {None: "–", True: "**yes**", False: "no"}[r["falls_short"]]
+    rows.append([task, f"{r['baseline']} ({r['setting']})",
+                 _num(r["baseline_best_val_accuracy"], "{:.4f}"),
+                 _interval(*r["interval"], "{:.4f}"), _num(r["reference_accuracy"], "{:.4f}"),
+                 str(r["validation_examples"]), short, _num(r["class_prior_loss"], "{:.4f}"),
+                 str(len(r["memorised"]))])
+    flagged += [f"- {task} / {m['setting']} / {m['strategy']} / seed {m['seed']}: final "
+                f"validation loss {m['final_val_loss']:.4f} > {r['class_prior_loss']:.4f}"
+                for m in r["memorised"]]
+  lines += [_table(["task", "baseline", "best val acc", "95% Wilson", "reference acc",
+                    "validation n", "falls short", "class-prior loss", "runs above it"], rows),
+            ""]
+  if flagged:
+    lines += ["Runs flagged for memorisation:", ""] + flagged + [""]
+  return lines

@@ -141,3 +141,35 @@ def test_run_metrics_of_a_run_without_rows():
   assert all(m[k] is None for k in ("final_val_loss", "best_val_loss", "best_epoch",
                                     "final_val_accuracy", "train_time_s", "elapsed_s",
                                     "epochs_to_threshold", "test_accuracy"))
+
+
+def _evals(val_losses, every=10, batch=32):
+  import evals_rows
+  return [evals_rows.row(step=every * (i + 1), epoch=1, examples=every * (i + 1) * batch,
+                         train_time_s=0.25 * every * (i + 1), val_loss=v, val_accuracy=0.5)
+          for i, v in enumerate(val_losses)]
+
+
+def test_steps_and_examples_to_target_from_evals():
+  evals = _evals([1.0, 0.8, None, 0.6, 0.5])  # evaluations at steps 10, 20, ..., 50
+  assert metrics.steps_to_target(evals, 0.6) == 40  # equal counts; the non-finite is skipped
+  assert metrics.examples_to_target(evals, 0.6) == 40 * 32
+  assert metrics.steps_to_target(evals, 0.9) == 20
+  assert metrics.steps_to_target(evals, 0.4) is None  # censored
+  assert metrics.examples_to_target(evals, 0.4) is None
+  assert metrics.steps_to_target(evals, None) is None  # no target calibrated
+  m = metrics.eval_metrics(evals, [epoch_row(epoch=1, step=64)], 0.6)
+  assert m == {"steps_to_target": 40, "examples_to_target": 1280,
+               "train_seconds_to_target": 10.0, "horizon_steps": 64, "evaluations": 5}
+  # Without epoch rows, the horizon is the last evaluation's step.
+  assert metrics.horizon_steps([], evals) == 50 and metrics.horizon_steps([], []) is None
+
+
+def test_run_metrics_adds_the_eval_figures_only_with_evals():
+  epochs = [epoch_row(epoch=1, step=50, val_loss=0.5, train_loss=1.0, val_accuracy=0.6,
+                      train_time_total_s=12.0)]
+  without = metrics.run_metrics(epochs, [], None, threshold=0.6)
+  assert "steps_to_target" not in without and "horizon_steps" not in without
+  with_ = metrics.run_metrics(epochs, [], None, threshold=0.6, evals=_evals([0.9, 0.55]))
+  assert with_["steps_to_target"] == 20 and with_["horizon_steps"] == 50
+  assert {k: with_[k] for k in without} == without  # the seed's per-epoch metrics stay

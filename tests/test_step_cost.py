@@ -1,0 +1,52 @@
+"""benchmarks.perf.step_cost: the file it writes, and its interleaving (no real timing)."""
+
+import json
+
+import pytest
+
+from benchmarks import report
+from benchmarks import suite as suite_lib
+from benchmarks.perf import step_cost
+
+
+@pytest.mark.slow  # two compiled steps; minutes on a busy 2-core machine
+def test_step_cost_on_the_tiny_preset_writes_ratios_to_fixed(tmp_path):
+  assert step_cost.main(["--suite", "tiny", "--out", str(tmp_path), "--repeats", "2",
+                         "--steps", "1"]) == 0
+  payload = json.loads((tmp_path / "step_cost.json").read_text())
+  assert payload["command"] == (f"python -m benchmarks.perf.step_cost --suite tiny --out "
+                                f"{tmp_path} --repeats 2 --steps 1")
+  assert payload["hardware"]["device_kind"] and payload["reference"] == "fixed"
+  task = payload["tasks"]["rt_sentiment"]
+  assert set(task["ratios"]) == {"fixed", "gradvar"} and task["ratios"]["fixed"] == 1.0
+  assert all(len(v) == 2 and all(x > 0 for x in v) for v in task["samples"].values())
+  assert task["ratios"]["gradvar"] == (task["seconds_per_step"]["gradvar"]
+                                       / task["seconds_per_step"]["fixed"])
+  # The report reads the same ratios for its time to target.
+  assert report.cost_ratios(payload, "rt_sentiment") == task["ratios"]
+
+
+def test_repeats_interleave_the_strategies_and_take_medians(monkeypatch):
+  calls = []
+  seconds = {"fixed": iter([1.0, 3.0, 2.0, 9.0]), "gradvar": iter([2.0, 4.0, 6.0, 5.0])}
+  monkeypatch.setattr(step_cost, "_prepare", lambda run, *a: run.strategy)
+  def fake_time(strategy, steps, offset):
+    calls.append((strategy, steps, offset))
+    return next(seconds[strategy])
+  monkeypatch.setattr(step_cost, "_time", fake_time)
+  suite = suite_lib.load("tiny")
+  got = step_cost.measure_task(suite, "rt_sentiment", ["fixed", "gradvar"], repeats=3, steps=5)
+  # One untimed warm-up step each, then the order rotates between repeats.
+  assert [c[0] for c in calls] == ["fixed", "gradvar", "fixed", "gradvar", "gradvar", "fixed",
+                                   "fixed", "gradvar"]
+  assert calls[2:4] == [("fixed", 5, 0), ("gradvar", 5, 0)]
+  # Timed: fixed 3, 2, 9 -> median 3; gradvar 4, 6, 5 -> median 5.
+  assert got["seconds_per_step"] == {"fixed": 3.0, "gradvar": 5.0}
+  assert got["ratios"] == {"fixed": 1.0, "gradvar": 5.0 / 3.0}
+
+
+def test_step_cost_needs_fixed(tmp_path, capsys):
+  assert step_cost.main(["--suite", "tiny", "--out", str(tmp_path), "--strategies",
+                         "gradvar"]) == 2
+  assert "'fixed'" in capsys.readouterr().err
+  assert not (tmp_path / "step_cost.json").exists()
