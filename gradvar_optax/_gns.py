@@ -215,8 +215,9 @@ def gns(
       Its other extra arguments of ``update`` are passed through to it;
       ``group_sq_norm`` and ``num_groups`` are not.
     axis_name: the ``pmap`` / ``shard_map`` axis of the replicas, for
-      un-averaged per-replica gradients (see above). ``None``: the groups come
-      from ``group_sq_norm`` and ``num_groups``.
+      un-averaged per-replica gradients, which ``gns`` averages (see above;
+      :func:`gradvar`'s ``axis_name`` averages only the norm). ``None``: the
+      groups come from ``group_sq_norm`` and ``num_groups``.
     decay: decay of the moving averages, in [0, 1); 0 uses each step alone.
     power: exponent ``p`` of the rule, positive.
     warmup_steps: number of finite steps before the scale first moves; an
