@@ -1,5 +1,6 @@
 """gns: the noise-scale estimator, its averages and rule, its data paths, faults and readouts."""
 
+import dataclasses
 import doctest
 import functools
 import pathlib
@@ -476,6 +477,125 @@ def test_microbatch_axis_keeps_batch_statistics_over_the_whole_batch():
   # Without the axis each microbatch centres on its own mean: another model, another gradient.
   local, _ = gradvar_optax.microbatch_grad(centred, 4)(params, x, y)
   assert not np.allclose(local["w"], plain["w"], rtol=1e-3)
+
+
+def _numpy_variables(model, *inputs, seed=0):
+  """Variables of `model`'s exact structure drawn with NumPy: no XLA compilation of an init.
+
+  The BatchNorm scales are random too, so that the last BatchNorm of each block (zero at init)
+  passes a gradient.
+  """
+  rng = np.random.default_rng(seed)
+  shapes = jax.eval_shape(functools.partial(model.init, train=False), jax.random.key(0), *inputs)
+
+  def draw(path, leaf):
+    name = path[-1].key
+    if name in ("scale", "var"):
+      value = rng.uniform(0.5, 1.5, leaf.shape)
+    elif name in ("kernel", "embedding"):
+      value = rng.normal(0.0, np.sqrt(1.0 / max(np.prod(leaf.shape[:-1]), 1)), leaf.shape)
+    else:  # biases, running means
+      value = rng.normal(0.0, 0.1, leaf.shape)
+    return jnp.asarray(value, leaf.dtype)
+
+  return jax.tree_util.tree_map_with_path(draw, shapes)
+
+
+def _assert_close_to_plain(grads, plain):
+  """Every leaf within float tolerance of the plain gradient, relative to the leaf's size."""
+  def close(path, a, b):
+    b = np.asarray(b)
+    np.testing.assert_allclose(np.asarray(a), b, rtol=1e-4, atol=1e-5 * np.abs(b).max() + 1e-9,
+                               err_msg=jax.tree_util.keystr(path))
+  jax.tree_util.tree_map_with_path(close, grads, plain)
+
+
+@pytest.mark.slow  # compiles ResNet tiny 4 times: 30 s to minutes on 2 busy cores
+def test_microbatch_grad_on_resnet_tiny_keeps_batchnorm_over_the_whole_batch():
+  """4 microbatches on one device, and 2 devices x 2 microbatches, equal the plain batch of 8."""
+  from models import resnet  # pylint: disable=g-import-not-at-top
+
+  cfg = resnet.PRESETS["tiny"]
+  variables = _numpy_variables(resnet.ResNet(cfg, 10), resnet.dummy_input(cfg))
+  params, stats = variables["params"], variables["batch_stats"]
+  rng = np.random.default_rng(20)
+  image = rng.standard_normal((8, cfg.image_size, cfg.image_size, cfg.in_channels),
+                              dtype=np.float32)
+  label = rng.integers(0, 10, 8).astype(np.int32)
+
+  def loss_of(axis_name):
+    model = resnet.ResNet(dataclasses.replace(cfg, axis_name=axis_name), 10)
+
+    def loss(params, image, label):
+      logits, new = model.apply({"params": params, "batch_stats": stats}, image, train=True,
+                                mutable=["batch_stats"])
+      loss = optax.softmax_cross_entropy_with_integer_labels(logits, label).mean()
+      return loss, new["batch_stats"]
+    return loss
+
+  (_, plain_stats), plain = jax.jit(jax.value_and_grad(loss_of(None), has_aux=True))(
+      params, image, label)
+  micro = gradvar_optax.microbatch_grad(loss_of("micro"), 4, has_aux=True, axis_name="micro")
+  (grads, q), micro_stats = jax.jit(micro)(params, image, label)
+  _assert_close_to_plain(grads, plain)
+  # Every microbatch updates the running averages with the whole batch's statistics.
+  _assert_close_to_plain(micro_stats, jax.tree.map(lambda x: np.broadcast_to(x, (4,) + x.shape),
+                                                   plain_stats))
+  assert float(q) > gns_reference.sq_norm(jax.tree.leaves(grads))
+  # With a device axis too: BatchNorm's axis is the tuple (device axis, microbatch axis).
+  both = gradvar_optax.microbatch_grad(loss_of(("batch", "micro")), 2, has_aux=True,
+                                       axis_name="micro")
+
+  plain_replica = jax.grad(loss_of("batch"), has_aux=True)
+
+  def replica(params, image, label):
+    (grads, q), _ = both(params, image, label)
+    return jax.lax.pmean((grads, q, plain_replica(params, image, label)[0]), "batch")
+
+  # Against the plain step on the same 2 devices: with this draw, a float32 rounding near a
+  # BatchNorm's zero-variance clamp already moves that step's gradient off the 1-device one's.
+  grads2, q2, plain2 = jax.pmap(replica, axis_name="batch", in_axes=(None, 0, 0),
+                                devices=jax.devices()[:2])(
+      params, image.reshape((2, 4) + image.shape[1:]), label.reshape(2, 4))
+  _assert_close_to_plain(jax.tree.map(lambda x: x[0], grads2), jax.tree.map(lambda x: x[0], plain2))
+  np.testing.assert_allclose(np.asarray(q2), float(q), rtol=1e-4)  # the same 4 groups
+  # Without the axis, each microbatch normalises with its own statistics: another gradient.
+  local, _ = jax.jit(gradvar_optax.microbatch_grad(loss_of(None), 4, has_aux=True))(
+      params, image, label)
+  assert not np.allclose(local[0]["head"]["kernel"], plain["head"]["kernel"], rtol=1e-2)
+
+
+@pytest.mark.slow  # about 40 s on 2 busy cores
+def test_microbatch_grad_on_bert_tiny_without_dropout_is_the_plain_gradient():
+  from models import bert  # pylint: disable=g-import-not-at-top
+
+  # A smaller vocabulary than the preset's 30522 only shrinks the embedding table.
+  cfg = dataclasses.replace(bert.PRESETS["tiny"], hidden_dropout=0.0, attention_dropout=0.0,
+                            vocab_size=1000)
+  model = bert.BertClassifier(cfg, num_classes=3)
+  rng = np.random.default_rng(21)
+  batch, length = 8, 16
+  ids = rng.integers(0, cfg.vocab_size, (batch, length)).astype(np.int32)
+  lengths = rng.integers(4, length + 1, batch)
+  mask = (np.arange(length) < lengths[:, None]).astype(np.int32)  # padded examples, too
+  types = (np.arange(length) >= lengths[:, None] // 2).astype(np.int32)
+  label = rng.integers(0, 3, batch).astype(np.int32)
+  params = _numpy_variables(model, ids[:1], mask[:1], types[:1])["params"]
+  key = jax.random.key(22)
+
+  def loss(params, ids, mask, types, label, axis_name=None):
+    # Microbatch i draws its dropout key as replica i does; with dropout off it is unused.
+    step_key = key if axis_name is None else jax.random.fold_in(key, jax.lax.axis_index(axis_name))
+    logits = model.apply({"params": params}, ids, mask, types, train=True,
+                         rngs={"dropout": step_key})
+    return optax.softmax_cross_entropy_with_integer_labels(logits, label).mean()
+
+  plain = jax.jit(jax.grad(loss))(params, ids, mask, types, label)
+  grads, q = jax.jit(gradvar_optax.microbatch_grad(
+      functools.partial(loss, axis_name="micro"), 4, axis_name="micro"))(
+          params, ids, mask, types, label)
+  _assert_close_to_plain(grads, plain)
+  assert float(q) > gns_reference.sq_norm(jax.tree.leaves(grads))
 
 
 def test_microbatch_grad_bad_arguments():
