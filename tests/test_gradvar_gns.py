@@ -3,8 +3,13 @@
 import dataclasses
 import doctest
 import functools
+import json
+import os
 import pathlib
 import re
+import socket
+import subprocess
+import sys
 
 import gns_reference
 from gns_reference import Reference
@@ -388,10 +393,24 @@ _KINDS = ("normal", "normal", "nan_q", "inf_q", "nan_grad", "inf_grad", "zero", 
           "mean_zero")
 
 
+_STREAMS = dict(kinds=st.lists(st.sampled_from(_KINDS), min_size=1, max_size=12),
+                seed=st.integers(0, 2**16), groups=st.integers(2, 6))
+
+
 @settings(max_examples=150, deadline=None, phases=(Phase.explicit, Phase.generate))
-@given(kinds=st.lists(st.sampled_from(_KINDS), min_size=1, max_size=12),
-       seed=st.integers(0, 2**16), groups=st.integers(2, 6))
+@given(**_STREAMS)
 def test_any_stream_keeps_the_scale_finite_and_bounded(kinds, seed, groups):
+  _check_stream(kinds, seed, groups)
+
+
+@pytest.mark.slow  # 1000 streams: 15-40 s on 2 busy cores
+@settings(max_examples=1000, deadline=None, phases=(Phase.explicit, Phase.generate))
+@given(**_STREAMS)
+def test_a_thousand_streams_keep_the_scale_finite_and_bounded(kinds, seed, groups):
+  _check_stream(kinds, seed, groups)
+
+
+def _check_stream(kinds, seed, groups):
   rng = np.random.default_rng(seed)
   state = _PROP_STATE
   shapes = jax.tree.map(lambda x: (x.shape, x.dtype), state)
@@ -703,9 +722,23 @@ def _leaves_of(spec, rng, scale):
 
 # Every example compiles its own update: few examples, no shrinking (see
 # test_gradvar_properties.py), derandomized so a failure reproduces.
+_RANDOM_TREES = dict(spec=_TREES, seed=st.integers(0, 2**16), nan_every=st.integers(2, 5))
+
+
 @settings(max_examples=20, deadline=None, phases=(Phase.explicit, Phase.generate))
-@given(spec=_TREES, seed=st.integers(0, 2**16), nan_every=st.integers(2, 5))
+@given(**_RANDOM_TREES)
 def test_any_tree_keeps_the_state_well_formed(spec, seed, nan_every):
+  _check_random_tree(spec, seed, nan_every)
+
+
+@pytest.mark.slow  # 50 compiles
+@settings(max_examples=50, deadline=None, phases=(Phase.explicit, Phase.generate))
+@given(**_RANDOM_TREES)
+def test_fifty_random_trees_keep_the_state_well_formed(spec, seed, nan_every):
+  _check_random_tree(spec, seed, nan_every)
+
+
+def _check_random_tree(spec, seed, nan_every):
   rng = np.random.default_rng(seed)
   params = _leaves_of(spec, rng, 1.0)
   opt = gradvar_optax.gns(optax.adam(1e-2), warmup_steps=2, decay=0.5, min_scale=0.5)
@@ -722,3 +755,55 @@ def test_any_tree_keeps_the_state_well_formed(spec, seed, nan_every):
   assert jax.tree.map(lambda x: (x.shape, x.dtype), state) == shapes
   assert int(state.skipped) == len(range(0, 8, nan_every))
   assert update._cache_size() == 1
+
+
+def _worker_env(devices):
+  env = dict(os.environ)
+  env.update({"XLA_FLAGS": f"--xla_force_host_platform_device_count={devices} "
+                           "--xla_cpu_multi_thread_eigen=false",
+              "JAX_PLATFORMS": "cpu", "PYTHONUNBUFFERED": "1"})
+  return env
+
+
+@pytest.mark.slow  # three processes start JAX and join a jax.distributed run
+@pytest.mark.timeout(900)
+def test_two_processes_of_two_devices_equal_one_process_of_four(tmp_path):
+  """The axis_name path over real jax.distributed processes (gloo on 127.0.0.1)."""
+  worker = pathlib.Path(__file__).with_name("gns_multihost_worker.py")
+  logs = []
+
+  def start(out, devices, *distributed):
+    log = open(tmp_path / f"{out}.log", "w")
+    logs.append(tmp_path / f"{out}.log")
+    return subprocess.Popen([sys.executable, str(worker), str(tmp_path / f"{out}.json"),
+                             *distributed], env=_worker_env(devices), stdout=log,
+                            stderr=subprocess.STDOUT)
+
+  holder = socket.socket()  # holds a free port for the coordinator, which binds it too
+  holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+  holder.bind(("127.0.0.1", 0))
+  coordinator = f"127.0.0.1:{holder.getsockname()[1]}"
+  procs = [start("one", 4)] + [start(f"two{i}", 2, coordinator, "2", str(i)) for i in range(2)]
+  try:
+    codes = [p.wait(timeout=600) for p in procs]
+  finally:
+    for p in procs:
+      if p.poll() is None:
+        p.kill()
+        p.wait()
+    holder.close()
+  assert codes == [0, 0, 0], "\n".join(f"--- {log.name}\n{log.read_text()[-3000:]}"
+                                       for log in logs)
+  one, *two = [json.loads((tmp_path / f"{name}.json").read_text())
+               for name in ("one", "two0", "two1")]
+  assert (one["process_count"], one["device_count"]) == (1, 4)
+  for got in two:
+    assert (got["process_count"], got["device_count"]) == (2, 4)
+    for t, (a, b) in enumerate(zip(got["steps"], one["steps"])):
+      for name in a:
+        np.testing.assert_allclose(a[name], b[name], rtol=1e-5, atol=2e-6,
+                                   err_msg=f"{name} at step {t}")
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
+                 got["params"], one["params"])
+  assert min(s["lr_scale"] for s in one["steps"]) < 0.99  # the scale moved
+  assert one["steps"][-1]["count"] == 10 and one["steps"][-1]["skipped"] == 0
