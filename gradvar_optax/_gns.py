@@ -270,15 +270,16 @@ def gns(
   base_optimizer = optax.with_extra_args_support(base_optimizer)
 
   def init_fn(params) -> GNSState:
-    zero = jnp.zeros([], jnp.float32)
+    # One buffer per field: a step that donates the state must not see one buffer twice.
+    zero = lambda: jnp.zeros([], jnp.float32)
     return GNSState(
         count=jnp.zeros([], jnp.int32),
         skipped=jnp.zeros([], jnp.int32),
-        ema_weight=zero,
-        signal_ema=zero,
-        sq_norm_ema=zero,
-        noise_to_signal=zero,
-        signal_fraction_ref=zero,
+        ema_weight=zero(),
+        signal_ema=zero(),
+        sq_norm_ema=zero(),
+        noise_to_signal=zero(),
+        signal_fraction_ref=zero(),
         lr_scale=jnp.ones([], jnp.float32),
         inner_state=base_optimizer.init(params),
     )

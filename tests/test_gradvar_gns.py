@@ -291,6 +291,20 @@ def test_orbax_round_trip_resumes_exactly(tmp_path):
   jax.tree.map(np.testing.assert_array_equal, resumed, uninterrupted)
 
 
+def test_a_step_that_donates_the_fresh_state_runs():
+  """Every field of a fresh state is its own buffer, so jit(..., donate_argnums) accepts it."""
+  opt = gradvar_optax.gns(optax.adam(1e-2))
+  params = _params()
+
+  @functools.partial(jax.jit, donate_argnums=(0, 1))
+  def step(params, state, grads, q):
+    updates, state = opt.update(grads, state, params, group_sq_norm=q, num_groups=4)
+    return optax.apply_updates(params, updates), state
+
+  mean, q = mean_and_q(group_stream(1, seed=14)[0])
+  _, state = step(params, opt.init(params), _tree(mean), q)
+  assert int(state.count) == 1
+
 @pytest.mark.parametrize("kwargs,name", [
     (dict(decay=1.0), "decay"), (dict(decay=-0.1), "decay"),
     (dict(power=0.0), "power"), (dict(power=float("inf")), "power"),
