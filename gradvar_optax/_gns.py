@@ -215,8 +215,9 @@ def gns(
       Its other extra arguments of ``update`` are passed through to it;
       ``group_sq_norm`` and ``num_groups`` are not.
     axis_name: the ``pmap`` / ``shard_map`` axis of the replicas, for
-      un-averaged per-replica gradients (see above). ``None``: the groups come
-      from ``group_sq_norm`` and ``num_groups``.
+      un-averaged per-replica gradients, which ``gns`` averages (see above;
+      :func:`gradvar`'s ``axis_name`` averages only the norm). ``None``: the
+      groups come from ``group_sq_norm`` and ``num_groups``.
     decay: decay of the moving averages, in [0, 1); 0 uses each step alone.
     power: exponent ``p`` of the rule, positive.
     warmup_steps: number of finite steps before the scale first moves; an
@@ -269,15 +270,16 @@ def gns(
   base_optimizer = optax.with_extra_args_support(base_optimizer)
 
   def init_fn(params) -> GNSState:
-    zero = jnp.zeros([], jnp.float32)
+    # One buffer per field: a step that donates the state must not see one buffer twice.
+    zero = lambda: jnp.zeros([], jnp.float32)
     return GNSState(
         count=jnp.zeros([], jnp.int32),
         skipped=jnp.zeros([], jnp.int32),
-        ema_weight=zero,
-        signal_ema=zero,
-        sq_norm_ema=zero,
-        noise_to_signal=zero,
-        signal_fraction_ref=zero,
+        ema_weight=zero(),
+        signal_ema=zero(),
+        sq_norm_ema=zero(),
+        noise_to_signal=zero(),
+        signal_fraction_ref=zero(),
         lr_scale=jnp.ones([], jnp.float32),
         inner_state=base_optimizer.init(params),
     )

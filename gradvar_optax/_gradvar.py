@@ -148,7 +148,9 @@ def gradvar(
   axis as ``axis_name``: the per-replica norms are averaged over that axis so
   every replica still takes the same decisions. That norm then includes the
   between-replica noise, and the base optimizer sees un-averaged gradients,
-  which is the caller's choice.
+  which is the caller's choice. :func:`gns`'s ``axis_name`` means something
+  else: it averages the gradient itself (and its squared norm) over the axis,
+  and hands the base optimizer the averaged gradient.
 
   Args:
     base_optimizer: the optimizer whose step is scaled, e.g. ``optax.adam``.
@@ -170,7 +172,9 @@ def gradvar(
       slow exponential moving average of past variabilities.
     eps: added to the mean norm so that all-zero gradients give ``v = 0``.
     axis_name: for un-averaged per-replica gradients under ``pmap`` or
-      ``shard_map``: averages the measured norm over this axis.
+      ``shard_map``: averages only the measured norm over this axis; the base
+      optimizer still receives each replica's own gradients (unlike
+      :func:`gns`'s ``axis_name``, which averages the gradients).
 
   Returns:
     An ``optax.GradientTransformationExtraArgs`` whose state is a

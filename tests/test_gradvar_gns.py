@@ -1,9 +1,15 @@
 """gns: the noise-scale estimator, its averages and rule, its data paths, faults and readouts."""
 
+import dataclasses
 import doctest
 import functools
+import json
+import os
 import pathlib
 import re
+import socket
+import subprocess
+import sys
 
 import gns_reference
 from gns_reference import Reference
@@ -285,6 +291,20 @@ def test_orbax_round_trip_resumes_exactly(tmp_path):
   jax.tree.map(np.testing.assert_array_equal, resumed, uninterrupted)
 
 
+def test_a_step_that_donates_the_fresh_state_runs():
+  """Every field of a fresh state is its own buffer, so jit(..., donate_argnums) accepts it."""
+  opt = gradvar_optax.gns(optax.adam(1e-2))
+  params = _params()
+
+  @functools.partial(jax.jit, donate_argnums=(0, 1))
+  def step(params, state, grads, q):
+    updates, state = opt.update(grads, state, params, group_sq_norm=q, num_groups=4)
+    return optax.apply_updates(params, updates), state
+
+  mean, q = mean_and_q(group_stream(1, seed=14)[0])
+  _, state = step(params, opt.init(params), _tree(mean), q)
+  assert int(state.count) == 1
+
 @pytest.mark.parametrize("kwargs,name", [
     (dict(decay=1.0), "decay"), (dict(decay=-0.1), "decay"),
     (dict(power=0.0), "power"), (dict(power=float("inf")), "power"),
@@ -387,10 +407,24 @@ _KINDS = ("normal", "normal", "nan_q", "inf_q", "nan_grad", "inf_grad", "zero", 
           "mean_zero")
 
 
+_STREAMS = dict(kinds=st.lists(st.sampled_from(_KINDS), min_size=1, max_size=12),
+                seed=st.integers(0, 2**16), groups=st.integers(2, 6))
+
+
 @settings(max_examples=150, deadline=None, phases=(Phase.explicit, Phase.generate))
-@given(kinds=st.lists(st.sampled_from(_KINDS), min_size=1, max_size=12),
-       seed=st.integers(0, 2**16), groups=st.integers(2, 6))
+@given(**_STREAMS)
 def test_any_stream_keeps_the_scale_finite_and_bounded(kinds, seed, groups):
+  _check_stream(kinds, seed, groups)
+
+
+@pytest.mark.slow  # 1000 streams: 15-40 s on 2 busy cores
+@settings(max_examples=1000, deadline=None, phases=(Phase.explicit, Phase.generate))
+@given(**_STREAMS)
+def test_a_thousand_streams_keep_the_scale_finite_and_bounded(kinds, seed, groups):
+  _check_stream(kinds, seed, groups)
+
+
+def _check_stream(kinds, seed, groups):
   rng = np.random.default_rng(seed)
   state = _PROP_STATE
   shapes = jax.tree.map(lambda x: (x.shape, x.dtype), state)
@@ -476,6 +510,125 @@ def test_microbatch_axis_keeps_batch_statistics_over_the_whole_batch():
   # Without the axis each microbatch centres on its own mean: another model, another gradient.
   local, _ = gradvar_optax.microbatch_grad(centred, 4)(params, x, y)
   assert not np.allclose(local["w"], plain["w"], rtol=1e-3)
+
+
+def _numpy_variables(model, *inputs, seed=0):
+  """Variables of `model`'s exact structure drawn with NumPy: no XLA compilation of an init.
+
+  The BatchNorm scales are random too, so that the last BatchNorm of each block (zero at init)
+  passes a gradient.
+  """
+  rng = np.random.default_rng(seed)
+  shapes = jax.eval_shape(functools.partial(model.init, train=False), jax.random.key(0), *inputs)
+
+  def draw(path, leaf):
+    name = path[-1].key
+    if name in ("scale", "var"):
+      value = rng.uniform(0.5, 1.5, leaf.shape)
+    elif name in ("kernel", "embedding"):
+      value = rng.normal(0.0, np.sqrt(1.0 / max(np.prod(leaf.shape[:-1]), 1)), leaf.shape)
+    else:  # biases, running means
+      value = rng.normal(0.0, 0.1, leaf.shape)
+    return jnp.asarray(value, leaf.dtype)
+
+  return jax.tree_util.tree_map_with_path(draw, shapes)
+
+
+def _assert_close_to_plain(grads, plain):
+  """Every leaf within float tolerance of the plain gradient, relative to the leaf's size."""
+  def close(path, a, b):
+    b = np.asarray(b)
+    np.testing.assert_allclose(np.asarray(a), b, rtol=1e-4, atol=1e-5 * np.abs(b).max() + 1e-9,
+                               err_msg=jax.tree_util.keystr(path))
+  jax.tree_util.tree_map_with_path(close, grads, plain)
+
+
+@pytest.mark.slow  # compiles ResNet tiny 4 times: 30 s to minutes on 2 busy cores
+def test_microbatch_grad_on_resnet_tiny_keeps_batchnorm_over_the_whole_batch():
+  """4 microbatches on one device, and 2 devices x 2 microbatches, equal the plain batch of 8."""
+  from models import resnet  # pylint: disable=g-import-not-at-top
+
+  cfg = resnet.PRESETS["tiny"]
+  variables = _numpy_variables(resnet.ResNet(cfg, 10), resnet.dummy_input(cfg))
+  params, stats = variables["params"], variables["batch_stats"]
+  rng = np.random.default_rng(20)
+  image = rng.standard_normal((8, cfg.image_size, cfg.image_size, cfg.in_channels),
+                              dtype=np.float32)
+  label = rng.integers(0, 10, 8).astype(np.int32)
+
+  def loss_of(axis_name):
+    model = resnet.ResNet(dataclasses.replace(cfg, axis_name=axis_name), 10)
+
+    def loss(params, image, label):
+      logits, new = model.apply({"params": params, "batch_stats": stats}, image, train=True,
+                                mutable=["batch_stats"])
+      loss = optax.softmax_cross_entropy_with_integer_labels(logits, label).mean()
+      return loss, new["batch_stats"]
+    return loss
+
+  (_, plain_stats), plain = jax.jit(jax.value_and_grad(loss_of(None), has_aux=True))(
+      params, image, label)
+  micro = gradvar_optax.microbatch_grad(loss_of("micro"), 4, has_aux=True, axis_name="micro")
+  (grads, q), micro_stats = jax.jit(micro)(params, image, label)
+  _assert_close_to_plain(grads, plain)
+  # Every microbatch updates the running averages with the whole batch's statistics.
+  _assert_close_to_plain(micro_stats, jax.tree.map(lambda x: np.broadcast_to(x, (4,) + x.shape),
+                                                   plain_stats))
+  assert float(q) > gns_reference.sq_norm(jax.tree.leaves(grads))
+  # With a device axis too: BatchNorm's axis is the tuple (device axis, microbatch axis).
+  both = gradvar_optax.microbatch_grad(loss_of(("batch", "micro")), 2, has_aux=True,
+                                       axis_name="micro")
+
+  plain_replica = jax.grad(loss_of("batch"), has_aux=True)
+
+  def replica(params, image, label):
+    (grads, q), _ = both(params, image, label)
+    return jax.lax.pmean((grads, q, plain_replica(params, image, label)[0]), "batch")
+
+  # Against the plain step on the same 2 devices: with this draw, a float32 rounding near a
+  # BatchNorm's zero-variance clamp already moves that step's gradient off the 1-device one's.
+  grads2, q2, plain2 = jax.pmap(replica, axis_name="batch", in_axes=(None, 0, 0),
+                                devices=jax.devices()[:2])(
+      params, image.reshape((2, 4) + image.shape[1:]), label.reshape(2, 4))
+  _assert_close_to_plain(jax.tree.map(lambda x: x[0], grads2), jax.tree.map(lambda x: x[0], plain2))
+  np.testing.assert_allclose(np.asarray(q2), float(q), rtol=1e-4)  # the same 4 groups
+  # Without the axis, each microbatch normalises with its own statistics: another gradient.
+  local, _ = jax.jit(gradvar_optax.microbatch_grad(loss_of(None), 4, has_aux=True))(
+      params, image, label)
+  assert not np.allclose(local[0]["head"]["kernel"], plain["head"]["kernel"], rtol=1e-2)
+
+
+@pytest.mark.slow  # about 40 s on 2 busy cores
+def test_microbatch_grad_on_bert_tiny_without_dropout_is_the_plain_gradient():
+  from models import bert  # pylint: disable=g-import-not-at-top
+
+  # A smaller vocabulary than the preset's 30522 only shrinks the embedding table.
+  cfg = dataclasses.replace(bert.PRESETS["tiny"], hidden_dropout=0.0, attention_dropout=0.0,
+                            vocab_size=1000)
+  model = bert.BertClassifier(cfg, num_classes=3)
+  rng = np.random.default_rng(21)
+  batch, length = 8, 16
+  ids = rng.integers(0, cfg.vocab_size, (batch, length)).astype(np.int32)
+  lengths = rng.integers(4, length + 1, batch)
+  mask = (np.arange(length) < lengths[:, None]).astype(np.int32)  # padded examples, too
+  types = (np.arange(length) >= lengths[:, None] // 2).astype(np.int32)
+  label = rng.integers(0, 3, batch).astype(np.int32)
+  params = _numpy_variables(model, ids[:1], mask[:1], types[:1])["params"]
+  key = jax.random.key(22)
+
+  def loss(params, ids, mask, types, label, axis_name=None):
+    # Microbatch i draws its dropout key as replica i does; with dropout off it is unused.
+    step_key = key if axis_name is None else jax.random.fold_in(key, jax.lax.axis_index(axis_name))
+    logits = model.apply({"params": params}, ids, mask, types, train=True,
+                         rngs={"dropout": step_key})
+    return optax.softmax_cross_entropy_with_integer_labels(logits, label).mean()
+
+  plain = jax.jit(jax.grad(loss))(params, ids, mask, types, label)
+  grads, q = jax.jit(gradvar_optax.microbatch_grad(
+      functools.partial(loss, axis_name="micro"), 4, axis_name="micro"))(
+          params, ids, mask, types, label)
+  _assert_close_to_plain(grads, plain)
+  assert float(q) > gns_reference.sq_norm(jax.tree.leaves(grads))
 
 
 def test_microbatch_grad_bad_arguments():
@@ -583,9 +736,23 @@ def _leaves_of(spec, rng, scale):
 
 # Every example compiles its own update: few examples, no shrinking (see
 # test_gradvar_properties.py), derandomized so a failure reproduces.
+_RANDOM_TREES = dict(spec=_TREES, seed=st.integers(0, 2**16), nan_every=st.integers(2, 5))
+
+
 @settings(max_examples=20, deadline=None, phases=(Phase.explicit, Phase.generate))
-@given(spec=_TREES, seed=st.integers(0, 2**16), nan_every=st.integers(2, 5))
+@given(**_RANDOM_TREES)
 def test_any_tree_keeps_the_state_well_formed(spec, seed, nan_every):
+  _check_random_tree(spec, seed, nan_every)
+
+
+@pytest.mark.slow  # 50 compiles
+@settings(max_examples=50, deadline=None, phases=(Phase.explicit, Phase.generate))
+@given(**_RANDOM_TREES)
+def test_fifty_random_trees_keep_the_state_well_formed(spec, seed, nan_every):
+  _check_random_tree(spec, seed, nan_every)
+
+
+def _check_random_tree(spec, seed, nan_every):
   rng = np.random.default_rng(seed)
   params = _leaves_of(spec, rng, 1.0)
   opt = gradvar_optax.gns(optax.adam(1e-2), warmup_steps=2, decay=0.5, min_scale=0.5)
@@ -602,3 +769,55 @@ def test_any_tree_keeps_the_state_well_formed(spec, seed, nan_every):
   assert jax.tree.map(lambda x: (x.shape, x.dtype), state) == shapes
   assert int(state.skipped) == len(range(0, 8, nan_every))
   assert update._cache_size() == 1
+
+
+def _worker_env(devices):
+  env = dict(os.environ)
+  env.update({"XLA_FLAGS": f"--xla_force_host_platform_device_count={devices} "
+                           "--xla_cpu_multi_thread_eigen=false",
+              "JAX_PLATFORMS": "cpu", "PYTHONUNBUFFERED": "1"})
+  return env
+
+
+@pytest.mark.slow  # three processes start JAX and join a jax.distributed run
+@pytest.mark.timeout(900)
+def test_two_processes_of_two_devices_equal_one_process_of_four(tmp_path):
+  """The axis_name path over real jax.distributed processes (gloo on 127.0.0.1)."""
+  worker = pathlib.Path(__file__).with_name("gns_multihost_worker.py")
+  logs = []
+
+  def start(out, devices, *distributed):
+    log = open(tmp_path / f"{out}.log", "w")
+    logs.append(tmp_path / f"{out}.log")
+    return subprocess.Popen([sys.executable, str(worker), str(tmp_path / f"{out}.json"),
+                             *distributed], env=_worker_env(devices), stdout=log,
+                            stderr=subprocess.STDOUT)
+
+  holder = socket.socket()  # holds a free port for the coordinator, which binds it too
+  holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+  holder.bind(("127.0.0.1", 0))
+  coordinator = f"127.0.0.1:{holder.getsockname()[1]}"
+  procs = [start("one", 4)] + [start(f"two{i}", 2, coordinator, "2", str(i)) for i in range(2)]
+  try:
+    codes = [p.wait(timeout=600) for p in procs]
+  finally:
+    for p in procs:
+      if p.poll() is None:
+        p.kill()
+        p.wait()
+    holder.close()
+  assert codes == [0, 0, 0], "\n".join(f"--- {log.name}\n{log.read_text()[-3000:]}"
+                                       for log in logs)
+  one, *two = [json.loads((tmp_path / f"{name}.json").read_text())
+               for name in ("one", "two0", "two1")]
+  assert (one["process_count"], one["device_count"]) == (1, 4)
+  for got in two:
+    assert (got["process_count"], got["device_count"]) == (2, 4)
+    for t, (a, b) in enumerate(zip(got["steps"], one["steps"])):
+      for name in a:
+        np.testing.assert_allclose(a[name], b[name], rtol=1e-5, atol=2e-6,
+                                   err_msg=f"{name} at step {t}")
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
+                 got["params"], one["params"])
+  assert min(s["lr_scale"] for s in one["steps"]) < 0.99  # the scale moved
+  assert one["steps"][-1]["count"] == 10 and one["steps"][-1]["skipped"] == 0

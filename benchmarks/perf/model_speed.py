@@ -17,6 +17,13 @@ Examples:
   python benchmarks/perf/model_speed.py --models lstm_attention --sizes small --steps 20
   python benchmarks/perf/model_speed.py --models bert,resnet --sizes full --batch-sizes 32,256 \\
       --dtype float32,bfloat16 --out results.json              # on a GPU
+  python benchmarks/perf/model_speed.py --sizes small --microbatches 4   # gns's microbatch step
+
+With `--microbatches M`, every configuration is also measured as the step that `gns` needs on one
+device: `gradvar_optax.microbatch_grad` over M equal microbatches (the mean gradient and q), with
+BatchNorm's statistics over the whole batch (its axis is the microbatch axis) and microbatch i's
+dropout key `fold_in(key, i)`; the table then ends with each microbatch step's time over the
+plain step's.
 
 The full presets are the seed's models: BERT-base at sequence length 128, ResNet-50 with the CIFAR
 stem on 32x32 images, and the LSTM with attention at 256 tokens.
@@ -38,8 +45,8 @@ import time
 from typing import Any
 
 # Runs as a script from the checkout (`python benchmarks/perf/model_speed.py`): the suite is not
-# installed.
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+# installed, and the checkout's root is two folders up.
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
 @dataclasses.dataclass(frozen=True)
 class Case:
@@ -47,6 +54,7 @@ class Case:
   size: str
   batch_size: int
   dtype: str
+  microbatches: int = 0  # 0: the plain step; M >= 2: microbatch_grad over M microbatches
 
 
 def hardware() -> dict[str, Any]:
@@ -90,7 +98,12 @@ def measure(case: Case, steps: int, warmup: int) -> dict[str, Any]:
   import models
 
   num_classes = models.family(case.model).benchmark_classes
+  micro = case.microbatches
   model, spec = models.get(case.model, case.size, num_classes=num_classes, dtype=case.dtype)
+  if micro and spec.has_batch_stats:
+    # BatchNorm syncs its statistics over the microbatches: those of the whole batch, as before.
+    model, spec = models.get(case.model, case.size, num_classes=num_classes, dtype=case.dtype,
+                             axis_name="micro")
   variables = spec.init(jax.random.key(0))
   params = variables["params"]
   state = {k: v for k, v in variables.items() if k != "params"}
@@ -106,7 +119,26 @@ def measure(case: Case, steps: int, warmup: int) -> dict[str, Any]:
     loss = -jnp.take_along_axis(log_probs, batch["label"][:, None], axis=1).mean()
     return loss, new_state
 
-  step = jax.jit(jax.value_and_grad(loss_fn, has_aux=True))
+  if micro:
+    import gradvar_optax
+
+    def micro_step(params, state, batch, key):
+      # The state and the key are closed over: microbatch_grad splits only the batch.
+      def micro_loss(params, batch):
+        # Microbatch i draws its own dropout key, as replica i does.
+        loss, new_state = loss_fn(params, state, batch,
+                                  jax.random.fold_in(key, jax.lax.axis_index("micro")))
+        return loss, (loss, new_state)
+
+      grad_fn = gradvar_optax.microbatch_grad(micro_loss, micro, has_aux=True,
+                                              axis_name="micro")
+      (grads, q), (losses, new_state) = grad_fn(params, batch)
+      # The plain step's outputs, and q: (loss, new state), (mean gradient, q).
+      return (jnp.mean(losses), jax.tree.map(lambda x: x[0], new_state)), (grads, q)
+
+    step = jax.jit(micro_step)
+  else:
+    step = jax.jit(jax.value_and_grad(loss_fn, has_aux=True))
   key = jax.random.key(1)
   start = time.perf_counter()
   compiled = step.lower(params, state, batch, key).compile()
@@ -162,7 +194,8 @@ def _progress(total: int):
 
 
 def _row(r: dict[str, Any]) -> str:
-  head = f'{r["model"]:<15}{r["size"]:<7}{r["batch_size"]:>6} {r["dtype"]:<9}'
+  model = r["model"] + (f'/mb{r["microbatches"]}' if r.get("microbatches") else "")
+  head = f'{model:<15}{r["size"]:<7}{r["batch_size"]:>6} {r["dtype"]:<9}'
   if "error" in r:
     return f'{head} ERROR {r["error"]}'
   mem = lambda v: "-" if v is None else f"{v:.0f}"
@@ -173,6 +206,17 @@ def _row(r: dict[str, Any]) -> str:
 
 HEADER = (f'{"model":<15}{"size":<7}{"batch":>6} {"dtype":<9}{"params":>13}{"ex/s":>11}'
           f'{"ms/step":>11}{"compile_s":>10}{"rss_MB":>10}{"dev_MB":>10}{"tmp_MB":>9}')
+
+
+def microbatch_ratios(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+  """Each microbatch step's median step time over its plain step's (both measured, no error)."""
+  key = lambda r: (r["model"], r["size"], r["batch_size"], r["dtype"])
+  plain = {key(r): r for r in results if not r.get("microbatches") and "error" not in r}
+  return [{"model": r["model"], "size": r["size"], "batch_size": r["batch_size"],
+           "dtype": r["dtype"], "microbatches": r["microbatches"],
+           "ratio": round(r["step_ms_median"] / plain[key(r)]["step_ms_median"], 3)}
+          for r in results
+          if r.get("microbatches") and "error" not in r and key(r) in plain]
 
 
 def _csv(value: str) -> list[str]:
@@ -193,6 +237,9 @@ def main(argv: list[str] | None = None) -> int:
                       help="comma-separated compute dtypes: float32, bfloat16 (default: float32)")
   parser.add_argument("--steps", type=int, default=5, help="timed steps per configuration")
   parser.add_argument("--warmup", type=int, default=1, help="untimed steps after compiling")
+  parser.add_argument("--microbatches", type=int, default=0,
+                      help="also measure each configuration's microbatch step (gns on one "
+                           "device) over this many microbatches, >= 2 (default: 0, none)")
   parser.add_argument("--out", help="also write the results and the hardware to this JSON file")
   parser.add_argument("--in-process", action="store_true",
                       help="run every configuration in this process (faster; the peak-memory "
@@ -203,6 +250,8 @@ def main(argv: list[str] | None = None) -> int:
   args = parser.parse_args(argv)
   if args.steps < 1 or args.warmup < 0:
     parser.error("--steps must be >= 1 and --warmup >= 0.")
+  if args.microbatches == 1 or args.microbatches < 0:
+    parser.error(f"--microbatches must be 0 (none) or >= 2, got {args.microbatches}.")
 
   if args.one:
     print(json.dumps(measure(Case(**json.loads(args.one)), args.steps, args.warmup)))
@@ -232,6 +281,12 @@ def main(argv: list[str] | None = None) -> int:
 
   cases = [Case(m, s, b, d) for m in args.models for s in args.sizes for b in batch_sizes
            for d in args.dtype]
+  if args.microbatches:
+    bad = [b for b in batch_sizes if b % args.microbatches]
+    if bad:
+      parser.error(f"--batch-sizes {bad} are not multiples of --microbatches {args.microbatches}")
+    cases = [c for case in cases for c in (case, dataclasses.replace(
+        case, microbatches=args.microbatches))]
   command = " ".join(shlex.quote(a) for a in [os.path.relpath(sys.executable), *sys.argv])
   # In isolated mode the parent never starts a JAX backend: on a GPU it would hold the memory
   # that the subprocesses need.
@@ -263,10 +318,16 @@ def main(argv: list[str] | None = None) -> int:
   if bar is not None:
     bar.close()
 
+  ratios = microbatch_ratios(results)
+  if ratios:
+    print("microbatch step / plain step (median step time):")
+    for r in ratios:
+      print(f'  {r["model"]:<15}{r["size"]:<7}{r["batch_size"]:>6} {r["dtype"]:<9}'
+            f'mb{r["microbatches"]}: {r["ratio"]:.2f}x')
   if args.out:
     record = {"command": command, "git_commit": _git_commit(), "hardware": info,
               "steps": args.steps, "warmup": args.warmup, "isolated": not args.in_process,
-              "results": results}
+              "results": results, "microbatch_ratios": ratios}
     with open(args.out, "w", encoding="utf-8") as f:
       json.dump(record, f, indent=2)
     print(f"wrote {args.out}")

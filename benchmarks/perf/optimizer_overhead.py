@@ -1,10 +1,12 @@
-"""Per-step cost of gradvar(adam) against adam, measured side by side in one run.
+"""Per-step cost of gradvar(adam) and gns(adam) against adam, side by side in one run.
 
 Each variant is one jit-compiled step (optimizer update + apply_updates) with
 donated params and optimizer state, on parameter trees shaped like ResNet-50
 (25,557,032 params in 161 leaves) and BERT-base (109,482,240 params). Variants
 are timed in interleaved rounds so that machine noise hits them alike, and the
-report gives medians and ratios to plain Adam.
+report gives medians and ratios to plain Adam. `gns(adam)` gets the mean gradient and
+`group_sq_norm`/`num_groups` as the training step hands them over (4 groups); the caller's cost
+of computing q is not part of it.
 
   python -m benchmarks.perf.optimizer_overhead                    # both trees, float32
   python -m benchmarks.perf.optimizer_overhead --trees bert-base --dtypes float32 bfloat16
@@ -58,10 +60,13 @@ TREES = {
 VARIANTS = {
     "adam": lambda: optax.adam(1e-3),
     "gradvar(adam)": lambda: gradvar_optax.gradvar(optax.adam(1e-3)),
+    "gns(adam)": lambda: gradvar_optax.gns(optax.adam(1e-3)),
     "clip_by_global_norm+adam": lambda: optax.chain(
         optax.clip_by_global_norm(1.0), optax.adam(1e-3)
     ),
 }
+# Variants whose update takes the groups' statistics (a traced q, so it is not folded in).
+GROUP_VARIANTS = {"gns(adam)": 4}
 
 
 def make_tree(shapes, dtype, seed):
@@ -72,9 +77,10 @@ def make_tree(shapes, dtype, seed):
   }
 
 
-def make_step(opt):
-  def step(params, opt_state, grads):
-    updates, opt_state = opt.update(grads, opt_state, params)
+def make_step(opt, num_groups=None):
+  def step(params, opt_state, grads, q):
+    extra = {} if num_groups is None else {"group_sq_norm": q, "num_groups": num_groups}
+    updates, opt_state = opt.update(grads, opt_state, params, **extra)
     return optax.apply_updates(params, updates), opt_state
 
   return jax.jit(step, donate_argnums=(0, 1))
@@ -86,14 +92,16 @@ def bench_tree(name, dtype, rounds, steps_per_round, progress):
   n_params = sum(int(np.prod(s)) for s in shapes)
   assert n_params == expected, (name, n_params, expected)
   grads = make_tree(shapes, dtype, seed=1)
+  # q of 4 groups whose mean is `grads`: a little above |grads|^2, so gns's estimates are finite.
+  q = jnp.float32(1.5) * jnp.square(optax.global_norm(grads)).astype(jnp.float32)
   runners = {}
   for vname, make_opt in VARIANTS.items():
     opt = make_opt()
     params = make_tree(shapes, dtype, seed=0)
     state = opt.init(params)
-    step = make_step(opt)
+    step = make_step(opt, GROUP_VARIANTS.get(vname))
     t0 = time.perf_counter()
-    params, state = step(params, state, grads)
+    params, state = step(params, state, grads, q)
     jax.block_until_ready(params)
     runners[vname] = {"step": step, "carry": (params, state), "compile_s": time.perf_counter() - t0,
                       "times": []}
@@ -102,7 +110,7 @@ def bench_tree(name, dtype, rounds, steps_per_round, progress):
       params, state = run["carry"]
       for _ in range(steps_per_round):
         t0 = time.perf_counter()
-        params, state = run["step"](params, state, grads)
+        params, state = run["step"](params, state, grads, q)
         jax.block_until_ready(params)
         run["times"].append(time.perf_counter() - t0)
       run["carry"] = (params, state)
