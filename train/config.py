@@ -107,6 +107,10 @@ class Config:
   model_family: Optional[str] = _field(
       None, help="model family to train (default: the task's; required with --task local:DIR)",
       flag="--model", metavar="NAME")
+  eval_every_steps: Optional[int] = _field(
+      None, help="also evaluate on the validation split every K steps, one row of evals.jsonl "
+                 "each (default: after every epoch only); strategies that watch the "
+                 "validation loss (plateau) then see these evaluations", metavar="K")
 
   def to_json(self) -> dict:
     return dataclasses.asdict(self)
@@ -262,7 +266,7 @@ def validate(config: Config) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
       fail(name, f"must be a positive int, got {value!r}")
   for name in ("num_devices", "train_examples", "eval_examples", "eval_batch_size",
-               "checkpoint_every_steps"):
+               "checkpoint_every_steps", "eval_every_steps"):
     value = getattr(config, name)
     if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
       fail(name, f"must be a positive int or None, got {value!r}")

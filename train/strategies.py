@@ -33,6 +33,11 @@ EffectiveLR = Callable[[Any, jax.Array], jax.Array]
 class Strategy:
   optimizer: optax.GradientTransformationExtraArgs
   effective_lr: EffectiveLR
+  # (opt_state, validation loss: f32 scalar) -> opt_state, applied after each evaluation the
+  # strategy sees (every `eval_every_steps` one if set, else each epoch's); pure and jit-able.
+  observe_eval: Callable[[Any, jax.Array], Any] | None = None
+  # (opt_state, params) -> the params to evaluate and to save as final.
+  eval_params: Callable[[Any, Any], Any] | None = None
 
 
 _REGISTRY: dict[str, Callable[[float, int, int], Strategy]] = {}
