@@ -4,6 +4,7 @@
 The resumed runs' evals.jsonl is tested in tests/test_resume.py.
 """
 
+import dataclasses
 import json
 import math
 import pathlib
@@ -213,3 +214,41 @@ def test_eval_every_steps_is_a_field_that_changes_the_trajectory(tmp_path):
     with pytest.raises(ValueError, match="config.eval_every_steps"):
       config_lib.validate(config_lib.Config(task="rt_sentiment", workdir="w",
                                             eval_every_steps=bad))
+
+
+@pytest.mark.slow
+def test_eval_params_of_a_batchnorm_model_get_batch_statistics_recomputed_at_them(
+    evaluations, tmp_path, data_dir):
+  # `identity-eval-params` evaluates its own params, so only the statistics change: from the
+  # running averages that training kept to those of the first BN_BATCHES training batches.
+  config = _config(tmp_path, task="fashion_mnist", strategy="identity-eval-params", epochs=1,
+                   num_devices=1, eval_batch_size=8, data_dir=str(data_dir))
+  loop.train(config)
+  final = _final(config.workdir)
+  import orbax.checkpoint as ocp
+  with ocp.CheckpointManager(pathlib.Path(config.workdir, "checkpoints").absolute()) as manager:
+    trained = manager.restore(STEPS_PER_EPOCH, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore()))["state"]["train"]
+  jax.tree.map(np.testing.assert_array_equal, final["params"], trained["params"])
+  assert not any(np.allclose(a, b) for a, b in zip(jax.tree.leaves(final["batch_stats"]),
+                                                   jax.tree.leaves(trained["batch_stats"])))
+  # The expected statistics, from the same model built with momentum 0 (a running average that
+  # is the last batch's statistics), one batch at a time, on one device (a vmap of size 1 binds
+  # the model's BatchNorm axis).
+  s = loop.setup(dataclasses.replace(config, workdir=str(tmp_path / "unused"),
+                                     model={"bn_momentum": 0.0}))
+  assert s.pipeline.eval_steps("train") > loop.BN_BATCHES  # the first ones only
+
+  def statistics(inputs):
+    _, new = s.model.apply({"params": final["params"], "batch_stats": trained["batch_stats"]},
+                           **inputs, train=True, mutable=["batch_stats"])
+    return new["batch_stats"]
+
+  per_batch = []
+  for i in range(loop.BN_BATCHES):
+    batch = s.pipeline.eval_batch("train", i)
+    inputs = {k: batch[k][None] for k in s.model_spec.input_names}
+    per_batch.append(jax.vmap(statistics, axis_name=step_lib.AXIS)(inputs))
+  expected = jax.tree.map(lambda *xs: np.mean([x[0] for x in xs], axis=0), *per_batch)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
+               final["batch_stats"], expected)

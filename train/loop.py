@@ -236,9 +236,9 @@ def eval_view(s: Setup, place) -> Callable:
   statistics (`make_batch_stats_step`). They come from an evaluation iterator of their own, so
   the training iterator's state, and so the training batches, are untouched, and every
   evaluation uses the same examples. The cost, at each evaluation (validation and the final
-  test), is `BN_BATCHES` forward passes in training mode over `eval_batch_size` examples (at the
-  default 8 x the training batch, about the forward passes of 32 training steps), and that
-  many host round trips.
+  test), is `BN_BATCHES` forward passes in training mode over `eval_batch_size` examples each:
+  at the default of 8 x the training batch, the forward passes of 32 training batches, about
+  the compute of 10 training steps (a step's backward pass costs about two forward ones).
   """
   if s.strategy.eval_params is None:
     return lambda state: state
