@@ -12,6 +12,7 @@ A SIGKILL raised so is a real `kill -9`: the process dies there, without running
 """
 
 import json
+import logging
 import os
 import pathlib
 import shutil
@@ -19,6 +20,7 @@ import signal
 import subprocess
 import sys
 
+import fake_strategies
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
@@ -27,6 +29,7 @@ import pytest
 from train import checkpoint
 from train import config as config_lib
 from train import loop
+from train import records
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 STEPS_PER_EPOCH, EPOCHS, EVERY, WINDOW = 8, 2, 3, 5  # gradvar's default window
@@ -124,6 +127,14 @@ def assert_same_run(workdir, reference) -> None:
   run_json = json.loads(pathlib.Path(workdir, "run.json").read_text())
   assert run_json["end"] is not None and "stopped" not in run_json
   assert run_json["test"] == json.loads(pathlib.Path(reference, "run.json").read_text())["test"]
+
+
+def assert_same_evals(workdir, reference) -> None:
+  """The same evals.jsonl, bitwise in every field but the measured training clock."""
+  def rows(run):
+    return [{k: v for k, v in r.items() if k != "train_time_s"}
+            for r in jsonl(pathlib.Path(run, "evals.jsonl"))]
+  assert rows(workdir) == rows(reference)
 
 
 @pytest.fixture(scope="module")
@@ -414,3 +425,47 @@ def test_cli_flags_set_the_checkpoint_and_fault_fields(tmp_path):
     cli.config_from_args(base + ["--keep-checkpoints", "0"])
   with pytest.raises(ValueError, match="checkpoint_every_steps"):
     cli.config_from_args(base + ["--checkpoint-every", "-2"])
+
+
+@pytest.mark.slow
+def test_evaluations_every_k_steps_and_what_the_strategy_saw_resume_bitwise(
+    cache_dir, data_dir, tmp_path, monkeypatch, caplog):
+  """In process, with a strategy that counts the evaluations it is shown in its state
+  (`observe_eval`): evals.jsonl and that state continue exactly across a resume."""
+  fake_strategies.register(monkeypatch)
+
+  def config(workdir):
+    return _config(workdir, cache_dir, data_dir, strategy="count-evals", eval_every_steps=4)
+
+  reference = tmp_path / "reference"
+  loop.train(config(reference))
+  evals = records.read_evals(reference / "evals.jsonl")
+  assert [r.step for r in evals] == [4, 8, 12, 16]
+  _, state, _ = last_checkpoint(reference)
+  assert fake_strategies.eval_count(state["train"]["opt_state"]) == (4, np.float32(
+      evals[-1].val_loss))
+  # SIGTERM at step 4, mid-epoch and between checkpoints: the step is evaluated, observed, then
+  # saved; the resumed run neither evaluates it again nor misses it.
+  workdir = tmp_path / "run"
+  monkeypatch.setenv("GRADVAR_TEST_SIGNALS", "SIGTERM@4")
+  with pytest.raises(checkpoint.Preempted, match="at step 4 "):
+    loop.train(config(workdir))
+  monkeypatch.delenv("GRADVAR_TEST_SIGNALS")
+  assert checkpoint_steps(workdir) == [3, 4]
+  assert [r.step for r in records.read_evals(workdir / "evals.jsonl")] == [4]
+  _, state, _ = last_checkpoint(workdir)
+  assert fake_strategies.eval_count(state["train"]["opt_state"])[0] == 1
+  loop.train(config(workdir), resume=True)
+  assert_same_run(workdir, reference)
+  assert_same_evals(workdir, reference)
+  # Checkpoints 15 and 16 damaged: the run resumes from 12, keeps the evaluation of step 12
+  # (made before that checkpoint) and drops the one of step 16, which it then makes again.
+  workdir = copy_run(reference, tmp_path / "damaged")
+  for step in (15, 16):
+    _damage(workdir / "checkpoints" / str(step))
+  with caplog.at_level(logging.WARNING), pytest.warns(UserWarning, match="skipping damaged"):
+    loop.train(config(workdir), resume=True)
+  assert "resuming" in caplog.text and "from step 12" in caplog.text
+  assert "4 rows of steps.jsonl, 1 rows of evals.jsonl, 1 rows of epochs.jsonl" in caplog.text
+  assert_same_run(workdir, reference)
+  assert_same_evals(workdir, reference)

@@ -206,12 +206,14 @@ def _rewrite_jsonl(path: pathlib.Path, rows: list[dict]) -> None:
 def truncate_records(workdir: pathlib.Path, step: int, epochs_done: int) -> dict[str, int]:
   """Drops the rows written after a checkpoint; returns how many rows each file lost.
 
-  `steps.jsonl` keeps the rows of steps `<= step`, `epochs.jsonl` those of epochs
-  `<= epochs_done`. TensorBoard event files are append-only and keep their later points: after a
+  `steps.jsonl` and `evals.jsonl` keep the rows of steps `<= step`, `epochs.jsonl` those of
+  epochs `<= epochs_done`. (An evaluation at a checkpointed step is written before that
+  checkpoint is saved, so its row is kept.) TensorBoard event files are append-only and keep their later points: after a
   resume TensorBoard can show two values at the steps that were trained twice.
   """
   removed = {}
-  for name, key, last in (("steps.jsonl", "step", step), ("epochs.jsonl", "epoch", epochs_done)):
+  for name, key, last in (("steps.jsonl", "step", step), ("evals.jsonl", "step", step),
+                          ("epochs.jsonl", "epoch", epochs_done)):
     path = workdir / name
     if not path.exists():
       continue
@@ -225,7 +227,7 @@ def truncate_records(workdir: pathlib.Path, step: int, epochs_done: int) -> dict
 
 def clear_records(workdir: pathlib.Path) -> None:
   """Removes a previous attempt's records, for a fresh start in the same workdir."""
-  for name in ("epochs.jsonl", "steps.jsonl", "run.json"):
+  for name in ("epochs.jsonl", "steps.jsonl", "evals.jsonl", "run.json"):
     (workdir / name).unlink(missing_ok=True)
   shutil.rmtree(workdir / "tb", ignore_errors=True)
 

@@ -111,6 +111,10 @@ class Config:
       None, help="replay-X strategies: the folder of the recorded X run whose effective-LR path "
                  "(its steps.jsonl) they follow; relative paths are from where the run starts",
       owner="runner", metavar="DIR")
+  eval_every_steps: Optional[int] = _field(
+      None, help="also evaluate on the validation split every K steps, one row of evals.jsonl "
+                 "each (default: after every epoch only); strategies that watch the "
+                 "validation loss (plateau) then see these evaluations", metavar="K")
 
   def to_json(self) -> dict:
     return dataclasses.asdict(self)
@@ -266,7 +270,7 @@ def validate(config: Config) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
       fail(name, f"must be a positive int, got {value!r}")
   for name in ("num_devices", "train_examples", "eval_examples", "eval_batch_size",
-               "checkpoint_every_steps"):
+               "checkpoint_every_steps", "eval_every_steps"):
     value = getattr(config, name)
     if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
       fail(name, f"must be a positive int or None, got {value!r}")

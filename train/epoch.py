@@ -3,6 +3,14 @@
 `train.loop` sets a run up and calls `run_epoch` for each epoch left; a `Run` holds what the
 epochs share and where the run stands, which is what a checkpoint saves (with the data iterator's
 state and the clock, `train.clock`).
+
+Evaluations. Every epoch ends with one on the validation split (its `EpochRow`). With
+`eval_every_steps` K there is also one at every global step that is a multiple of K, with the
+training clock paused, each giving a row of evals.jsonl (`records.EvalRow`); at an epoch's last
+step the epoch's evaluation is that row's, not a second one. A strategy with `observe_eval` sees
+the validation loss of every such evaluation (of each epoch's, without K); the state it returns is
+what the next step and the checkpoint get. Each evaluation happens before the checkpoint of its
+step, so a resumed run evaluates and observes exactly where an uninterrupted one does.
 """
 
 from collections.abc import Callable, Iterator
@@ -15,12 +23,14 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+from jax.sharding import PartitionSpec as P
 import numpy as np
 from tqdm import tqdm
 
 from train import checkpoint as checkpoint_lib
 from train import clock as clock_lib
 from train import records
+from train import step as step_lib
 
 # With `skip_nonfinite`, optax.apply_if_finite skips this many non-finite steps in a row, then
 # gives up (applies one) and the run stops: a fault that persists is not a glitch to step over.
@@ -137,6 +147,40 @@ def epoch_row(epoch: int, step: int, totals: EpochTotals, last: dict[str, Any],
       nonfinite_steps=totals.nonfinite_steps if count_nonfinite else None)
 
 
+def on_replicas(launcher: step_lib.Launcher, fn: Callable) -> Callable:
+  """`fn`, a pure function of replicated values, applied to the replicas under the launcher.
+
+  The arguments and the result are replicated as `Launcher.put_state` places them: under pmap
+  with a leading axis over this process's devices, under shard_map as global arrays replicated
+  over the mesh. Each device computes `fn` on its own replica, so on several processes every
+  process passes its own (equal) copy, as it does to the train step, and no value crosses hosts.
+  """
+  if launcher.parallel == "pmap":
+    return jax.pmap(fn, axis_name=step_lib.AXIS, devices=launcher.devices)
+  return jax.jit(jax.shard_map(fn, mesh=launcher.mesh, in_specs=P(), out_specs=P(),
+                               check_vma=False))
+
+
+def observer(launcher: step_lib.Launcher, observe_eval: Callable | None
+             ) -> Callable[[Any, float], Any] | None:
+  """`(state, val_loss) -> state` with the strategy's `observe_eval` applied to the replicated
+  optimizer state; None for a strategy without it."""
+  if observe_eval is None:
+    return None
+  mapped = on_replicas(launcher, observe_eval)
+
+  def observe(state, val_loss: float):
+    loss = launcher.put_state(np.float32(val_loss))
+    return state._replace(opt_state=mapped(state.opt_state, loss))
+
+  return observe
+
+
+def _metric(metrics: dict[str, Any], name: str) -> float | None:
+  """A step metric as a float; None where this step has no such metric."""
+  return float(metrics[name]) if name in metrics else None
+
+
 def parse_test_signals(value: str | None) -> dict[int, list[signal.Signals]]:
   """Parses `GRADVAR_TEST_SIGNALS` (test-only): `NAME@STEP[,NAME@STEP...]` -> {step: signals}."""
   out: dict[int, list[signal.Signals]] = {}
@@ -175,6 +219,11 @@ class Run:
       default_factory=checkpoint_lib.PreemptionWatch)
   data: Any = None  # the training iterator, while it is open
   batches: Iterator | None = None  # its batches, from the first one not trained on
+  # state -> the state to evaluate and save as final (the strategy's eval params; `loop`).
+  eval_view: Callable[[Any], Any] = lambda state: state
+  # (state, val_loss) -> state: the strategy's `observe_eval` (`observer`), or None.
+  observe_eval: Callable[[Any, float], Any] | None = None
+  postfix: dict[str, str] = dataclasses.field(default_factory=dict)  # the progress bar's
 
   def compile(self) -> float | None:
     """Compiles the step on the first batch, which then trains as usual; returns the seconds
@@ -217,7 +266,37 @@ class Run:
     rows = [records.StepRow.from_metrics(step, epoch, get(m)) for step, m in pending]
     self.recorder.steps(rows)
     if rows:
-      bar.set_postfix(loss=f"{rows[-1].loss:.4f}", lr=f"{rows[-1].effective_lr:.2e}")
+      self.postfix.update(loss=f"{rows[-1].loss:.4f}", lr=f"{rows[-1].effective_lr:.2e}")
+      bar.set_postfix(self.postfix)
+
+  def validate(self) -> dict[str, float]:
+    """The current state's metrics on the validation split (at the strategy's eval params)."""
+    evaluation = self.evaluate(self.eval_view(self.state), "validation")
+    self.postfix["val_loss"] = f"{evaluation['validation_loss']:.4f}"
+    return evaluation
+
+  def evaluated(self, epoch: int, last: dict[str, Any], evaluation: dict[str, float]) -> None:
+    """After an evaluation at this step: its evals.jsonl row at a multiple of eval_every_steps,
+    and the strategy's `observe_eval` on the evaluations it sees (see the module docstring).
+
+    Args:
+      epoch: the epoch of this step.
+      last: this step's metrics (host).
+      evaluation: `validate()` at this step.
+    """
+    every = self.s.config.eval_every_steps
+    due = every is not None and self.step % every == 0
+    if due:
+      clock = self.clock  # paused or stopped: the training time up to this step
+      self.recorder.eval(records.EvalRow(
+          step=self.step, epoch=epoch, examples=self.step * self.s.config.batch_size,
+          train_time_s=clock.train_time_total + clock.epoch_train(),
+          val_loss=evaluation["validation_loss"],
+          val_accuracy=evaluation["validation_accuracy"],
+          effective_lr=_metric(last, "effective_lr"), lr_scale=_metric(last, "lr_scale"),
+          noise_to_signal=_metric(last, "noise_to_signal")))
+    if self.observe_eval is not None and (due or every is None):
+      self.state = self.observe_eval(self.state, evaluation["validation_loss"])
 
 
 def run_epoch(run: Run, epoch: int) -> str | None:
@@ -239,7 +318,7 @@ def _steps(run: Run, epoch: int) -> tuple[Any, str | None]:
   """The epoch's steps left, with their rows and the checkpoints due within the epoch."""
   config, steps_per_epoch = run.s.config, run.s.pipeline.steps_per_epoch
   begun = run.step - (epoch - 1) * steps_per_epoch  # > 0 when resumed mid-epoch
-  every = config.checkpoint_every_steps
+  every, eval_every = config.checkpoint_every_steps, config.eval_every_steps
   pending, stop = [], None
   run.clock.start_epoch()
   bar = tqdm(range(begun, steps_per_epoch), desc=f"epoch {epoch}/{config.epochs}",
@@ -255,13 +334,17 @@ def _steps(run: Run, epoch: int) -> tuple[Any, str | None]:
       pending.append((run.step, metrics))
     stop = run.watch.requested(run.step)
     last = i == steps_per_epoch - 1
-    # The epoch's last step is saved after its evaluation, in `_record`.
+    # The epoch's last step is evaluated and saved after the epoch, in `_record`.
     save = not last and (stop is not None or (every is not None and run.step % every == 0))
-    if save or last or len(pending) >= _MAX_PENDING_ROWS:
+    evaluate = not last and eval_every is not None and run.step % eval_every == 0
+    if save or last or evaluate or len(pending) >= _MAX_PENDING_ROWS:
       with run.clock.paused(wait_for=metrics):
         run.write_steps(pending, epoch, bar)
         pending = []
         run.check_finite(epoch)
+        if evaluate:  # before the save, which then holds what observe_eval made of it
+          run.evaluated(epoch, run.s.launcher.get(metrics), run.validate())
+          bar.set_postfix(run.postfix)
         if save:
           run.save()
       if save and stop is not None:
@@ -270,12 +353,13 @@ def _steps(run: Run, epoch: int) -> tuple[Any, str | None]:
 
 
 def _record(run: Run, epoch: int, metrics) -> None:
-  """Ends the epoch: evaluates it, writes its row and checkpoints it."""
+  """Ends the epoch: evaluates it, writes its rows and checkpoints it."""
   s = run.s
   run.clock.end_epoch(wait_for=run.state)
   totals = run.sums.totals(s.launcher.get)
   last = s.launcher.get(metrics)
-  evaluation = run.evaluate(run.state, "validation")
+  evaluation = run.validate()
+  run.evaluated(epoch, last, evaluation)  # its evals.jsonl row, and observe_eval
   row = epoch_row(epoch, run.step, totals, last, evaluation, run.clock.last_epoch(),
                   examples=s.pipeline.steps_per_epoch * s.config.batch_size,
                   devices=s.devices, count_nonfinite=s.config.skip_nonfinite)

@@ -5,6 +5,10 @@ The loop is fixed; what varies between runs is the config and the strategy (Algo
 steps run, so evaluation, logging and checkpoint I/O are not counted in `train_time_s`, while
 `elapsed_s` counts everything since the start.
 
+With `eval_every_steps` K the run also evaluates every K steps (`train.epoch`), one row of
+`evals.jsonl` each. A strategy's `eval_params` gives the params that evaluation and the saved
+final params use (see `eval_view`); its `observe_eval` sees the validation losses.
+
 A run checkpoints after every epoch (and every `checkpoint_every_steps` steps, and on SIGTERM or
 SIGINT) into `<workdir>/checkpoints` (see `train.checkpoint`); `train(config, resume=True)`
 continues from the latest good one exactly as if it had never stopped: same state, same batches,
@@ -26,8 +30,10 @@ syntax is `NAME@STEP[,NAME@STEP...]` with a signal name and a global step >= 1, 
 step 4); signals at the same step are raised in the order given.
 """
 
+from collections.abc import Callable
 import dataclasses
 import functools
+import itertools
 import json
 import logging
 import os
@@ -61,6 +67,9 @@ _SUBSET_SEED = 0x5EB5E7
 # gives up (applies one) and the run stops (`train.epoch` checks).
 MAX_CONSECUTIVE_NONFINITE = epoch_lib.MAX_CONSECUTIVE_NONFINITE
 NonFiniteError = epoch_lib.NonFiniteError
+# Evaluating at a strategy's `eval_params`, BatchNorm's statistics are recomputed from this many
+# evaluation batches of the training split (see `eval_view`).
+BN_BATCHES = 4
 
 
 def _subset(split: data.Split, n: int | None) -> data.Split:
@@ -146,9 +155,24 @@ def setup(config: config_lib.Config) -> Setup:
       replay_from=config.replay_from))
   if config.skip_nonfinite:
     strategy = dataclasses.replace(strategy, optimizer=optax.apply_if_finite(
-        strategy.optimizer, max_consecutive_errors=MAX_CONSECUTIVE_NONFINITE))
+        strategy.optimizer, max_consecutive_errors=MAX_CONSECUTIVE_NONFINITE),
+        **_hooks_inside_apply_if_finite(strategy))
   return Setup(config, task, source, inputs, pipeline, model, model_spec, strategy, devices,
                step_lib.Launcher(config.parallel, devices))
+
+
+def _hooks_inside_apply_if_finite(strategy: strategies.Strategy) -> dict[str, Any]:
+  """The strategy's state hooks for its optimizer wrapped in `optax.apply_if_finite`: they see
+  and change the state of the optimizer they were written for, the wrapper's `inner_state`."""
+  hooks = {}
+  if strategy.observe_eval is not None:
+    observe = strategy.observe_eval
+    hooks["observe_eval"] = lambda state, loss: state._replace(
+        inner_state=observe(state.inner_state, loss))
+  if strategy.eval_params is not None:
+    params_of = strategy.eval_params
+    hooks["eval_params"] = lambda state, params: params_of(state.inner_state, params)
+  return hooks
 
 
 def init_state(s: Setup) -> step_lib.TrainState:
@@ -171,6 +195,72 @@ def evaluate(s: Setup, p_eval, state, split: str, place) -> dict[str, float]:
           f"{split}_accuracy": float(totals["correct"]) / count, f"{split}_examples": int(count)}
 
 
+def make_batch_stats_step(model, input_names) -> Callable:
+  """The per-device step `(state, batch) -> batch_stats`: BatchNorm's statistics of one batch at
+  `state.params`, averaged over AXIS.
+
+  The model runs in training mode, which normalises with the batch's own statistics and never
+  reads the running averages, so Flax's update `new = momentum * old + (1 - momentum) * batch` is
+  affine in `old`: one forward pass from `old = 0` with the tangent `old = 1` (`jax.jvp`) gives
+  `(1 - momentum) * batch` and `momentum`, hence the batch's statistics, whatever the momentum of
+  each layer. Dropout, if the model has any, uses a fixed key.
+  """
+
+  def batch_stats_step(state, batch):
+    inputs = {k: batch[k] for k in input_names}
+
+    def updated(old):
+      _, new = model.apply({"params": state.params, "batch_stats": old}, **inputs, train=True,
+                           rngs={"dropout": jax.random.key(0)}, mutable=["batch_stats"])
+      return new["batch_stats"]
+
+    zeros = jax.tree.map(jnp.zeros_like, state.batch_stats)
+    ones = jax.tree.map(jnp.ones_like, state.batch_stats)
+    scaled, momentum = jax.jvp(updated, (zeros,), (ones,))
+    # A model whose BatchNorm is synced over AXIS has equal replicas already; one that is not
+    # gets the mean over the devices.
+    return jax.lax.pmean(jax.tree.map(lambda x, m: x / (1 - m), scaled, momentum),
+                         step_lib.AXIS)
+
+  return batch_stats_step
+
+
+def eval_view(s: Setup, place) -> Callable:
+  """`state -> state` to evaluate and to save as final: the strategy's `eval_params`.
+
+  Without `eval_params` the state itself. With it, the params are `eval_params(opt_state,
+  params)` (schedule-free's averaged iterate), on every replica (`epoch.on_replicas`). The running
+  BatchNorm averages of the state belong to the params that trained, not to these, so a model
+  with BatchNorm gets its statistics recomputed at the eval params: the mean over the first
+  `BN_BATCHES` evaluation batches of the training split (in order, augmentation off; a split
+  smaller than that gives fewer, the last padded with its first example) of each batch's
+  statistics (`make_batch_stats_step`). They come from an evaluation iterator of their own, so
+  the training iterator's state, and so the training batches, are untouched, and every
+  evaluation uses the same examples. The cost, at each evaluation (validation and the final
+  test), is `BN_BATCHES` forward passes in training mode over `eval_batch_size` examples each:
+  at the default of 8 x the training batch, the forward passes of 32 training batches, about
+  the compute of 10 training steps (a step's backward pass costs about two forward ones).
+  """
+  if s.strategy.eval_params is None:
+    return lambda state: state
+  params_of = epoch_lib.on_replicas(s.launcher, s.strategy.eval_params)
+  stats_step = s.launcher.eval(make_batch_stats_step(s.model, s.model_spec.input_names))
+
+  def view(state):
+    state = state._replace(params=params_of(state.opt_state, state.params))
+    if not state.batch_stats:
+      return state
+    total, n = None, 0
+    with s.pipeline.eval_iterator("train", place=place) as it:
+      for batch in itertools.islice(it, BN_BATCHES):
+        stats = stats_step(state, batch)
+        total = stats if total is None else jax.tree.map(jnp.add, total, stats)
+        n += 1
+    return state._replace(batch_stats=jax.tree.map(lambda x: x / n, total))
+
+  return view
+
+
 def train_step(s: Setup):
   """The run's data-parallel train step under its launcher (compiled on first use)."""
   return s.launcher.train(step_lib.make_train_step(
@@ -178,7 +268,7 @@ def train_step(s: Setup):
 
 
 RESUME_MODES = ("latest", "allow-fresh")
-_RUN_FILES = ("run.json", "epochs.jsonl", "steps.jsonl", "checkpoints")
+_RUN_FILES = ("run.json", "epochs.jsonl", "steps.jsonl", "evals.jsonl", "checkpoints")
 
 
 def _resume_mode(resume: bool | str) -> str | None:
@@ -343,7 +433,8 @@ def _train(s: Setup, workdir: pathlib.Path, ckpts: checkpoint_lib.Checkpoints, s
       p_train=train_step(s), state=s.launcher.put_state(state), rng=rng,
       clock=clock_lib.Clock(position.clock), step=position.step,
       epochs_done=position.epochs_done, sums=epoch_lib.EpochSums.from_json(position.epoch_acc),
-      last_row=position.last_row, signals=signals)
+      last_row=position.last_row, signals=signals, eval_view=eval_view(s, place),
+      observe_eval=epoch_lib.observer(s.launcher, s.strategy.observe_eval))
   try:
     with run.watch, s.pipeline.train_iterator(state=position.data, place=place,
                                               num_epochs=config.epochs) as run.data:
@@ -378,9 +469,11 @@ def _start_records(s: Setup, workdir: pathlib.Path, recorder: records.Recorder,
 
 def _finish(run: epoch_lib.Run, workdir: pathlib.Path, run_info: dict[str, Any]
             ) -> dict[str, Any]:
-  """Tests the final state and saves its params; returns the last epoch's row and the test."""
-  test = run.evaluate(run.state, "test")
-  final = run.s.launcher.get({"params": run.state.params, "batch_stats": run.state.batch_stats})
+  """Tests the final state and saves its params (both at the strategy's eval params); returns
+  the last epoch's row and the test."""
+  view = run.eval_view(run.state)
+  test = run.evaluate(view, "test")
+  final = run.s.launcher.get({"params": view.params, "batch_stats": view.batch_stats})
   with ocp.StandardCheckpointer() as ckptr:
     ckptr.save((workdir / "final").absolute(), final, force=True)
   run_info.update(end=records.now(), test=test)

@@ -4,12 +4,14 @@
 - `run.json`: config, git commit, package versions, devices, host, start and end time.
 - `epochs.jsonl`: one row per epoch (deterministic metrics, then measured resources).
 - `steps.jsonl`: one row every `log_every` steps: the LR-change log the seed asks for.
+- `evals.jsonl`: with `eval_every_steps` K, one row per validation evaluation at every multiple
+  of K steps (steps and examples to a target are read from these).
 - `tb/`: TensorBoard event files with the same scalars (tensorboardX: no TensorFlow needed).
 
 Non-finite floats are written as JSON `null` (e.g. `lr_scale` of a strategy without gradvar).
 
-The rows are typed: `StepRow` and `EpochRow` are the schema of the two JSONL files, the
-`Recorder` writes them and `read_steps`/`read_epochs` read them back. A row with a missing
+The rows are typed: `StepRow`, `EpochRow` and `EvalRow` are the schema of the JSONL files, the
+`Recorder` writes them and `read_steps`/`read_epochs`/`read_evals` read them back. A row with a missing
 required field or a field the schema does not know is an error naming the file, the line and
 the field. run.json records the schema's version as `records_schema` (see `SCHEMA_VERSION`).
 """
@@ -241,6 +243,25 @@ class EpochRow(_Row):
   nonfinite_steps: int | None = None  # only with skip_nonfinite: the steps it skipped
 
 
+@dataclasses.dataclass(frozen=True)
+class EvalRow(_Row):
+  """A row of evals.jsonl: a validation evaluation at a multiple of `eval_every_steps`.
+
+  At an epoch's last step it is that epoch's evaluation (the `EpochRow`'s val_loss and
+  val_accuracy). `effective_lr`, `lr_scale` and `noise_to_signal` are the metrics of the step
+  just taken (None where the strategy has no such reading).
+  """
+  step: int  # optimizer updates done, 1-based
+  epoch: int  # 1-based, the epoch that step belongs to
+  examples: int  # training examples seen: step x the global batch
+  train_time_s: float | None  # the training clock so far (evaluation and writing excluded)
+  val_loss: float | None
+  val_accuracy: float | None
+  effective_lr: float | None
+  lr_scale: float | None
+  noise_to_signal: float | None = None  # gns's reading; absent where the step has none
+
+
 def _read_rows(cls, path: pathlib.Path, missing_ok: bool) -> list:
   path = pathlib.Path(path)
   try:
@@ -269,6 +290,12 @@ def read_steps(path: pathlib.Path, missing_ok: bool = False) -> list[StepRow]:
 def read_epochs(path: pathlib.Path, missing_ok: bool = False) -> list[EpochRow]:
   """The rows of an epochs.jsonl (none if `missing_ok` and there is no file)."""
   return _read_rows(EpochRow, path, missing_ok)
+
+
+def read_evals(path: pathlib.Path, missing_ok: bool = False) -> list[EvalRow]:
+  """The rows of an evals.jsonl (none if `missing_ok` and there is no file: a run without
+  `eval_every_steps`)."""
+  return _read_rows(EvalRow, path, missing_ok)
 
 
 def _as_row(cls, row, where: str):
@@ -326,6 +353,16 @@ class Recorder:
       for key, value in row.items():
         if key != "epoch" and isinstance(value, (int, float)) and math.isfinite(value):
           self._tb.add_scalar(f"epoch/{key}", value, row["epoch"])
+      self._tb.flush()
+
+  def eval(self, row: EvalRow | Mapping[str, Any]) -> None:
+    """Appends a row to evals.jsonl; a dict is checked as an `EvalRow`, on every process."""
+    row = _as_row(EvalRow, row, "Recorder.eval").as_dict()
+    self._append("evals.jsonl", [row])
+    if self._tb is not None:
+      for key, value in row.items():
+        if key not in ("step", "epoch") and value is not None and math.isfinite(value):
+          self._tb.add_scalar(f"eval/{key}", value, row["step"])
       self._tb.flush()
 
   def close(self) -> None:
