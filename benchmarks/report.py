@@ -62,10 +62,7 @@ class RunRecord:
 def _read_evals(path: pathlib.Path) -> Optional[list]:
   if not path.exists():
     return None
-  reader = getattr(records, "read_evals", None)
-  if reader is None:
-    raise ValueError(f"{path}: this code has no train.records.read_evals to read it")
-  return reader(path)
+  return records.read_evals(path)
 
 
 def read_run(workdir: pathlib.Path, info: Optional[dict] = None) -> RunRecord:
@@ -118,9 +115,10 @@ def _matched(out: pathlib.Path, run: suite_lib.Run) -> Optional[RunRecord]:
 
 
 def tuning_selection(suite: suite_lib.Suite, out: pathlib.Path) -> dict:
-  """The runner's picks: the bracketed `tuning.selection` for a suite with a declared analysis
-  (v2), else v1's selection on the initial grid, which the committed v1 folders were made with."""
-  if suite.analysis is not None:
+  """The runner's picks: `tuning.selection` for a suite that brackets or declares an analysis
+  (v2), else v1's view of the same picks on the initial grid, which the committed v1 folders'
+  results.json keeps."""
+  if suite.analysis is not None or suite.max_extensions:
     return tuning.selection(suite, out)
   return tuning.v1_selection(suite, out)
 

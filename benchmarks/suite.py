@@ -14,7 +14,7 @@ comparison. `benchmarks/suites/tiny.toml` is a complete example:
     lr_grid = [3e-4, 1e-3, 3e-3]      # --tune: every strategy gets this grid
     tune_seeds = [1000]               # --tune: selection runs, apart from the evaluation seeds
     tune_tasks = ["rt_sentiment"]     # --tune: only these tasks (default: all)
-    max_extensions = 2                # --tune: points added beyond an edge pick (benchmarks.tuning)
+    max_extensions = 2                # --tune: points added beyond an edge pick (default 0)
     untuned_runs = true               # --tune: also the untuned evaluation runs (default true)
     [grids]                           # --tune: a strategy's own initial grid instead of lr_grid
     prodigy = [0.3, 1.0, 3.0]         #   (prodigy's "lr" is optax's estim_lr_coef)
@@ -71,7 +71,8 @@ _TOP_KEYS = frozenset({"name", "description", "seeds", "strategies", "baseline",
 _CALIBRATION_KEYS = frozenset({"rule", "factor", "strategy", "lr", "reference_seeds",
                                "thresholds", "reference_best_val_loss", "date", "commit"})
 _ANALYSIS_KEYS = frozenset({"metric", "primaries", "alpha", "permutations", "bootstrap"})
-DEFAULT_MAX_EXTENSIONS = 2
+# Bracketing is opt-in: the limit is stated in the suite (the v1 suites add no points).
+DEFAULT_MAX_EXTENSIONS = 0
 METRICS = ("steps_to_target",)
 DEFAULT_ALPHA = 0.05
 DEFAULT_PERMUTATIONS = 10000

@@ -1,8 +1,7 @@
 """The pre-registered analysis in the report, from synthetic records, against hand values.
 
-The suite's [analysis] declaration (`Suite.analysis`: primaries as (task, A, B), alpha,
-permutations, bootstrap) is given by a stand-in wrapped around the parsed suite, so that these
-tests fix the report's side of it whatever the parser's shape on the way there.
+The suite declares its analysis in an [analysis] table (`Suite.analysis`); the same suite
+without it must give no analysis sections.
 """
 
 import dataclasses
@@ -33,7 +32,16 @@ train_examples = 48
 
 [calibration.thresholds]
 rt_sentiment = 0.7
+
+[analysis]
+metric = "steps_to_target"
+primaries = ["rt_sentiment: gradvar vs fixed", "rt_sentiment: cosine vs fixed"]
+alpha = 0.05
+permutations = 10000
+bootstrap = 2000
 """
+# The same suite without a declared analysis.
+SUITE_UNDECLARED = SUITE[:SUITE.index("[analysis]")]
 STEPS_PER_EPOCH, EVERY = 4, 2  # 24 steps a run, an evaluation every 2: steps 2, 4, ..., 24
 # The step of the first evaluation at or below 0.7 (None: never), per (strategy, seed).
 REACH = {("fixed", 0): 10, ("fixed", 1): 14, ("fixed", 2): None,
@@ -46,38 +54,17 @@ CURVE = [1.0, 0.9, 0.8, 0.7, 0.66, 0.65]
 CURVE_HIGH = [1.0, 0.9, 0.8, 0.78, 0.76, 0.75]  # fixed seed 2: ends above the prior's 0.72
 
 
-@dataclasses.dataclass(frozen=True)
-class Analysis:
-  primaries: tuple = (("rt_sentiment", "gradvar", "fixed"), ("rt_sentiment", "cosine", "fixed"))
-  alpha: float = 0.05
-  permutations: int = 10_000
-  bootstrap: int = 2_000
-
-
-class AnalysedSuite:
-  """The parsed suite with an `analysis` attribute, as the runner's parser will give it."""
-
-  def __init__(self, suite, analysis):
-    self._suite, self.analysis = suite, analysis
-
-  def __getattr__(self, name):
-    return getattr(self._suite, name)
-
-
 def _losses(reach):
   return [0.65 if reach is not None and step >= reach else 0.9
           for step in range(EVERY, EVERY * 12 + 1, EVERY)]
 
 
-def make_out(tmp_path, monkeypatch, analysis=Analysis(), step_cost=None, regime=None):
-  evals_rows.ensure_reader(monkeypatch)
-  parse = suite_lib.parse
-  monkeypatch.setattr(suite_lib, "parse",
-                      lambda text, path=None: AnalysedSuite(parse(text, path), analysis))
+def make_out(tmp_path, declared=True, step_cost=None, regime=None):
+  text = SUITE if declared else SUITE_UNDECLARED
   out = tmp_path / "out"
   out.mkdir()
-  (out / "suite.toml").write_text(SUITE)
-  suite = parse(SUITE)
+  (out / "suite.toml").write_text(text)
+  suite = suite_lib.parse(text)
   for (strategy, seed), reach in REACH.items():
     folder = out / suite.run("rt_sentiment", strategy, seed).relpath()
     curve = CURVE_HIGH if (strategy, seed) == ("fixed", 2) else CURVE
@@ -100,8 +87,8 @@ REGIME = {"sklearn": "1.9.1", "command": "python -m benchmarks regime --suite an
                                      "method": "tfidf-1-2gram-logreg"}}}
 
 
-def test_primaries_with_censored_runs_and_holm(tmp_path, monkeypatch):
-  out = make_out(tmp_path, monkeypatch, step_cost=STEP_COST)
+def test_primaries_with_censored_runs_and_holm(tmp_path):
+  out = make_out(tmp_path, step_cost=STEP_COST)
   report.write(out, render_plots=False)
   results = json.loads((out / "results.json").read_text())
   fixed = results["tasks"]["rt_sentiment"]["settings"]["untuned"]["strategies"]["fixed"]
@@ -143,8 +130,8 @@ def test_primaries_with_censored_runs_and_holm(tmp_path, monkeypatch):
   assert "## Regime check" not in md  # no regime.json
 
 
-def test_time_to_target_not_measured_without_step_cost(tmp_path, monkeypatch):
-  out = make_out(tmp_path, monkeypatch)
+def test_time_to_target_not_measured_without_step_cost(tmp_path):
+  out = make_out(tmp_path)
   report.write(out, render_plots=False)
   results = json.loads((out / "results.json").read_text())
   assert results["primaries"][0]["time_to_target"] == {"a": None, "b": None}
@@ -153,9 +140,9 @@ def test_time_to_target_not_measured_without_step_cost(tmp_path, monkeypatch):
   assert "Not measured: this folder has no step_cost.json." in md
 
 
-def test_a_missing_primary_keeps_the_correction_for_all_declared(tmp_path, monkeypatch):
+def test_a_missing_primary_keeps_the_correction_for_all_declared(tmp_path):
   # A third primary whose runs lack evals counts as p = 1 in Holm: m stays 3.
-  out = make_out(tmp_path, monkeypatch)
+  out = make_out(tmp_path)
   suite = suite_lib.parse(SUITE)
   for seed in (0, 1, 2):
     (out / suite.run("rt_sentiment", "cosine", seed).relpath() / "evals.jsonl").unlink()
@@ -165,8 +152,8 @@ def test_a_missing_primary_keeps_the_correction_for_all_declared(tmp_path, monke
   assert g["p_holm"] == 0.5 and c["p_holm"] == 1.0
 
 
-def test_regime_check_flags_a_short_task_and_memorisation(tmp_path, monkeypatch):
-  out = make_out(tmp_path, monkeypatch, regime=REGIME)
+def test_regime_check_flags_a_short_task_and_memorisation(tmp_path):
+  out = make_out(tmp_path, regime=REGIME)
   report.write(out, render_plots=False)
   r = json.loads((out / "results.json").read_text())["regime"]["tasks"]["rt_sentiment"]
   # fixed's best val accuracies 0.80, 0.82, 0.84: mean 0.82 of n = 100; Wilson's 95% interval
@@ -184,17 +171,17 @@ def test_regime_check_flags_a_short_task_and_memorisation(tmp_path, monkeypatch)
   assert "rt_sentiment / untuned / fixed / seed 2: final validation loss 0.7500 > 0.7200" in md
 
 
-def test_regime_check_passes_a_task_within_the_interval(tmp_path, monkeypatch):
+def test_regime_check_passes_a_task_within_the_interval(tmp_path):
   regime = json.loads(json.dumps(REGIME))
   regime["tasks"]["rt_sentiment"].update(accuracy=0.85, class_prior_loss=0.8)
-  out = make_out(tmp_path, monkeypatch, regime=regime)
+  out = make_out(tmp_path, regime=regime)
   report.write(out, render_plots=False)
   r = json.loads((out / "results.json").read_text())["regime"]["tasks"]["rt_sentiment"]
   assert r["falls_short"] is False and r["memorised"] == []
 
 
-def test_no_analysis_sections_without_a_declaration(tmp_path, monkeypatch):
-  out = make_out(tmp_path, monkeypatch, analysis=None)
+def test_no_analysis_sections_without_a_declaration(tmp_path):
+  out = make_out(tmp_path, declared=False)
   report.write(out, render_plots=False)
   results = json.loads((out / "results.json").read_text())
   assert "primaries" not in results and "secondary" not in results
@@ -203,8 +190,8 @@ def test_no_analysis_sections_without_a_declaration(tmp_path, monkeypatch):
   assert results["plots"]["rt_sentiment"][0] == "val_loss_rt_sentiment.png"
 
 
-def test_main_panel_and_grid_are_written(tmp_path, monkeypatch):
-  out = make_out(tmp_path, monkeypatch)
+def test_main_panel_and_grid_are_written(tmp_path):
+  out = make_out(tmp_path)
   report.write(out)
   results = json.loads((out / "results.json").read_text())
   names = results["plots"]["rt_sentiment"]
@@ -220,10 +207,10 @@ def _lines(fig):
           if not l.get_label().startswith(("_", "target"))}
 
 
-def test_identical_curves_both_stay_visible(tmp_path, monkeypatch):
+def test_identical_curves_both_stay_visible(tmp_path):
   """fixed and cosine have the same validation losses on seeds 0 and 1: both lines are drawn,
   in different styles, with the one drawn later thinner."""
-  out = make_out(tmp_path, monkeypatch)
+  out = make_out(tmp_path)
   suite = suite_lib.parse(SUITE)
   for seed in (0, 1, 2):  # cosine's evaluations become fixed's
     evals_rows.write(out / suite.run("rt_sentiment", "cosine", seed).relpath(),
@@ -251,7 +238,7 @@ def test_epoch_plot_styles_identical_strategies_apart():
 
 
 def test_grid_holds_the_strategies_outside_the_main_panel(tmp_path, monkeypatch):
-  out = make_out(tmp_path, monkeypatch)
+  out = make_out(tmp_path)
   results, runs = report.collect(out)
   # Without cosine among the reference arms the main panel is fixed and gradvar; cosine goes to
   # the grid.
