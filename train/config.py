@@ -107,6 +107,11 @@ class Config:
   model_family: Optional[str] = _field(
       None, help="model family to train (default: the task's; required with --task local:DIR)",
       flag="--model", metavar="NAME")
+  gns_groups: int = _field(
+      4, help="groups the global batch is split into for the gradient noise scale (strategy "
+              "gns; the others ignore it): at least 2, a multiple of the device count (each "
+              "device takes gns_groups / devices microbatches) and a divisor of the batch",
+      metavar="N")
 
   def to_json(self) -> dict:
     return dataclasses.asdict(self)

@@ -33,6 +33,9 @@ EffectiveLR = Callable[[Any, jax.Array], jax.Array]
 class Strategy:
   optimizer: optax.GradientTransformationExtraArgs
   effective_lr: EffectiveLR
+  # The step splits each device's batch into microbatches, so that the update sees
+  # `config.gns_groups` groups over the global batch (`group_sq_norm`, `num_groups`); gns reads them.
+  uses_groups: bool = False
 
 
 _REGISTRY: dict[str, Callable[[float, int, int], Strategy]] = {}
@@ -198,3 +201,17 @@ def prodigy(lr, steps_per_epoch, epochs):
       optax.contrib.prodigy(),
       lambda before, after, step: optax.tree_utils.tree_get(before, "estim_lr"),
   )
+
+
+@register("gns")
+def gns(lr, steps_per_epoch, epochs):
+  """Adam scaled by the gradient noise scale (``gradvar_optax.gns``), over ``gns_groups`` groups.
+
+  The step feeds it the groups of the global batch (``config.gns_groups``: replicas x
+  microbatches). Its warmup is ``cosine``'s, one epoch and at most a tenth of the run: the
+  reference signal fraction is frozen then, and the scale moves from there on.
+  """
+  total = steps_per_epoch * epochs
+  warmup = max(1, min(steps_per_epoch, total // 10))
+  return Strategy(gradvar_optax.gns(optax.adam(lr), warmup_steps=warmup),
+                  _times_gradvar(_constant(lr)), uses_groups=True)
