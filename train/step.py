@@ -80,6 +80,7 @@ def make_train_step(model, input_names, optimizer, effective_lr,
   BatchNorm's statistics over the whole batch, and microbatch i on device r draws its dropout
   key as replica r*m + i would with one microbatch per device, so the step does not depend on how
   the groups are laid out over the devices. The loss and accuracy are the whole batch's either way.
+  The vmap holds every microbatch's gradient at once: `microbatches` x the params' size.
   """
 
   def apply(params, batch_stats, batch, rng):
