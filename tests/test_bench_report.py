@@ -14,6 +14,7 @@ from benchmarks import compare
 from benchmarks import plots
 from benchmarks import report
 from benchmarks import suite as suite_lib
+from train import records
 
 SUITE = """\
 # A comment that calibrate must keep.
@@ -175,8 +176,9 @@ def test_report_refuses_records_of_a_newer_schema(tmp_path):
   out = make_out(tmp_path)
   suite = suite_lib.parse((out / "suite.toml").read_text())
   run_json = out / suite.run("rt_sentiment", "fixed", 2).relpath() / "run.json"
-  run_json.write_text(json.dumps({**json.loads(run_json.read_text()), "records_schema": 2}))
-  with pytest.raises(ValueError, match=f"{run_json}: records_schema is 2"):
+  newer = records.SCHEMA_VERSION + 1
+  run_json.write_text(json.dumps({**json.loads(run_json.read_text()), "records_schema": newer}))
+  with pytest.raises(ValueError, match=f"{run_json}: records_schema is {newer}"):
     report.write(out)
 
 

@@ -24,6 +24,7 @@ import json
 import pathlib
 from typing import Any
 
+from gns_reference import Reference as GNSReference
 from gradvar_reference import Reference
 import jax
 import jax.numpy as jnp
@@ -95,6 +96,11 @@ class Trace:
   losses: np.ndarray
   strategy: strategies.Strategy
   params: Any  # the params after the last step
+  group_sq_norms: np.ndarray  # q over the batch's GROUPS groups (which gns reads)
+
+
+# The groups each step's batch of 16 rows is split into, as the train step does for gns.
+GROUPS = 4
 
 
 def _flat(tree) -> np.ndarray:
@@ -140,19 +146,25 @@ def _trace(name: str, run: Run, tmp_path: pathlib.Path | None = None) -> Trace:
   @jax.jit
   def step(params, opt_state, x, y, value, t):
     loss, grads = jax.value_and_grad(loss_fn)(params, x, y)
-    updates, new_state = strategy.optimizer.update(grads, opt_state, params, value=value)
+    split = lambda a: a.reshape((GROUPS, -1) + a.shape[1:])
+    group_grads = jax.vmap(jax.grad(loss_fn), in_axes=(None, 0, 0))(params, split(x), split(y))
+    q = jnp.mean(sum(jnp.sum(g ** 2, axis=tuple(range(1, g.ndim)))
+                     for g in jax.tree.leaves(group_grads)))
+    updates, new_state = strategy.optimizer.update(grads, opt_state, params, value=value,
+                                                   group_sq_norm=q, num_groups=GROUPS)
     return (optax.apply_updates(params, updates), new_state, loss, grads, updates,
-            strategy.effective_lr(opt_state, new_state, t), optax.tree.norm(grads))
+            strategy.effective_lr(opt_state, new_state, t), optax.tree.norm(grads), q)
 
   opt_state = strategy.optimizer.init(params)
   initial = opt_state
-  out = {k: [] for k in ("lrs", "norms", "grads", "updates", "states", "losses")}
+  out = {k: [] for k in ("lrs", "norms", "grads", "updates", "states", "losses",
+                         "group_sq_norms")}
   for t in range(run.total):
-    params, opt_state, loss, grads, updates, lr, norm = step(
+    params, opt_state, loss, grads, updates, lr, norm, q = step(
         params, opt_state, xs[t], ys[t], values[t], t)
     for key, item in (("lrs", float(lr)), ("norms", float(norm)), ("grads", _flat(grads)),
                       ("updates", _flat(updates)), ("states", opt_state),
-                      ("losses", float(loss))):
+                      ("losses", float(loss)), ("group_sq_norms", float(q))):
       out[key].append(item)
   trace = Trace(run=run, **{k: np.asarray(v) for k, v in out.items() if k != "states"},
                 states=out["states"] + [initial], strategy=strategy, params=params)
@@ -387,6 +399,25 @@ def check_mechanic(trace: Trace) -> None:
   assert np.all(trace.updates[:, 0] != 0)  # the bias (first in key order) resolves every step
 
 
+def check_gns(trace: Trace) -> None:
+  """gns wrapping Adam: LR = base LR x the NumPy reference's scale, replayed on |g|^2 and q.
+
+  Its warmup is cosine's (one epoch, at most a tenth of the run).
+  """
+  reference = GNSReference(warmup_steps=trace.run.warmup)
+  scales, ratios = [], []
+  for norm, q in zip(trace.norms, trace.group_sq_norms):
+    scales.append(reference.step(float(norm) ** 2, float(q), GROUPS))
+    ratios.append(reference.noise_to_signal)
+  scales = np.array(scales)
+  assert np.count_nonzero(np.diff(scales)) >= 1, "the scale never moved: a vacuous check"
+  lrs = _constant(trace.run) * scales
+  np.testing.assert_allclose(trace.lrs, lrs, rtol=1e-5, atol=1e-7 * LR)
+  _assert_adam_at(trace, lrs)
+  recorded = [float(gradvar_optax.noise_to_signal(s)) for s in trace.states[:-1]]
+  np.testing.assert_allclose(recorded, ratios, rtol=1e-4)
+
+
 CHECKS: dict[str, Callable[[Trace], None]] = {
     "fixed": _check_scheduled_adam(_constant),
     "step": check_step,
@@ -407,6 +438,7 @@ CHECKS: dict[str, Callable[[Trace], None]] = {
     "replay-gns": check_replay,
     "schedule-free": check_schedule_free,
     "mechanic": check_mechanic,
+    "gns": check_gns,
 }
 
 

@@ -115,6 +115,11 @@ class Config:
       None, help="also evaluate on the validation split every K steps, one row of evals.jsonl "
                  "each (default: after every epoch only); strategies that watch the "
                  "validation loss (plateau) then see these evaluations", metavar="K")
+  gns_groups: int = _field(
+      4, help="groups the global batch is split into for the gradient noise scale (strategy "
+              "gns; the others ignore it): at least 2, a multiple of the device count (each "
+              "device takes gns_groups / devices microbatches) and a divisor of the batch",
+      metavar="N")
 
   def to_json(self) -> dict:
     return dataclasses.asdict(self)

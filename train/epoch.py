@@ -144,7 +144,8 @@ def epoch_row(epoch: int, step: int, totals: EpochTotals, last: dict[str, Any],
       elapsed_s=times.elapsed_s, cpu_time_s=times.cpu_s,
       examples_per_s=examples / times.train_s,
       peak_rss_mb=records.peak_rss_mb(), device_memory_mb=records.device_memory_mb(devices),
-      nonfinite_steps=totals.nonfinite_steps if count_nonfinite else None)
+      nonfinite_steps=totals.nonfinite_steps if count_nonfinite else None,
+      noise_to_signal_mean=means["noise_to_signal"])
 
 
 def on_replicas(launcher: step_lib.Launcher, fn: Callable) -> Callable:

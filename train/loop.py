@@ -94,6 +94,22 @@ def _devices(config: config_lib.Config) -> list:
   return devices
 
 
+def _check_groups(config: config_lib.Config, num_devices: int) -> None:
+  """`gns_groups` for a strategy that uses the gradient's groups (the others ignore it)."""
+  groups = config.gns_groups
+  if isinstance(groups, bool) or not isinstance(groups, int) or groups < 2:
+    raise ValueError(f"config.gns_groups: the {config.strategy!r} strategy splits the global "
+                     f"batch into gns_groups groups, at least 2; got {groups!r}")
+  if groups % num_devices:
+    raise ValueError(f"config.gns_groups: {groups} groups do not divide over the run's "
+                     f"{num_devices} devices (each device takes gns_groups / {num_devices} "
+                     f"microbatches); use a multiple of {num_devices}")
+  if config.batch_size % groups:
+    raise ValueError(f"config.gns_groups: the global batch of {config.batch_size} "
+                     f"(config.batch_size) does not split into {groups} equal groups; use a "
+                     f"divisor of {config.batch_size}")
+
+
 @dataclasses.dataclass
 class Setup:
   """Everything a run builds before its first step."""
@@ -136,15 +152,6 @@ def setup(config: config_lib.Config) -> Setup:
   cache_dir = config.cache_dir or os.path.join(config.workdir, os.pardir, ".cache")
   inputs = data.prepare_inputs(source, options, cache_dir=cache_dir)
 
-  facts = models.DataFacts(
-      num_classes=source.num_classes, image_shape=source.image_shape,
-      vocab_size=inputs.vocab_size, pad_id=inputs.pad_id, unk_id=inputs.unk_id,
-      checkpoint=checkpoint, axis_name=step_lib.AXIS)
-  model_options = {**family.model_options(facts), **model_options}
-  model, model_spec = models.get(
-      task.model, config.model_size, num_classes=source.num_classes, dtype=config.dtype,
-      checkpoint=checkpoint, seq_len=options.max_len, **model_options)
-
   eval_batch = config.eval_batch_size or config.batch_size * 8
   # Each process reads its own block of every global batch (the pipeline asks jax which).
   pipeline = data.Pipeline(inputs, global_batch_size=config.batch_size, seed=config.seed,
@@ -157,6 +164,16 @@ def setup(config: config_lib.Config) -> Setup:
     strategy = dataclasses.replace(strategy, optimizer=optax.apply_if_finite(
         strategy.optimizer, max_consecutive_errors=MAX_CONSECUTIVE_NONFINITE),
         **_hooks_inside_apply_if_finite(strategy))
+  if strategy.uses_groups:
+    _check_groups(config, len(devices))
+  facts = models.DataFacts(
+      num_classes=source.num_classes, image_shape=source.image_shape,
+      vocab_size=inputs.vocab_size, pad_id=inputs.pad_id, unk_id=inputs.unk_id,
+      checkpoint=checkpoint, axis_name=step_lib.model_axis_name(strategy.uses_groups))
+  model_options = {**family.model_options(facts), **model_options}
+  model, model_spec = models.get(
+      task.model, config.model_size, num_classes=source.num_classes, dtype=config.dtype,
+      checkpoint=checkpoint, seq_len=options.max_len, **model_options)
   return Setup(config, task, source, inputs, pipeline, model, model_spec, strategy, devices,
                step_lib.Launcher(config.parallel, devices))
 
@@ -263,8 +280,11 @@ def eval_view(s: Setup, place) -> Callable:
 
 def train_step(s: Setup):
   """The run's data-parallel train step under its launcher (compiled on first use)."""
+  # A strategy that uses the gradient's groups gets gns_groups of them: microbatches per device.
+  microbatches = s.config.gns_groups // len(s.devices) if s.strategy.uses_groups else None
   return s.launcher.train(step_lib.make_train_step(
-      s.model, s.model_spec.input_names, s.strategy.optimizer, s.strategy.effective_lr))
+      s.model, s.model_spec.input_names, s.strategy.optimizer, s.strategy.effective_lr,
+      microbatches=microbatches))
 
 
 RESUME_MODES = ("latest", "allow-fresh")

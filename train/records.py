@@ -8,7 +8,8 @@
   of K steps (steps and examples to a target are read from these).
 - `tb/`: TensorBoard event files with the same scalars (tensorboardX: no TensorFlow needed).
 
-Non-finite floats are written as JSON `null` (e.g. `lr_scale` of a strategy without gradvar).
+Non-finite floats are written as JSON `null` (e.g. `lr_scale` of a strategy without gradvar);
+an optional field that is None or NaN is left out (`noise_to_signal` of a strategy without gns).
 
 The rows are typed: `StepRow`, `EpochRow` and `EvalRow` are the schema of the JSONL files, the
 `Recorder` writes them and `read_steps`/`read_epochs`/`read_evals` read them back. A row with a missing
@@ -118,7 +119,9 @@ def now() -> str:
 # before the key existed (every committed one) hold exactly version 1's rows, so a run.json
 # without it reads as 1. Raise it with any change to the fields; a field added later gets a
 # default, so that the rows written before it still read.
-SCHEMA_VERSION = 1
+#
+# 2: `noise_to_signal` in StepRow and `noise_to_signal_mean` in EpochRow (the gns strategy's).
+SCHEMA_VERSION = 2
 SCHEMA_KEY = "records_schema"
 RUN_INFO = "run.json"
 
@@ -140,6 +143,10 @@ def _allowed(hint) -> tuple[type, ...]:
   for t in typing.get_args(hint) if union else (hint,):
     out += [int, float] if t is float else [t]
   return tuple(out)
+
+
+def _absent(value: Any) -> bool:
+  return value is None or (isinstance(value, float) and math.isnan(value))
 
 
 @functools.cache
@@ -186,10 +193,15 @@ class _Row:
       raise ValueError(f"{where}: {e}") from None
 
   def as_dict(self) -> dict[str, Any]:
-    """The row's JSON object: every required field, and the optional ones that are not None."""
+    """The row's JSON object: every required field, and the optional ones that hold a value.
+
+    An optional float that is NaN counts as absent, as None does: the train step reports NaN for
+    a reading its strategy does not have (`noise_to_signal` without gns), and so the rows of the
+    runs without it stay as they were written before the field existed.
+    """
     required = _schema(type(self))[1]
     return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
-            if f.name in required or getattr(self, f.name) is not None}
+            if f.name in required or not _absent(getattr(self, f.name))}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -197,7 +209,8 @@ class StepRow(_Row):
   """A row of steps.jsonl: the train step's metrics (`train.step`) at one step.
 
   The metrics come in the order of their names, as the host copy of the step's metrics dict
-  has them (and so TensorBoard gets them as before the rows were typed).
+  has them (and so TensorBoard gets them as before the rows were typed); `noise_to_signal`,
+  added later with a default, comes last.
   """
   step: int  # optimizer updates done, 1-based
   epoch: int  # 1-based
@@ -205,8 +218,9 @@ class StepRow(_Row):
   effective_lr: float | None
   grad_norm: float | None
   loss: float | None
-  lr_scale: float | None  # None for strategies without gradvar
+  lr_scale: float | None  # None for strategies without gradvar or gns
   variability: float | None  # None for strategies without gradvar
+  noise_to_signal: float | None = None  # gns's smoothed r; absent for the other strategies
 
   @classmethod
   def from_metrics(cls, step: int, epoch: int, metrics: Mapping[str, Any]) -> "StepRow":
@@ -241,6 +255,7 @@ class EpochRow(_Row):
   peak_rss_mb: float | None
   device_memory_mb: float | None  # None where the backend does not report it (CPU)
   nonfinite_steps: int | None = None  # only with skip_nonfinite: the steps it skipped
+  noise_to_signal_mean: float | None = None  # only with gns: the mean of its steps' r
 
 
 @dataclasses.dataclass(frozen=True)

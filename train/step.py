@@ -25,6 +25,8 @@ import optax
 import gradvar_optax
 
 AXIS = "batch"
+# The microbatch axis of a grouped step (`make_train_step(microbatches=...)`).
+MICRO_AXIS = "microbatch"
 
 
 class TrainState(NamedTuple):
@@ -43,38 +45,102 @@ def _weights(batch, logits):
 
 
 def _scale_metric(read: Callable[[Any], jax.Array], opt_state) -> jax.Array:
-  """A gradvar reading, or NaN (null in the records) for strategies without gradvar."""
+  """A reading of gradvar's or gns's state, or NaN (null in the records) for strategies without
+  it (`lr_scale` reads both, `variability` gradvar's and `noise_to_signal` gns's)."""
   try:
     return read(opt_state).astype(jnp.float32)
   except ValueError:
     return jnp.full((), jnp.nan, jnp.float32)
 
 
-def make_train_step(model, input_names, optimizer, effective_lr) -> Callable:
-  """The per-device step: `(state, batch, rng) -> (state, metrics)`, metrics averaged over AXIS."""
+def model_axis_name(uses_groups: bool) -> str | tuple[str, str]:
+  """The axis (or axes) the model's batch-wide computations (BatchNorm) reduce over in training.
+
+  A grouped step vmaps over microbatches inside the device axis, so the whole batch then spans
+  both axes (`models.DataFacts.axis_name` takes this).
+  """
+  return (AXIS, MICRO_AXIS) if uses_groups else AXIS
+
+
+def _sq_norm(tree) -> jax.Array:
+  """The float32 squared L2 norm of a gradient, whatever its dtype."""
+  return sum((jnp.sum(jnp.square(x.astype(jnp.float32))) for x in jax.tree.leaves(tree)),
+             jnp.zeros((), jnp.float32))
+
+
+def make_train_step(model, input_names, optimizer, effective_lr,
+                    microbatches: int | None = None) -> Callable:
+  """The per-device step: `(state, batch, rng) -> (state, metrics)`, metrics averaged over AXIS.
+
+  Every strategy's update gets the gradient's groups (`group_sq_norm`, the mean over the groups
+  of each one's squared gradient norm, and `num_groups`), which only `gns` reads. The groups are
+  the replicas, one per device, unless `microbatches` is set: then each device's batch is split
+  into that many equal microbatches (a vmap over MICRO_AXIS), so that there are devices x
+  microbatches groups. The model must then be built with `model_axis_name(True)`, which keeps
+  BatchNorm's statistics over the whole batch, and microbatch i on device r draws its dropout
+  key as replica r*m + i would with one microbatch per device, so the step does not depend on how
+  the groups are laid out over the devices. The loss and accuracy are the whole batch's either way.
+  The vmap holds every microbatch's gradient at once: `microbatches` x the params' size.
+  """
+
+  def apply(params, batch_stats, batch, rng):
+    """One device's batch or one microbatch: its loss, summed and counted, and the model's out."""
+    inputs = {k: batch[k] for k in input_names}
+    out = model.apply(_variables(params, batch_stats), **inputs, train=True,
+                      rngs={"dropout": rng},
+                      mutable=["batch_stats"] if batch_stats else False)
+    logits, new_vars = out if batch_stats else (out, {})
+    losses = optax.losses.softmax_cross_entropy_with_integer_labels(logits, batch["label"])
+    weights = _weights(batch, logits)
+    loss_sum = jnp.sum(losses * weights)
+    loss = loss_sum / jnp.maximum(jnp.sum(weights), 1.0)
+    return loss, (logits, new_vars.get("batch_stats", batch_stats), weights, loss_sum)
+
+  def device_grads(state: TrainState, batch, rng):
+    """The plain step's: one group per device, its gradient and its loss."""
+    # Replicas differ in dropout exactly as the device index says, under both launchers.
+    rng = jax.random.fold_in(rng, jax.lax.axis_index(AXIS))
+    (loss, (logits, batch_stats, weights, _)), grads = jax.value_and_grad(
+        apply, has_aux=True)(state.params, state.batch_stats, batch, rng)
+    correct = jnp.sum((jnp.argmax(logits, -1) == batch["label"]) * weights)
+    return grads, _sq_norm(grads), 1, loss, correct, jnp.sum(weights), batch_stats
+
+  def microbatch_grads(state: TrainState, batch, rng):
+    """`microbatches` groups per device: their mean gradient, q over them, the whole loss."""
+    m = microbatches
+    keys = ("label", "mask", *input_names)
+    micro = {k: batch[k].reshape((m, batch[k].shape[0] // m) + batch[k].shape[1:])
+             for k in keys if k in batch}
+    first = jax.lax.axis_index(AXIS) * m
+
+    def one(mb):
+      key = jax.random.fold_in(rng, first + jax.lax.axis_index(MICRO_AXIS))
+      (_, (logits, batch_stats, weights, loss_sum)), grads = jax.value_and_grad(
+          apply, has_aux=True)(state.params, state.batch_stats, mb, key)
+      correct = jnp.sum((jnp.argmax(logits, -1) == mb["label"]) * weights)
+      return grads, _sq_norm(grads), loss_sum, jnp.sum(weights), correct, batch_stats
+
+    grads, sq_norms, loss_sums, counts, correct, batch_stats = jax.vmap(
+        one, axis_name=MICRO_AXIS)(micro)
+    grads = jax.tree.map(lambda g: jnp.mean(g.astype(jnp.float32), 0).astype(g.dtype), grads)
+    count = jnp.sum(counts)
+    loss = jnp.sum(loss_sums) / jnp.maximum(count, 1.0)
+    # BatchNorm's statistics are the whole batch's, so every microbatch holds the same ones.
+    batch_stats = jax.tree.map(lambda x: x[0], batch_stats)
+    return grads, jnp.mean(sq_norms), m, loss, jnp.sum(correct), count, batch_stats
 
   def train_step(state: TrainState, batch, rng):
-    # Replicas differ in dropout exactly as the device index says, under both launchers.
-    rng = jax.random.fold_in(jax.random.fold_in(rng, state.step), jax.lax.axis_index(AXIS))
-    inputs = {k: batch[k] for k in input_names}
-
-    def loss_fn(params):
-      out = model.apply(_variables(params, state.batch_stats), **inputs, train=True,
-                        rngs={"dropout": rng},
-                        mutable=["batch_stats"] if state.batch_stats else False)
-      logits, new_vars = out if state.batch_stats else (out, {})
-      losses = optax.losses.softmax_cross_entropy_with_integer_labels(logits, batch["label"])
-      weights = _weights(batch, logits)
-      loss = jnp.sum(losses * weights) / jnp.maximum(jnp.sum(weights), 1.0)
-      return loss, (logits, new_vars.get("batch_stats", state.batch_stats), weights)
-
-    (loss, (logits, batch_stats, weights)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-        state.params)
+    rng = jax.random.fold_in(rng, state.step)
+    grads_fn = device_grads if microbatches is None else microbatch_grads
+    grads, sq_norm, per_device, loss, correct, count, batch_stats = grads_fn(state, batch, rng)
+    # Each group's squared norm is taken here, before the mean over the devices leaves only ḡ.
+    group_sq_norm = jax.lax.pmean(sq_norm, AXIS)
+    num_groups = jax.lax.axis_size(AXIS) * per_device
     grads = jax.lax.pmean(grads, AXIS)
     loss = jax.lax.pmean(loss, AXIS)
-    correct = jnp.sum((jnp.argmax(logits, -1) == batch["label"]) * weights)
-    accuracy = jax.lax.psum(correct, AXIS) / jnp.maximum(jax.lax.psum(jnp.sum(weights), AXIS), 1)
-    updates, opt_state = optimizer.update(grads, state.opt_state, state.params, value=loss)
+    accuracy = jax.lax.psum(correct, AXIS) / jnp.maximum(jax.lax.psum(count, AXIS), 1)
+    updates, opt_state = optimizer.update(grads, state.opt_state, state.params, value=loss,
+                                          group_sq_norm=group_sq_norm, num_groups=num_groups)
     params = optax.apply_updates(state.params, updates)
     metrics = {
         "loss": loss,
@@ -82,6 +148,7 @@ def make_train_step(model, input_names, optimizer, effective_lr) -> Callable:
         "grad_norm": optax.tree.norm(grads),
         "lr_scale": _scale_metric(gradvar_optax.lr_scale, opt_state),
         "variability": _scale_metric(gradvar_optax.variability, opt_state),
+        "noise_to_signal": _scale_metric(gradvar_optax.noise_to_signal, opt_state),
         "effective_lr": jnp.asarray(effective_lr(state.opt_state, opt_state, state.step),
                                     jnp.float32),
     }

@@ -54,6 +54,9 @@ class Strategy:
   effective_lr: EffectiveLR
   observe_eval: Optional[Callable[[Any, jax.Array], Any]] = None
   eval_params: Optional[Callable[[Any, Any], Any]] = None
+  # The step splits each device's batch into microbatches, so that the update sees
+  # `config.gns_groups` groups over the global batch (`group_sq_norm`, `num_groups`); gns reads them.
+  uses_groups: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -337,3 +340,14 @@ def _replay(of: str):
 for _adaptive in ("gradvar", "gns"):
   register(f"matched-{_adaptive}")(_matched(_adaptive))
   register(f"replay-{_adaptive}")(_replay(_adaptive))
+@register("gns")
+def gns(args):
+  """Adam scaled by the gradient noise scale (``gradvar_optax.gns``), over ``gns_groups`` groups.
+
+  The step feeds it the groups of the global batch (``config.gns_groups``: replicas x
+  microbatches). Its warmup is ``cosine``'s, one epoch and at most a tenth of the run: the
+  reference signal fraction is frozen then, and the scale moves from there on.
+  """
+  warmup = _warmup_steps(args.steps_per_epoch, args.epochs)
+  return Strategy(gradvar_optax.gns(optax.adam(args.lr), warmup_steps=warmup),
+                  _times_gradvar(_constant(args.lr)), uses_groups=True)

@@ -1,0 +1,206 @@
+"""The gns strategy in the suite: the step's groups, `gns_groups`, and `noise_to_signal` records.
+
+The library's own tests (tests/test_gradvar_gns.py) check the estimator; these check the train
+step that feeds it: the same groups laid out over 1 device or 4 give the same run, the
+microbatched step's mean gradient is the plain step's (BatchNorm included), the strategies that
+ignore the groups record what they did before, and a bad `gns_groups` is refused.
+"""
+
+import json
+import math
+import pathlib
+import re
+
+import isolate
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import orbax.checkpoint as ocp
+import pytest
+from tensorboard.backend.event_processing import event_file_loader
+
+import models
+from train import __main__ as cli
+from train import config as config_lib
+from train import loop
+from train import records
+from train import step as step_lib
+
+# The steps.jsonl keys of a strategy without gns: those of the rows written before it existed.
+STEP_FIELDS = {"step", "epoch", "loss", "accuracy", "grad_norm", "lr_scale", "variability",
+               "effective_lr"}
+
+
+def _config(tmp_path, task, **kw):
+  # 16 x 5 examples: 5 steps an epoch, 10 in all; gns's warmup (cosine's) is then 1 step.
+  base = dict(task=task, workdir=str(tmp_path / "run"), strategy="gns", model_size="tiny",
+              epochs=2, batch_size=16, train_examples=80, eval_examples=16, log_every=1,
+              quiet=True, cache_dir=str(tmp_path / "cache"))
+  base.update(kw)
+  return config_lib.Config(**base)
+
+
+def _steps(workdir):
+  return records.read_steps(pathlib.Path(workdir) / "steps.jsonl")
+
+
+@pytest.mark.slow
+def test_one_device_and_four_give_the_same_gns_run(tmp_path, data_dir):
+  """4 groups as 1 device x 4 microbatches (pmap) and as 4 devices x 1 (shard_map).
+
+  BERT has dropout, so this also checks that microbatch i on device r draws replica r*m+i's key.
+  """
+  runs = {}
+  for n, parallel in ((1, "pmap"), (4, "shard_map")):
+    config = _config(tmp_path / str(n), "wordnet_topics", data_dir=str(data_dir), num_devices=n,
+                     parallel=parallel, gns_groups=4, cache_dir=str(tmp_path / "cache"))
+    loop.train(config)
+    runs[n] = _steps(config.workdir)
+  assert [r.step for r in runs[1]] == [r.step for r in runs[4]] == list(range(1, 11))
+  for field in ("lr_scale", "noise_to_signal", "loss", "effective_lr"):
+    one, four = ([getattr(r, field) for r in runs[n]] for n in (1, 4))
+    np.testing.assert_allclose(one, four, rtol=1e-5, err_msg=field)
+  scales = [r.lr_scale for r in runs[1]]
+  ratios = [r.noise_to_signal for r in runs[1]]
+  # Not vacuous: the scale moved after the 1-step warmup, on a finite, positive ratio.
+  assert min(scales) < 1.0 and max(scales) <= 1.0
+  assert all(math.isfinite(r) and 0 < r < 1e6 for r in ratios)
+  workdir = pathlib.Path(config.workdir)
+  events = list((workdir / "tb").glob("events.out.tfevents.*"))
+  tags = {v.tag for e in event_file_loader.EventFileLoader(str(events[0])).Load()
+          for v in e.summary.value}
+  assert {"step/noise_to_signal", "epoch/noise_to_signal_mean"} <= tags
+  epochs = records.read_epochs(workdir / "epochs.jsonl")
+  np.testing.assert_allclose([e.noise_to_signal_mean for e in epochs],
+                             [np.mean(ratios[:5]), np.mean(ratios[5:])], rtol=1e-5)
+
+
+@pytest.mark.slow
+def test_resnet_with_batchnorm_trains_with_gns(request, tmp_path):
+  # 4 devices sharing 2 cores and ResNet's synced BatchNorm: the multi-host tests' XLA flags.
+  if isolate.rerun(request, devices=4):
+    return
+  data_dir = request.getfixturevalue("data_dir")
+  config = _config(tmp_path, "fashion_mnist", data_dir=str(data_dir), num_devices=2,
+                   gns_groups=4, epochs=1)
+  loop.train(config)
+  steps = _steps(config.workdir)
+  assert len(steps) == 5 and all(math.isfinite(r.loss) and math.isfinite(r.noise_to_signal)
+                                 for r in steps)
+  assert all(r.lr_scale is not None and r.variability is None for r in steps)
+  # The BatchNorm running averages moved and stayed finite.
+  with ocp.StandardCheckpointer() as ckptr:
+    final = ckptr.restore(pathlib.Path(config.workdir, "final").absolute())
+  stats = jax.tree.leaves(final["batch_stats"])
+  assert stats and all(np.all(np.isfinite(x)) for x in stats)
+  means = [x for p, x in jax.tree_util.tree_leaves_with_path(final["batch_stats"])
+           if "mean" in jax.tree_util.keystr(p)]
+  assert any(np.any(x != 0) for x in means)
+  run = json.loads((pathlib.Path(config.workdir) / "run.json").read_text())
+  assert run["records_schema"] == records.SCHEMA_VERSION
+
+
+def _capture():
+  """An 'optimizer' that keeps the gradient and the groups it was handed, and moves nothing."""
+
+  def init(params):
+    return {"grads": jax.tree.map(jnp.zeros_like, params), "q": jnp.zeros(()),
+            "n": jnp.zeros((), jnp.int32)}
+
+  def update(grads, state, params=None, *, group_sq_norm, num_groups, **extra):
+    del state, params, extra
+    return (jax.tree.map(jnp.zeros_like, grads),
+            {"grads": grads, "q": group_sq_norm, "n": jnp.asarray(num_groups, jnp.int32)})
+
+  return optax.GradientTransformationExtraArgs(init, update)
+
+
+def _resnet_step(microbatches, devices, batch):
+  """One train step of ResNet tiny (BatchNorm) under pmap; returns the state and metrics."""
+  grouped = microbatches is not None
+  model, spec = models.get("resnet", "tiny", num_classes=10, in_channels=1, image_size=28,
+                           axis_name=step_lib.model_axis_name(grouped))
+  variables = spec.init(jax.random.key(0))
+  opt = _capture()
+  state = step_lib.TrainState(jnp.zeros((), jnp.int32), variables["params"],
+                              variables["batch_stats"], opt.init(variables["params"]))
+  launcher = step_lib.Launcher("pmap", devices)
+  fn = launcher.train(step_lib.make_train_step(
+      model, spec.input_names, opt, lambda before, after, step: jnp.float32(0),
+      microbatches=microbatches))
+  local = jax.tree.map(lambda x: x.reshape((len(devices), -1) + x.shape[1:]), batch)
+  new, metrics = fn(launcher.put_state(state), local, jax.random.key(1))
+  return launcher.get(new), launcher.get(metrics)
+
+
+@pytest.mark.slow
+def test_the_microbatched_step_has_the_plain_steps_mean_gradient_with_batchnorm():
+  """Groups change what the update is told, not the model's computation (issue 18 item 2).
+
+  1 device x 4 microbatches and 2 devices x 2 against the plain step: the same mean gradient,
+  BatchNorm statistics, loss and accuracy, to float tolerance.
+  """
+  rng = np.random.default_rng(0)
+  batch = {"image": rng.standard_normal((16, 28, 28, 1)).astype(np.float32),
+           "label": rng.integers(0, 10, 16).astype(np.int32)}
+  plain, plain_metrics = _resnet_step(None, jax.devices()[:1], batch)
+  assert int(plain.opt_state["n"]) == 1  # one group per device
+  close = lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-6)
+  for devices, m in ((1, 4), (2, 2)):
+    grouped, metrics = _resnet_step(m, jax.devices()[:devices], batch)
+    jax.tree.map(close, grouped.opt_state["grads"], plain.opt_state["grads"])
+    jax.tree.map(close, grouped.batch_stats, plain.batch_stats)
+    for key in ("loss", "accuracy", "grad_norm"):
+      close(metrics[key], plain_metrics[key])
+    assert int(grouped.opt_state["n"]) == 4
+    # q is the mean of the groups' squared norms: above the mean gradient's (Jensen), as
+    # groups of 4 different images have different gradients.
+    assert float(grouped.opt_state["q"]) > 1.01 * float(metrics["grad_norm"]) ** 2
+  # The plain step's q is its one group's: the mean gradient's own squared norm.
+  close(plain.opt_state["q"], float(plain_metrics["grad_norm"]) ** 2)
+
+
+@pytest.mark.parametrize("groups, devices, message", [
+    (3, 2, "3 groups do not divide over the run's 2 devices.*multiple of 2"),
+    (1, 1, "at least 2; got 1"),
+    (12, 2, "global batch of 16 .*does not split into 12 equal groups"),
+])
+def test_a_bad_gns_groups_is_refused_naming_the_field(groups, devices, message, tmp_path,
+                                                      data_dir, capsys):
+  argv = ["--task", "fashion_mnist", "--workdir", str(tmp_path / "w"), "--strategy", "gns",
+          "--batch-size", "16", "--num-devices", str(devices), "--gns-groups", str(groups),
+          "--model-size", "tiny", "--data-dir", str(data_dir), "--quiet"]
+  assert cli.main(argv) == 2
+  err = capsys.readouterr().err
+  assert "config.gns_groups" in err
+  assert re.search(message, err), err
+  # Refused before the run wrote anything (the default cache, w/../.cache, makes w itself).
+  assert not list((tmp_path / "w").glob("*"))
+
+
+def test_other_strategies_ignore_gns_groups(tmp_path, data_dir):
+  config = _config(tmp_path, "fashion_mnist", data_dir=str(data_dir), strategy="fixed",
+                   num_devices=2, gns_groups=3)
+  s = loop.setup(config)  # no error: only gns splits the batch into groups
+  assert not s.strategy.uses_groups
+  assert s.model_spec.config.axis_name == step_lib.AXIS
+
+
+def test_step_rows_leave_out_a_nan_noise_to_signal_and_keep_a_value(tmp_path):
+  """Strategies without gns report NaN; their rows are then the rows written before."""
+  metrics = {"loss": np.float32(0.7), "accuracy": np.float32(0.5),
+             "grad_norm": np.float32(1.5), "lr_scale": np.float32(np.nan),
+             "variability": np.float32(np.nan), "effective_lr": np.float32(1e-3)}
+  recorder = records.Recorder(tmp_path)
+  recorder.steps([
+      records.StepRow.from_metrics(1, 1, {**metrics, "noise_to_signal": np.float32(np.nan)}),
+      records.StepRow.from_metrics(2, 1, {**metrics, "lr_scale": np.float32(0.9),
+                                          "noise_to_signal": np.float32(0.25)}),
+  ])
+  recorder.close()
+  lines = [json.loads(line) for line in (tmp_path / "steps.jsonl").read_text().splitlines()]
+  assert set(lines[0]) == STEP_FIELDS
+  assert lines[1]["noise_to_signal"] == 0.25
+  read = records.read_steps(tmp_path / "steps.jsonl")
+  assert read[0].noise_to_signal is None and read[1].noise_to_signal == 0.25
