@@ -515,7 +515,7 @@ def compare(suite: suite_lib.Suite, out: pathlib.Path, argv: list[str], tune: bo
 
   def controls():
     found = []
-    for tuned, lrs in lrs_by.items():
+    for lrs in lrs_by.values():
       sub = dataclasses.replace(suite, tasks={t: suite.tasks[t] for t in lrs})
       more, wait = control_runs(sub, out, lrs)
       found += more

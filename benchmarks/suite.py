@@ -476,13 +476,13 @@ def _parse_analysis(fail, raw, tasks, strategy_names) -> Analysis:
     fail("analysis.metric", f"must be one of {list(METRICS)}, got {metric!r}")
   texts = raw.get("primaries", [])
   if not isinstance(texts, list) or not all(isinstance(p, str) for p in texts):
-    fail("analysis.primaries", f"must be a list of \"TASK: A vs B\" strings, got {texts!r}")
+    fail("analysis.primaries", f'must be a list of "TASK: A vs B" strings, got {texts!r}')
   primaries = []
   for i, text in enumerate(texts):
     field = f"analysis.primaries[{i}]"
     m = _PRIMARY.match(text)
     if not m:
-      fail(field, f"must read \"TASK: A vs B\", got {text!r}")
+      fail(field, f'must read "TASK: A vs B", got {text!r}')
     primary = Primary(*m.groups())
     if primary.task not in tasks:
       fail(field, f"{primary.task!r} is not one of the suite's tasks {list(tasks)}")

@@ -3,7 +3,6 @@ tests/test_strategies.py: the null's coins, cadence and resume; the replayed pat
 validation loss; schedule-free's evaluation params; matched = fixed."""
 
 import json
-import pathlib
 
 import jax
 import jax.numpy as jnp
@@ -11,9 +10,9 @@ import numpy as np
 import optax
 import orbax.checkpoint as ocp
 import pytest
+from test_strategies import write_record
 
 import gradvar_optax
-from test_strategies import write_record
 from train import config as config_lib
 from train import controls
 from train import strategies
@@ -42,7 +41,7 @@ def _grads(steps, seed=0, n=3):
   return jnp.asarray(np.random.default_rng(seed).standard_normal((steps, n)), jnp.float32)
 
 
-# --- gradvar-null ----------------------------------------------------------------------------------
+# --- gradvar-null ---------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("seed", [0, 1])
@@ -259,7 +258,7 @@ def test_plateau_observes_a_replicated_state_per_replica():
   np.testing.assert_array_equal(_plateau_scale(replicated), [0.5, 0.5])
 
 
-# --- schedule-free ---------------------------------------------------------------------------------
+# --- schedule-free --------------------------------------------------------------------------------
 
 
 def test_schedule_free_evaluates_optax_averaged_params():

@@ -12,7 +12,6 @@ import pathlib
 import fake_strategies
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 from tensorboard.backend.event_processing import event_file_loader

@@ -131,7 +131,8 @@ def _trace(name: str, run: Run, tmp_path: pathlib.Path | None = None) -> Trace:
     replay_from = str(write_record(tmp_path / "source", name.removeprefix("replay-"),
                                    _replayed(run)))
   strategy = strategies.build(name, strategies.StrategyArgs(
-      PRODIGY_COEF if name == "prodigy" else LR, run.steps_per_epoch, run.epochs, seed=SEED, replay_from=replay_from))
+      PRODIGY_COEF if name == "prodigy" else LR, run.steps_per_epoch, run.epochs, seed=SEED,
+      replay_from=replay_from))
   # Named like a LayerNorm's params: "scale" and "bias" also appear in the optimizer's moments, so
   # a strategy must not find its own state by those names.
   params = {"w": jnp.ones(4), "norm": {"scale": jnp.ones(()), "bias": jnp.zeros(())}}

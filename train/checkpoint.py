@@ -208,8 +208,9 @@ def truncate_records(workdir: pathlib.Path, step: int, epochs_done: int) -> dict
 
   `steps.jsonl` and `evals.jsonl` keep the rows of steps `<= step`, `epochs.jsonl` those of
   epochs `<= epochs_done`. (An evaluation at a checkpointed step is written before that
-  checkpoint is saved, so its row is kept.) TensorBoard event files are append-only and keep their later points: after a
-  resume TensorBoard can show two values at the steps that were trained twice.
+  checkpoint is saved, so its row is kept.) TensorBoard event files are append-only and keep
+  their later points: after a resume TensorBoard can show two values at the steps that were
+  trained twice.
   """
   removed = {}
   for name, key, last in (("steps.jsonl", "step", step), ("evals.jsonl", "step", step),

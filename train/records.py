@@ -12,8 +12,8 @@ Non-finite floats are written as JSON `null` (e.g. `lr_scale` of a strategy with
 an optional field that is None or NaN is left out (`noise_to_signal` of a strategy without gns).
 
 The rows are typed: `StepRow`, `EpochRow` and `EvalRow` are the schema of the JSONL files, the
-`Recorder` writes them and `read_steps`/`read_epochs`/`read_evals` read them back. A row with a missing
-required field or a field the schema does not know is an error naming the file, the line and
+`Recorder` writes them and `read_steps`/`read_epochs`/`read_evals` read them back. A row with a
+missing required field or a field the schema does not know is an error naming the file, the line and
 the field. run.json records the schema's version as `records_schema` (see `SCHEMA_VERSION`).
 """
 

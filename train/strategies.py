@@ -55,7 +55,8 @@ class Strategy:
   observe_eval: Optional[Callable[[Any, jax.Array], Any]] = None
   eval_params: Optional[Callable[[Any, Any], Any]] = None
   # The step splits each device's batch into microbatches, so that the update sees
-  # `config.gns_groups` groups over the global batch (`group_sq_norm`, `num_groups`); gns reads them.
+  # `config.gns_groups` groups over the global batch (`group_sq_norm`, `num_groups`); gns reads
+  # them.
   uses_groups: bool = False
 
 
