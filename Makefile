@@ -22,12 +22,24 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# Tests run in TEST_WORKERS pytest-xdist processes: one per core, at most 4 (each holds its own
+# JAX with 8 simulated devices, and most of a test's time is single-threaded tracing and XLA
+# compiling). --dist loadfile keeps each file in one worker, so a module's fixtures (trained runs,
+# compiled models) are made once and its tests never run concurrently with each other. A worker
+# that dies (a pytest-timeout stall, a crash in XLA) ends the run with that test failed, as without
+# xdist; restarting it would rerun the same test there (tests/conftest.py tells why).
+# TEST_WORKERS=0 runs them in this process, as plain pytest does.
+TEST_WORKERS ?= $(shell n=$$(nproc 2>/dev/null || echo 1); echo $$(( n < 4 ? n : 4 )))
+PYTEST_XDIST := -n $(TEST_WORKERS) --dist loadfile --max-worker-restart=0
+# The 25 slowest tests at the end of the log, to see what to mark slow or shrink.
+PYTEST_DURATIONS := --durations=25
+
 # All tests, slow ones included (this is what CI runs).
 test: $(STAMP)
-	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q $(PYTEST_XDIST) $(PYTEST_DURATIONS) $(PYTEST_ARGS)
 
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -q -m 'not slow' $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q -m 'not slow' $(PYTEST_XDIST) $(PYTEST_DURATIONS) $(PYTEST_ARGS)
 
 # The main job: fixed Adam against gradvar on the three stand-in tasks (benchmarks/suites/demo.toml);
 # prints the comparison table and writes REPORT.md and plots under runs/demo. The data is the

@@ -10,7 +10,9 @@ os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import pathlib  # noqa: E402
+import sys  # noqa: E402
 
+from _pytest import _io  # noqa: E402
 import hypothesis  # noqa: E402
 import pytest  # noqa: E402
 
@@ -52,3 +54,15 @@ def pytest_collection_modifyitems(config, items):
   for item in items:
     if item.get_closest_marker("slow") and not item.get_closest_marker("timeout"):
       item.add_marker(pytest.mark.timeout(SLOW_TIMEOUT_S))
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_configure(config):
+  # In a pytest-xdist worker (`make test`) stdout is /dev/null: pytest-timeout would write its
+  # report of a stalled test (the captured output and every thread's stack) there, and the worker
+  # would just vanish. The worker's stderr is the console's. (The Makefile's --max-worker-restart=0
+  # then ends the run, as a timeout does without xdist: under --dist loadfile, xdist 3.8 would
+  # rerun the stalled test in each replacement worker.)
+  if hasattr(config, "workerinput"):
+    console = _io.TerminalWriter(sys.__stderr__)
+    config.get_terminal_writer = lambda: console
