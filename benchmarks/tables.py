@@ -143,21 +143,41 @@ def _full_table(results: dict, task: str, setting: str) -> str:
   return _table(header, rows)
 
 
+def _untrained(entry: dict, setting: str) -> bool:
+  """A setting without a single run beside one with runs: the untuned LRs of a suite with
+  `untuned_runs = false`, which the runner does not train; the report leaves it out."""
+  def empty(name):
+    return not any(g["seeds"] for g in entry["settings"][name]["strategies"].values())
+  return empty(setting) and not all(empty(name) for name in entry["settings"])
+
+
+def _tuning_cell(p: dict, lr: str) -> str:
+  """A grid point's mean best validation loss over the tuning seeds, bold where picked."""
+  vals, states = p["scores"][lr], p["states"][lr]
+  ok = [v for v in vals if metrics.finite(v)]
+  cell = (_num(sum(ok) / len(ok), "{:.4f}") if len(ok) == len(vals) and vals
+          else "missing" if "missing" in states else "diverged")
+  return f"**{cell}**" if float(lr) == p["lr"] else cell
+
+
 def _tuning_table(results: dict, task: str) -> str:
   picks = results["tuning"][task]
-  grid = list(next(iter(picks.values()))["scores"])
+  grids = {s: list(p["scores"]) for s, p in picks.items()}
+  grid = next(iter(grids.values()))
+  if all(g == grid for g in grids.values()) and not any("extensions" in p
+                                                        for p in picks.values()):
+    rows = [[s] + [_tuning_cell(p, lr) for lr in grid]
+            + [f"{p['lr']:g}" if p["complete"] else "(incomplete)"] for s, p in picks.items()]
+    return _table(["strategy"] + [f"lr {lr}" for lr in grid] + ["picked"], rows)
+  # Own grids (prodigy's coefficient, schedule-free's range) and points added beyond an edge.
   rows = []
   for strategy, p in picks.items():
-    cells = []
-    for lr in grid:
-      vals = p["scores"][lr]
-      ok = [v for v in vals if metrics.finite(v)]
-      states = p["states"][lr]
-      cell = (_num(sum(ok) / len(ok), "{:.4f}") if len(ok) == len(vals) and vals
-              else "missing" if "missing" in states else "diverged")
-      cells.append(f"**{cell}**" if float(lr) == p["lr"] else cell)
-    rows.append([strategy] + cells + [f"{p['lr']:g}" if p["complete"] else "(incomplete)"])
-  return _table(["strategy"] + [f"lr {lr}" for lr in grid] + ["picked"], rows)
+    points = ", ".join(f"{lr}: {_tuning_cell(p, lr)}" for lr in grids[strategy])
+    edge = "yes" if p.get("on_edge") else "no"
+    rows.append([strategy, points, f"{p['lr']:g}" if p["complete"] else "(incomplete)",
+                 str(p.get("extensions", 0)), edge])
+  return _table(["strategy", "grid: mean best val loss", "picked", "points added",
+                 "still on an edge"], rows)
 
 
 def _side_by_side(results: dict, task: str) -> str:
@@ -242,6 +262,8 @@ def markdown(results: dict, plot_files: dict[str, list[str]]) -> str:
     lines += [f"## {task}", "",
               f"Validation-loss threshold: {_num(entry['threshold'], '{:.4f}')}.", ""]
     for setting in entry["settings"]:
+      if _untrained(entry, setting):
+        continue
       lines += [f"### {setting.capitalize()}"
                 + (" (the suite's LR for every strategy)" if setting == "untuned" else
                    " (each strategy at the LR its tuning picked)") + secondary, "",
@@ -253,7 +275,9 @@ def markdown(results: dict, plot_files: dict[str, list[str]]) -> str:
                 "Mean best validation loss on the tuning seeds "
                 f"{results.get('tune_seeds', '')} per LR (bold: picked). The evaluation seeds "
                 "are not used for the pick.", "", _tuning_table(results, task), ""]
-      if "tuned" in entry["settings"]:
+      if "untuned" in entry["settings"] and _untrained(entry, "untuned"):
+        pass  # tuned runs only: nothing to set beside them
+      elif "tuned" in entry["settings"]:
         lines += ["Untuned and tuned side by side:", "", _side_by_side(results, task), ""]
       else:
         lines += ["Tuning is incomplete (some tuning runs are missing), so no tuned results "
@@ -262,7 +286,7 @@ def markdown(results: dict, plot_files: dict[str, list[str]]) -> str:
       lines += [f"![{p}](plots/{p})" for p in plot_files[task]] + [""]
   missing = [(task, setting, s, g["missing_seeds"]) for task, e in results["tasks"].items()
              for setting, v in e["settings"].items() for s, g in v["strategies"].items()
-             if g["missing_seeds"]]
+             if g["missing_seeds"] and not _untrained(e, setting)]
   if missing:
     lines += ["## Missing runs", "", "Not finished (yet), so not in the figures above:", ""]
     lines += [f"- {t} / {st} / {s}: seeds {m}" for t, st, s, m in missing] + [""]
