@@ -28,9 +28,11 @@ install: $(STAMP)
 # compiled models) are made once and its tests never run concurrently with each other. A worker
 # that dies (a pytest-timeout stall, a crash in XLA) ends the run with that test failed, as without
 # xdist; restarting it would rerun the same test there (tests/conftest.py tells why).
-# TEST_WORKERS=0 runs them in this process, as plain pytest does.
+# TEST_WORKERS=0 runs them in this process, as plain pytest does. --no-loadscope-reorder keeps the
+# files in collection order, which tests/conftest.py sets longest first (by default xdist sends the
+# files with the most tests first, and the one-test end-to-end suite ran alone at the end).
 TEST_WORKERS ?= $(shell n=$$(nproc 2>/dev/null || echo 1); echo $$(( n < 4 ? n : 4 )))
-PYTEST_XDIST := -n $(TEST_WORKERS) --dist loadfile --max-worker-restart=0
+PYTEST_XDIST := -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder --max-worker-restart=0
 # The 25 slowest tests at the end of the log, to see what to mark slow or shrink.
 PYTEST_DURATIONS := --durations=25
 

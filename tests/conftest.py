@@ -49,8 +49,9 @@ def data_dir() -> pathlib.Path:
 SLOW_TIMEOUT_S = 1800
 
 
-# The longest test files (from `make test`'s --durations), started first: under `--dist loadfile`
-# the workers take files in collection order, and a long file started last runs alone at the end.
+# The longest test files (from `make test`'s --durations), started first: under `--dist loadfile
+# --no-loadscope-reorder` the workers take files in collection order, and a long file started
+# last runs alone at the end.
 FIRST_FILES = ("test_v2_pipeline.py", "test_multihost.py", "test_resume.py", "test_train.py",
                "test_gns_suite.py", "test_bench_compare.py", "test_faults.py",
                "test_gradvar_gns.py")
