@@ -32,6 +32,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from benchmarks import metrics  # noqa: E402
+from benchmarks import suite as suite_lib  # noqa: E402
 
 _DPI = 110
 
@@ -237,14 +238,6 @@ ADAPTIVE = ("gradvar", "gns")
 REFERENCE_ARMS = ("schedule-free", "mechanic", "prodigy", "cosine", "step", "plateau")
 
 
-def _control_of(strategy: str):
-  if strategy == "gradvar-null":
-    return "gradvar"
-  for prefix in ("matched-", "replay-"):
-    if strategy.startswith(prefix):
-      return strategy[len(prefix):]
-  return None
-
 
 def _rank(group: dict):
   """Fewer median steps to target first (n.r. last), then a lower mean best val loss."""
@@ -355,7 +348,8 @@ def grid_figure(results, runs, task, setting):
   for ax, strategy in zip(axes.flat, rest):
     if base in groups:
       _range_band(ax, _loss_series(groups[base])[0], base, "0.6", _ROLE_STYLE["baseline"])
-    style = {**_ROLE_STYLE["control" if _control_of(strategy) else "adaptive"], "zorder": 6}
+    role = "control" if suite_lib.control_of(strategy) else "adaptive"
+    style = {**_ROLE_STYLE[role], "zorder": 6}
     _range_band(ax, _loss_series(groups[strategy])[0], strategy, colors[strategy], style)
     ax.set_title(strategy, fontsize=9)
     ax.grid(alpha=0.3)

@@ -86,12 +86,8 @@ def _finished(out: pathlib.Path, run: suite_lib.Run) -> Optional[RunRecord]:
 
 def control_of(strategy: str) -> Optional[str]:
   """The adaptive strategy a control belongs to (`gradvar-null`, `matched-X`, `replay-X`)."""
-  if strategy == "gradvar-null":
-    return "gradvar"
-  for prefix in ("matched-", "replay-"):
-    if strategy.startswith(prefix):
-      return strategy[len(prefix):]
-  return None
+  control = suite_lib.control_of(strategy)
+  return None if control is None else control[1]
 
 
 def _matched(out: pathlib.Path, run: suite_lib.Run) -> Optional[RunRecord]:
