@@ -371,16 +371,18 @@ def evaluation_lrs(suite: suite_lib.Suite, out: pathlib.Path, tuned: bool) -> di
   lrs = {}
   for task in suite.tasks:
     if tuned and task in suite.tune_tasks:
-      lrs[task] = {s: tuning.tuned_lr(picks, suite, task, s) for s in suite.strategies}
+      lrs[task] = {s: tuning.tuned_lr(picks, suite, task, s)
+                   for s in suite.task_strategies(task)}
     else:
-      lrs[task] = {s: suite.task_lr(task) for s in suite.strategies}
+      lrs[task] = {s: suite.task_lr(task) for s in suite.task_strategies(task)}
   return lrs
 
 
 def adaptive_runs(suite: suite_lib.Suite, lrs: dict) -> list[suite_lib.Run]:
   """The evaluation runs of the tuned (non-control) strategies, seed-major."""
   return [suite.run(t, s, seed, lr=lrs[t][s]) for seed in suite.seeds for t in suite.tasks
-          for s in suite.tuned_strategies if lrs[t][s] is not None]
+          for s in suite.task_tuned_strategies(t)
+          if lrs[t].get(s) is not None and seed in suite.seeds_of(t, s)]
 
 
 def control_runs(suite: suite_lib.Suite, out: pathlib.Path,
@@ -393,13 +395,16 @@ def control_runs(suite: suite_lib.Suite, out: pathlib.Path,
   runs, waiting = [], []
   for seed in suite.seeds:
     for task in suite.tasks:
-      for strategy in suite.controls:
+      for strategy in suite.task_controls(task):
+        if seed not in suite.seeds_of(task, strategy):
+          continue
         kind, source = suite_lib.control_of(strategy)
         base = lrs[task][strategy]
         if base is None:
           waiting.append(f"{task}/{strategy}: {source}'s tuning is not complete")
           continue
-        src_seed = replay_seed(suite.all_seeds, seed) if kind == "replay" else seed
+        src_seed = (replay_seed(suite.all_seeds_of(task, source), seed) if kind == "replay"
+                    else seed)
         src = suite.run(task, source, src_seed, lr=base)
         info = {"control": strategy, "of": source}
         if kind == "null":
@@ -429,7 +434,8 @@ def _check_grid(suite: suite_lib.Suite) -> None:
   if not suite.tuned_strategies:
     raise ValueError(f"{suite.path}: strategies: only controls are left to tune; controls are "
                      "never tuned (they run at their adaptive strategy's tuned LR)")
-  if not any(suite.strategy_grid(t, s) for t in suite.tune_tasks for s in suite.tuned_strategies):
+  if not any(suite.strategy_grid(t, s) for t in suite.tune_tasks
+             for s in suite.task_tuned_strategies(t)):
     raise ValueError(f"{suite.path}: lr_grid: --tune needs a non-empty LR grid")
 
 
@@ -522,7 +528,8 @@ def compare(suite: suite_lib.Suite, out: pathlib.Path, argv: list[str], tune: bo
       waiting.extend(wait)
     return found
 
-  expected = len(suite.seeds) * len(suite.controls) * sum(len(v) for v in lrs_by.values())
+  expected = sum(len(suite.seeds_of(t, c)) for lrs in lrs_by.values() for t in lrs
+                 for c in suite.task_controls(t))
   outcome = run_all(runs, out, data_dir, progress=progress,
                     more=controls if suite.controls else None, expected_more=expected)
   for line in dict.fromkeys(waiting):
@@ -566,6 +573,13 @@ def reference_lrs(suite: suite_lib.Suite, out: pathlib.Path) -> dict:
   return lrs
 
 
+def _calibration_lrs(old, new: Optional[dict], default: float):
+  """calibration.lr: per task where tuned (the tasks calibrated before keep theirs), else one LR."""
+  if new is None:
+    return old if isinstance(old, dict) else default
+  return {**(old if isinstance(old, dict) else {}), **new}
+
+
 def calibrate(suite: suite_lib.Suite, out: pathlib.Path, argv: list[str], tasks=None,
               factor: Optional[float] = None, data_dir: Optional[str] = None,
               progress: bool = True) -> int:
@@ -603,7 +617,8 @@ def calibrate(suite: suite_lib.Suite, out: pathlib.Path, argv: list[str], tasks=
       "factor": factor,
       "strategy": suite.calibration_strategy,
       # The tuned LR per task where the reference strategy was tuned, else the suite's LR.
-      "lr": ({t: lrs.get(t, suite.task_lr(t)) for t in suite.tasks} if lrs else suite.lr),
+      "lr": _calibration_lrs(old.get("lr"), {t: lrs.get(t, suite.task_lr(t))
+                                             for t in suite.tasks} if lrs else None, suite.lr),
       "reference_seeds": list(suite.calibration.reference_seeds),
       "date": records.now(),
       "commit": records.git_commit()["commit"] or "unknown",

@@ -186,7 +186,7 @@ def gradvar(results, runs, task, path, render=True) -> str | None:
 def summary(results, task, setting, path, render=True) -> str | None:
   entry = results["tasks"][task]
   groups = entry["settings"][setting]["strategies"]
-  names = [s for s in results["strategies"] if groups[s]["seeds"]]
+  names = [s for s in results["strategies"] if s in groups and groups[s]["seeds"]]
   if not names:
     return None
   if not render:

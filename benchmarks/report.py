@@ -122,12 +122,13 @@ def tuning_selection(suite: suite_lib.Suite, out: pathlib.Path) -> dict:
 def _group(suite, out, task, strategy, lr, threshold) -> dict:
   """One strategy's runs at one LR over the evaluation seeds, with their statistics."""
   per_seed, records_ = {}, {}
-  for seed in suite.seeds:
+  seeds = suite.seeds_of(task, strategy)
+  for seed in seeds:
     rec = _finished(out, suite.run(task, strategy, seed, lr=lr))
     if rec is not None:
       per_seed[seed] = rec.metrics(threshold, suite.explode_factor)
       records_[seed] = rec
-  group = {"lr": lr, "seeds": sorted(per_seed), "missing_seeds": [s for s in suite.seeds
+  group = {"lr": lr, "seeds": sorted(per_seed), "missing_seeds": [s for s in seeds
                                                                   if s not in per_seed],
            "per_seed": per_seed, "summary": {}, "reach": {},
            "divergences": sum(m["diverged"] for m in per_seed.values())}
@@ -191,13 +192,16 @@ def collect(out: pathlib.Path) -> tuple[dict, dict]:
   runs = {}
   for task in suite.tasks:
     threshold = thresholds.get(task)
+    arms = suite.task_strategies(task)
     entry = {"threshold": threshold, "settings": {}}
-    settings = {"untuned": {s: suite.task_lr(task) for s in suite.strategies}}
+    if task in suite.arms:
+      entry["arms"] = {s: len(suite.seeds_of(task, s)) for s in arms}
+    settings = {"untuned": {s: suite.task_lr(task) for s in arms}}
     if task in picks and all(p["complete"] for p in picks[task].values()):
-      settings["tuned"] = {s: picks[task][control_of(s) or s]["lr"] for s in suite.strategies}
+      settings["tuned"] = {s: picks[task][control_of(s) or s]["lr"] for s in arms}
     for setting, lrs in settings.items():
       groups = {}
-      for strategy in suite.strategies:
+      for strategy in arms:
         groups[strategy], recs = _group(suite, out, task, strategy, lrs[strategy], threshold)
         for seed, rec in recs.items():
           runs[(setting, task, strategy, seed)] = rec

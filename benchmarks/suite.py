@@ -70,6 +70,8 @@ _TOP_KEYS = frozenset({"name", "description", "seeds", "strategies", "baseline",
                        "untuned_runs", "analysis"})
 _CALIBRATION_KEYS = frozenset({"rule", "factor", "strategy", "lr", "reference_seeds",
                                "thresholds", "reference_best_val_loss", "date", "commit"})
+# Keys of a [tasks.T] table that are the suite's, not config fields.
+_TASK_KEYS = frozenset({"arms", "lr_grid", "grids"})
 _ANALYSIS_KEYS = frozenset({"metric", "primaries", "alpha", "permutations", "bootstrap"})
 # Bracketing is opt-in: the limit is stated in the suite (the v1 suites add no points).
 DEFAULT_MAX_EXTENSIONS = 0
@@ -184,6 +186,9 @@ class Suite:
   untuned_runs: bool = True  # with --tune, also the untuned evaluation runs of tuned tasks
   analysis: Optional[Analysis] = None
   all_seeds: tuple[int, ...] = ()  # the file's evaluation seeds, whatever --seeds narrows to
+  # task -> {strategy: number of evaluation seeds} from `[tasks.T.arms]`; a task without it runs
+  # every strategy on every seed.
+  arms: dict = dataclasses.field(default_factory=dict)
 
   @property
   def tuned_strategies(self) -> tuple[str, ...]:
@@ -194,13 +199,38 @@ class Suite:
   def controls(self) -> tuple[str, ...]:
     return tuple(s for s in self.strategies if control_of(s) is not None)
 
+  def task_strategies(self, task: str) -> tuple[str, ...]:
+    """The strategies that run on `task` (its arms), in the suite's order."""
+    arms = self.arms.get(task)
+    return tuple(s for s in self.strategies if arms is None or s in arms)
+
+  def task_tuned_strategies(self, task: str) -> tuple[str, ...]:
+    return tuple(s for s in self.task_strategies(task) if control_of(s) is None)
+
+  def task_controls(self, task: str) -> tuple[str, ...]:
+    return tuple(s for s in self.task_strategies(task) if control_of(s) is not None)
+
+  def all_seeds_of(self, task: str, strategy: str) -> tuple[int, ...]:
+    """The file's evaluation seeds of one arm: the first N of `seeds`, whatever --seeds says."""
+    arms = self.arms.get(task)
+    if arms is not None and strategy not in arms:
+      return ()
+    return self.all_seeds[:arms[strategy]] if arms is not None else self.all_seeds
+
+  def seeds_of(self, task: str, strategy: str) -> tuple[int, ...]:
+    """The evaluation seeds that one arm runs now (`--seeds N` keeps the first N)."""
+    return tuple(seed for seed in self.all_seeds_of(task, strategy) if seed in self.seeds)
+
   def strategy_grid(self, task: str, strategy: str) -> tuple[float, ...]:
     """The initial tuning grid of one strategy on one task, as written in the suite.
 
-    A strategy's own `[grids]` entry replaces `lr_grid`; a task's `[grid_points]` N keeps the
-    middle N points (the lower middle when the difference is odd).
+    The most specific grid wins: the task's `[tasks.T.grids]` entry of the strategy, the task's
+    `lr_grid`, the strategy's `[grids]` entry, the suite's `lr_grid`. A task's `[grid_points]` N
+    then keeps the middle N points (the lower middle when the difference is odd).
     """
-    grid = tuple(self.grids.get(strategy, self.lr_grid))
+    table = self.tasks.get(task, {})
+    grid = tuple(float(lr) for lr in table.get("grids", {}).get(strategy)
+                 or table.get("lr_grid") or self.grids.get(strategy, self.lr_grid))
     n = self.grid_points.get(task)
     if n is not None and n < len(grid):
       start = (len(grid) - n) // 2
@@ -208,8 +238,8 @@ class Suite:
     return grid
 
   def task_settings(self, task: str) -> dict:
-    merged = {**_flatten(self.defaults), **_flatten(self.tasks[task])}
-    return merged
+    table = {k: v for k, v in self.tasks[task].items() if k not in _TASK_KEYS}
+    return {**_flatten(self.defaults), **_flatten(table)}
 
   def run(self, task: str, strategy: str, seed: int, lr: Optional[float] = None,
           kind: str = "runs") -> Run:
@@ -228,12 +258,12 @@ class Suite:
     Controls are not here: their runs follow from their adaptive strategy's (`compare`).
     """
     return [self.run(t, s, seed) for seed in self.seeds for t in self.tasks
-            for s in self.tuned_strategies]
+            for s in self.task_tuned_strategies(t) if seed in self.seeds_of(t, s)]
 
   def tune_grid(self) -> list[Run]:
     """The tuning runs of the initial grids (the extensions follow from their results)."""
     return [self.run(t, s, seed, lr=lr, kind="tune") for t in self.tune_tasks
-            for seed in self.tune_seeds for s in self.tuned_strategies
+            for seed in self.tune_seeds for s in self.task_tuned_strategies(t)
             for lr in self.strategy_grid(t, s)]
 
   @property
@@ -378,7 +408,10 @@ def parse(text: str, path: Optional[pathlib.Path] = None) -> Suite:
       fail(f"tasks.{t}", f"unknown task; known tasks: {', '.join(tasks_lib.names())}")
     if not isinstance(table, dict):
       fail(f"tasks.{t}", "must be a table")
-    _check_settings(fail, f"tasks.{t}", table)
+    _check_settings(fail, f"tasks.{t}",
+                    {k: v for k, v in table.items() if k not in _TASK_KEYS})
+  arms = {t: _parse_arms(fail, t, table["arms"], strategy_names, seeds)
+          for t, table in tasks.items() if "arms" in table}
   defaults = raw.get("defaults", {})
   if not isinstance(defaults, dict):
     fail("defaults", "must be a table")
@@ -404,6 +437,25 @@ def parse(text: str, path: Optional[pathlib.Path] = None) -> Suite:
                                 for i, v in enumerate(grid))
     if len(set(grids_out[strategy])) != len(grid):
       fail(f"grids.{strategy}", f"has duplicates: {grid!r}")
+  for t, table in tasks.items():
+    task_grids = {"lr_grid": table["lr_grid"]} if "lr_grid" in table else {}
+    if "grids" in table:
+      if not isinstance(table["grids"], dict):
+        fail(f"tasks.{t}.grids", "must be a table of strategy = [lr, ...]")
+      for strategy in table["grids"]:
+        if strategy not in strategy_names:
+          fail(f"tasks.{t}.grids.{strategy}",
+               f"is not one of the suite's strategies {list(strategy_names)}")
+        if control_of(strategy):
+          fail(f"tasks.{t}.grids.{strategy}", "is a control: controls are never tuned")
+      task_grids.update({f"grids.{k}": v for k, v in table["grids"].items()})
+    for key, grid in task_grids.items():
+      field = f"tasks.{t}.{key}"
+      if not isinstance(grid, list) or not grid:
+        fail(field, f"must be a non-empty list of numbers, got {grid!r}")
+      values = [float(positive(f"{field}[{i}]", v)) for i, v in enumerate(grid)]
+      if len(set(values)) != len(values):
+        fail(field, f"has duplicates: {grid!r}")
   max_extensions = raw.get("max_extensions", DEFAULT_MAX_EXTENSIONS)
   if isinstance(max_extensions, bool) or not isinstance(max_extensions, int) or max_extensions < 0:
     fail("max_extensions", f"must be an int >= 0, got {max_extensions!r}")
@@ -425,7 +477,7 @@ def parse(text: str, path: Optional[pathlib.Path] = None) -> Suite:
   untuned_runs = raw.get("untuned_runs", True)
   if not isinstance(untuned_runs, bool):
     fail("untuned_runs", f"must be true or false, got {untuned_runs!r}")
-  analysis = _parse_analysis(fail, raw["analysis"], tasks, strategy_names) \
+  analysis = _parse_analysis(fail, raw["analysis"], tasks, strategy_names, arms) \
       if "analysis" in raw else None
 
   overlap = set(seeds) & set(tune_seeds)
@@ -439,9 +491,14 @@ def parse(text: str, path: Optional[pathlib.Path] = None) -> Suite:
   if control_of(calibration.raw.get("strategy", baseline)):
     fail("calibration.strategy" if "strategy" in calibration.raw else "baseline",
          "the reference runs' strategy cannot be a control (controls are never tuned)")
+  for t, by in arms.items():
+    for field, strategy in (("baseline", baseline),
+                            ("calibration.strategy", calibration.raw.get("strategy", baseline))):
+      if strategy not in by:
+        fail(f"tasks.{t}.arms", f"has no {strategy!r}, the suite's {field}")
   suite = Suite(name, description, path, text, seeds, strategy_names, baseline, epochs, lr,
                 lr_grid, tune_seeds, tune_tasks, explode, defaults, tasks, calibration,
-                grids_out, dict(grid_points), max_extensions, untuned_runs, analysis, seeds)
+                grids_out, dict(grid_points), max_extensions, untuned_runs, analysis, seeds, arms)
   # Every run's config is checked now, so a typo fails before hours of training, not during.
   for t in tasks:
     try:
@@ -465,7 +522,35 @@ def _check_settings(fail, where, table):
       fail(f"{where}.{key}", f"unknown config field; known: {known}")
 
 
-def _parse_analysis(fail, raw, tasks, strategy_names) -> Analysis:
+def _parse_arms(fail, task, raw, strategy_names, seeds) -> dict:
+  """`[tasks.T.arms]`: strategy = number of evaluation seeds (the first N of `seeds`)."""
+  where = f"tasks.{task}.arms"
+  if not isinstance(raw, dict) or not raw:
+    fail(where, "must be a non-empty table of strategy = number of seeds")
+  for strategy, n in raw.items():
+    if strategy not in strategy_names:
+      fail(f"{where}.{strategy}", f"is not one of the suite's strategies {list(strategy_names)}")
+    if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= len(seeds):
+      fail(f"{where}.{strategy}", f"must be a number of seeds from 1 to {len(seeds)} (the "
+                                  f"first N of seeds = {list(seeds)}), got {n!r}")
+  for strategy, n in raw.items():
+    control = control_of(strategy)
+    if control is None:
+      continue
+    kind, source = control
+    if source not in raw:
+      fail(f"{where}.{strategy}", f"is a control of {source!r}, which must also be an arm "
+                                  "of the task (the control runs from its runs)")
+    if kind != "null" and n > raw[source]:
+      fail(f"{where}.{strategy}", f"has {n} seeds, more than its source {source!r} ({raw[source]})"
+                                  "; a matched or replay run follows a run of its source")
+    if kind == "replay" and raw[source] < 2:
+      fail(f"{where}.{source}", f"needs at least 2 seeds for {strategy!r} (a run replays "
+                                "another seed's path)")
+  return dict(raw)
+
+
+def _parse_analysis(fail, raw, tasks, strategy_names, arms=None) -> Analysis:
   if not isinstance(raw, dict):
     fail("analysis", "must be a table")
   unknown = sorted(set(raw) - _ANALYSIS_KEYS)
@@ -489,6 +574,10 @@ def _parse_analysis(fail, raw, tasks, strategy_names) -> Analysis:
     for strategy in (primary.a, primary.b):
       if strategy not in strategy_names:
         fail(field, f"{strategy!r} is not one of the suite's strategies {list(strategy_names)}")
+      task_arms = (arms or {}).get(primary.task)
+      if task_arms is not None and strategy not in task_arms:
+        fail(field, f"{strategy!r} is not an arm of {primary.task} "
+                    f"(tasks.{primary.task}.arms: {list(task_arms)})")
     if primary.a == primary.b:
       fail(field, f"compares {primary.a!r} with itself")
     if any({p.a, p.b} == {primary.a, primary.b} and p.task == primary.task for p in primaries):

@@ -183,7 +183,7 @@ def _tuning_table(results: dict, task: str) -> str:
 def _side_by_side(results: dict, task: str) -> str:
   s = results["tasks"][task]["settings"]
   rows = []
-  for strategy in results["strategies"]:
+  for strategy in s["untuned"]["strategies"]:
     u, t = s["untuned"]["strategies"][strategy], s["tuned"]["strategies"][strategy]
     row = [strategy]
     for g in (u, t):

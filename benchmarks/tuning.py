@@ -159,7 +159,7 @@ def selection(suite: suite_lib.Suite, out: pathlib.Path,
   picks = {}
   for task in suite.tune_tasks:
     picks[task] = {}
-    for strategy in suite.tuned_strategies:
+    for strategy in suite.task_tuned_strategies(task):
       b, values, states = _walk(suite, out, task, strategy, limit)
       picks[task][strategy] = {
           "lr": b.pick, "grid": list(b.grid), "initial": list(b.initial),
@@ -182,7 +182,7 @@ def v1_selection(suite: suite_lib.Suite, out: pathlib.Path) -> dict:
   """
   picks = selection(suite, out, max_extensions=0)
   return {t: {s: {k: by[(suite_lib.control_of(s) or (None, s))[1]][k] for k in V1_KEYS}
-              for s in suite.strategies}
+              for s in suite.task_strategies(t)}
           for t, by in picks.items()}
 
 
@@ -190,7 +190,7 @@ def needed_runs(suite: suite_lib.Suite, out: pathlib.Path) -> list[suite_lib.Run
   """The tuning runs the selection is waiting for, in the order to run them."""
   runs = []
   for task in suite.tune_tasks:
-    for strategy in suite.tuned_strategies:
+    for strategy in suite.task_tuned_strategies(task):
       b, _, states = _walk(suite, out, task, strategy, suite.max_extensions)
       for lr in b.missing:
         runs += [suite.run(task, strategy, seed, lr=lr, kind="tune")

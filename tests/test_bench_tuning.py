@@ -378,3 +378,130 @@ def test_tune_calibrate_compare_in_order(tmp_path, monkeypatch, with_controls):
   assert benchmarks_main.main(["compare", "--suite", str(path), "--out", str(out), "--tune",
                                "--no-progress", "--no-report"]) == 0
   assert (out / "calls.log").read_text() == before
+
+
+# ---- per-task arms: strategies and seed counts per task ---------------------------------------
+
+ARMS = CONTROLS.replace("seeds = [0, 1, 2]", "seeds = [0, 1, 2, 3]") + """\
+[tasks.rt_sentiment.arms]
+fixed = 4
+gradvar = 3
+gradvar-null = 3
+replay-gradvar = 2
+[tasks.fashion_mnist]
+train_examples = 48
+[tasks.fashion_mnist.arms]
+fixed = 2
+gradvar = 2
+"""
+
+
+def test_arms_give_each_task_its_strategies_and_seeds(with_controls):
+  s = suite_lib.parse(ARMS)
+  assert s.task_strategies("rt_sentiment") == ("fixed", "gradvar", "gradvar-null",
+                                               "replay-gradvar")
+  assert s.task_tuned_strategies("fashion_mnist") == ("fixed", "gradvar")
+  assert s.task_controls("fashion_mnist") == ()
+  assert s.seeds_of("rt_sentiment", "gradvar") == (0, 1, 2)
+  assert s.seeds_of("rt_sentiment", "matched-gradvar") == ()  # not an arm of rt_sentiment
+  # `arms` is the suite's key, not a config field.
+  assert "arms" not in dict(s.run("rt_sentiment", "fixed", 0).settings)
+  grid = {(r.task, r.strategy, r.seed) for r in s.grid()}
+  assert grid == ({("rt_sentiment", "fixed", i) for i in range(4)}
+                  | {("rt_sentiment", "gradvar", i) for i in range(3)}
+                  | {("fashion_mnist", st, i) for st in ("fixed", "gradvar") for i in range(2)})
+  assert {(r.task, r.strategy) for r in s.tune_grid()} == {
+      (t, st) for t in ("rt_sentiment", "fashion_mnist") for st in ("fixed", "gradvar")}
+  # --seeds 2 keeps each arm's first 2 of its own seeds.
+  assert s.narrow(seeds=2).seeds_of("rt_sentiment", "gradvar") == (0, 1)
+  # A task without arms runs every strategy on every seed.
+  plain = suite_lib.parse(CONTROLS)
+  assert plain.task_strategies("rt_sentiment") == plain.strategies
+  assert plain.seeds_of("rt_sentiment", "replay-gradvar") == (0, 1, 2)
+
+
+def test_replay_in_arms_cycles_over_its_sources_seeds(tmp_path, with_controls):
+  s = suite_lib.parse(ARMS)
+  lrs = {t: {name: 2e-3 for name in s.task_strategies(t)} for t in s.tasks}
+  for seed in range(3):
+    _write_run(tmp_path / s.run("rt_sentiment", "gradvar", seed, lr=2e-3).relpath(), [0.5, 0.5])
+  runs, waiting = compare.control_runs(s, tmp_path, lrs)
+  assert waiting == []
+  by = {(r.strategy, r.seed): r for r in runs}
+  assert set(by) == {("gradvar-null", 0), ("gradvar-null", 1), ("gradvar-null", 2),
+                     ("replay-gradvar", 0), ("replay-gradvar", 1)}
+  assert dict(by["replay-gradvar", 1].control)["source_seed"] == 2
+  assert all(r.task == "rt_sentiment" for r in runs)
+
+
+@pytest.mark.parametrize("change, message", [
+    ("fixed = 4", "tasks.rt_sentiment.arms.fixed: must be a number of seeds from 1 to 4"),
+    ("gradvar = 3", "tasks.rt_sentiment.arms.prodigy: is not one of the suite's strategies"),
+    ("replay-gradvar = 2", "tasks.rt_sentiment.arms.replay-gradvar: has 2 seeds, more than"),
+    ("gradvar-null = 3", "tasks.rt_sentiment.arms: has no 'fixed', the suite's baseline"),
+])
+def test_arms_errors_name_the_field(change, message, with_controls):
+  bad = {"fixed = 4": "fixed = 5", "gradvar = 3": "gradvar = 3\nprodigy = 1",
+         "replay-gradvar = 2": "replay-gradvar = 2\ngradvar = 1",
+         "gradvar-null = 3": "gradvar-null = 3\nfixed = 1"}[change]
+  text = ARMS.replace(change, bad, 1)
+  if change == "replay-gradvar = 2":
+    text = text.replace("gradvar = 3\n", "", 1)
+  if change == "gradvar-null = 3":
+    text = text.replace("[tasks.rt_sentiment.arms]\nfixed = 4\n", "[tasks.rt_sentiment.arms]\n")
+    text = text.replace("gradvar-null = 3\nfixed = 1", "gradvar-null = 3")
+  with pytest.raises(ValueError) as info:
+    suite_lib.parse(text, pathlib.Path("x.toml"))
+  assert "x.toml" in str(info.value) and message in str(info.value)
+
+
+def test_a_primary_must_pair_arms_of_its_task(with_controls):
+  text = ARMS + '[analysis]\nprimaries = ["fashion_mnist: gradvar vs gradvar-null"]\n'
+  with pytest.raises(ValueError, match="'gradvar-null' is not an arm of fashion_mnist"):
+    suite_lib.parse(text)
+
+
+def test_compare_runs_exactly_the_arms(tmp_path, monkeypatch, with_controls):
+  text = ARMS if HAS_REPLAY else ARMS.replace("replay-gradvar = 2\n", "").replace(
+      ', "replay-gradvar"', "")
+  path = tmp_path / "a.toml"
+  path.write_text(text)
+  out = tmp_path / "out"
+  monkeypatch.setattr(compare, "command", lambda config_file, resume: [
+      sys.executable, str(FAKE_TRAIN), "--config", str(config_file)])
+  assert benchmarks_main.main(["compare", "--suite", str(path), "--out", str(out),
+                               "--no-progress"]) == 0
+  calls = sorted((out / "calls.log").read_text().split())
+  ran = {tuple(c.split("/")[i] for i in (1, 2, 4)) for c in calls}
+  expected = ({("rt_sentiment", "fixed", f"seed{i}") for i in range(4)}
+              | {("rt_sentiment", st, f"seed{i}") for st in ("gradvar", "gradvar-null")
+                 for i in range(3)}
+              | {("fashion_mnist", st, f"seed{i}") for st in ("fixed", "gradvar")
+                 for i in range(2)})
+  if HAS_REPLAY:
+    expected |= {("rt_sentiment", "replay-gradvar", f"seed{i}") for i in range(2)}
+  assert ran == expected and len(calls) == len(expected)
+  results = json.loads((out / "results.json").read_text())
+  rt = results["tasks"]["rt_sentiment"]
+  assert rt["arms"] == {"fixed": 4, "gradvar": 3, "gradvar-null": 3, "replay-gradvar": 2} \
+      if HAS_REPLAY else True
+  groups = results["tasks"]["fashion_mnist"]["settings"]["untuned"]["strategies"]
+  assert set(groups) == {"fixed", "gradvar"} and groups["gradvar"]["seeds"] == [0, 1]
+  assert (out / "REPORT.md").exists()
+
+
+def test_task_grids_are_the_most_specific():
+  text = BASE.replace("[tasks.rt_sentiment]\n", "[grids]\ngradvar = [2e-3, 4e-3]\n"
+                      "[tasks.rt_sentiment]\nlr_grid = [1e-5, 3e-5]\n"
+                      "grids = { fixed = [5e-5, 1e-4, 2e-4] }\n") + (
+                      "[tasks.fashion_mnist]\ntrain_examples = 48\n")
+  s = suite_lib.parse(text)
+  assert s.strategy_grid("rt_sentiment", "fixed") == (5e-5, 1e-4, 2e-4)
+  assert s.strategy_grid("rt_sentiment", "gradvar") == (1e-5, 3e-5)
+  assert s.strategy_grid("fashion_mnist", "gradvar") == (2e-3, 4e-3)
+  assert s.strategy_grid("fashion_mnist", "fixed") == (1e-3, 1e-2)
+  assert "lr_grid" not in dict(s.run("rt_sentiment", "fixed", 0).settings)
+  with pytest.raises(ValueError, match="tasks.rt_sentiment.grids.prodigy: is not one of"):
+    suite_lib.parse(text.replace("fixed = [5e-5", "prodigy = [5e-5"))
+  with pytest.raises(ValueError, match=r"tasks.rt_sentiment.lr_grid: has duplicates"):
+    suite_lib.parse(text.replace("[1e-5, 3e-5]", "[1e-5, 1e-5]"))

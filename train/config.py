@@ -224,10 +224,16 @@ def _parse_scalar(field: str, text: str) -> Any:
 
 
 def _literal(text: str) -> Any:
+  """A `--set model.X=V` / `data.X=V` value: JSON as in the config files (`false`, `null`,
+  `[1, 2]`), else a Python literal (`False`, `(1, 2)`), else the text itself (a path)."""
+  try:
+    return json.loads(text)
+  except ValueError:
+    pass
   try:
     return ast.literal_eval(text)
   except (ValueError, SyntaxError):
-    return text  # a bare string, e.g. a path
+    return text
 
 
 def apply_overrides(config: Config, assignments: list[str]) -> Config:

@@ -138,7 +138,10 @@ def setup(config: config_lib.Config) -> Setup:
       validation=_subset(source.validation, config.eval_examples), memo={})
 
   model_options = {**task.model_options, **config.model}
-  checkpoint = model_options.pop("checkpoint", None)
+  try:
+    checkpoint = models.resolve_checkpoint(model_options.pop("checkpoint", None))
+  except ValueError as e:
+    raise ValueError(f"config.model.checkpoint: {e}") from None
   data_options = {**task.data_options, **config.data}
   if checkpoint and family.checkpoint_data_options is not None:
     try:

@@ -75,6 +75,9 @@ class InputOptions:
   def __post_init__(self):
     if self.model not in models.names():
       raise ValueError(f"model must be one of {sorted(models.names())}, got {self.model!r}.")
+    for flag in ("lowercase", "augment"):
+      if not isinstance(getattr(self, flag), bool):
+        raise ValueError(f"{flag} must be true or false, got {getattr(self, flag)!r}.")
     family = self.family
     if family.text is None:
       given = [f for f in ("max_len", "tokens", "vocab_file", "vocab_size")
