@@ -374,7 +374,7 @@ def evaluation_lrs(suite: suite_lib.Suite, out: pathlib.Path, tuned: bool) -> di
       lrs[task] = {s: tuning.tuned_lr(picks, suite, task, s)
                    for s in suite.task_strategies(task)}
     else:
-      lrs[task] = {s: suite.task_lr(task) for s in suite.task_strategies(task)}
+      lrs[task] = {s: suite.strategy_lr(task, s) for s in suite.task_strategies(task)}
   return lrs
 
 

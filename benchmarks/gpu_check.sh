@@ -2,7 +2,7 @@
 # What one GPU says about the seed's setup, in under 8 minutes on one H200:
 #   1. the three models' training-step throughput at the seed's size (batch 32 and 256,
 #      float32 and bfloat16), from `python -m benchmarks.perf.model_speed`;
-#   2. a shortened seed-style comparison, fixed against gradvar at full size on the offline
+#   2. a shortened seed-style comparison, fixed against gradvar and gns at full size on the offline
 #      stand-ins, 1 seed, 3 epochs (`benchmarks/suites/gpu_check.toml`).
 #
 # Usage, from the repository root:
@@ -40,6 +40,6 @@ fi
 echo "gpu_check: 1/2 model throughput at the seed's size"
 timeout 230 "$PY" -m benchmarks.perf.model_speed --models bert,resnet,lstm_attention --sizes full \
   --batch-sizes 32,256 --dtype float32,bfloat16 --steps 20 --warmup 3 --out "$OUT/models.json"
-echo "gpu_check: 2/2 fixed against gradvar at full size on the stand-ins (3 epochs)"
+echo "gpu_check: 2/2 fixed against gradvar and gns at full size on the stand-ins (3 epochs)"
 timeout 230 "$PY" -m benchmarks compare --suite gpu_check --out "$OUT/compare"
 echo "gpu_check: results in $OUT/models.json and $OUT/compare/REPORT.md"

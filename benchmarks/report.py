@@ -196,7 +196,7 @@ def collect(out: pathlib.Path) -> tuple[dict, dict]:
     entry = {"threshold": threshold, "settings": {}}
     if task in suite.arms:
       entry["arms"] = {s: len(suite.seeds_of(task, s)) for s in arms}
-    settings = {"untuned": {s: suite.task_lr(task) for s in arms}}
+    settings = {"untuned": {s: suite.strategy_lr(task, s) for s in arms}}
     if task in picks and all(p["complete"] for p in picks[task].values()):
       settings["tuned"] = {s: picks[task][control_of(s) or s]["lr"] for s in arms}
     for setting, lrs in settings.items():

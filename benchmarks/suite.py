@@ -71,7 +71,7 @@ _TOP_KEYS = frozenset({"name", "description", "seeds", "strategies", "baseline",
 _CALIBRATION_KEYS = frozenset({"rule", "factor", "strategy", "lr", "reference_seeds",
                                "thresholds", "reference_best_val_loss", "date", "commit"})
 # Keys of a [tasks.T] table that are the suite's, not config fields.
-_TASK_KEYS = frozenset({"arms", "lr_grid", "grids"})
+_TASK_KEYS = frozenset({"arms", "lr_grid", "grids", "lrs"})
 _ANALYSIS_KEYS = frozenset({"metric", "primaries", "alpha", "permutations", "bootstrap"})
 # Bracketing is opt-in: the limit is stated in the suite (the v1 suites add no points).
 DEFAULT_MAX_EXTENSIONS = 0
@@ -245,12 +245,17 @@ class Suite:
           kind: str = "runs") -> Run:
     settings = self.task_settings(task)
     epochs = settings.pop("epochs", self.epochs)
-    task_lr = settings.pop("lr", self.lr)
-    return Run(task, strategy, float(task_lr if lr is None else lr), int(seed), int(epochs),
+    settings.pop("lr", None)
+    lr = self.strategy_lr(task, strategy) if lr is None else lr
+    return Run(task, strategy, float(lr), int(seed), int(epochs),
                tuple(sorted(settings.items())), kind)
 
   def task_lr(self, task: str) -> float:
     return float(self.task_settings(task).get("lr", self.lr))
+
+  def strategy_lr(self, task: str, strategy: str) -> float:
+    """The LR of a strategy's untuned runs: the task's `[tasks.T.lrs]` entry, else its `lr`."""
+    return float(self.tasks[task].get("lrs", {}).get(strategy, self.task_lr(task)))
 
   def grid(self) -> list[Run]:
     """The untuned evaluation runs, seed-major: after each seed the comparison is complete.
@@ -438,6 +443,14 @@ def parse(text: str, path: Optional[pathlib.Path] = None) -> Suite:
     if len(set(grids_out[strategy])) != len(grid):
       fail(f"grids.{strategy}", f"has duplicates: {grid!r}")
   for t, table in tasks.items():
+    lrs = table.get("lrs", {})
+    if not isinstance(lrs, dict):
+      fail(f"tasks.{t}.lrs", "must be a table of strategy = lr")
+    for strategy, value in lrs.items():
+      if strategy not in strategy_names:
+        fail(f"tasks.{t}.lrs.{strategy}",
+             f"is not one of the suite's strategies {list(strategy_names)}")
+      positive(f"tasks.{t}.lrs.{strategy}", value)
     task_grids = {"lr_grid": table["lr_grid"]} if "lr_grid" in table else {}
     if "grids" in table:
       if not isinstance(table["grids"], dict):

@@ -505,3 +505,17 @@ def test_task_grids_are_the_most_specific():
     suite_lib.parse(text.replace("fixed = [5e-5", "prodigy = [5e-5"))
   with pytest.raises(ValueError, match=r"tasks.rt_sentiment.lr_grid: has duplicates"):
     suite_lib.parse(text.replace("[1e-5, 3e-5]", "[1e-5, 1e-5]"))
+
+
+def test_task_lrs_give_each_strategy_its_own_untuned_lr():
+  text = BASE.replace("train_examples = 48\n", "train_examples = 48\nlr = 2e-3\n"
+                      "lrs = { gradvar = 5e-3 }\n")
+  s = suite_lib.parse(text)
+  assert {(r.strategy, r.lr) for r in s.grid()} == {("fixed", 2e-3), ("gradvar", 5e-3)}
+  assert s.strategy_lr("rt_sentiment", "fixed") == 2e-3
+  assert "lrs" not in dict(s.run("rt_sentiment", "fixed", 0).settings)
+  assert s.run("rt_sentiment", "gradvar", 0, lr=1e-4).lr == 1e-4  # an explicit LR wins
+  with pytest.raises(ValueError, match="tasks.rt_sentiment.lrs.gns: is not one of"):
+    suite_lib.parse(text.replace("gradvar = 5e-3", "gns = 5e-3"))
+  with pytest.raises(ValueError, match="tasks.rt_sentiment.lrs.gradvar: must be a positive"):
+    suite_lib.parse(text.replace("gradvar = 5e-3", "gradvar = -1"))

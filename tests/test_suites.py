@@ -32,7 +32,8 @@ def _has_gradvar(opt_state) -> bool:
 def test_every_run_of_a_committed_suite_resolves(name):
   suite = suite_lib.load(name)
   runs = suite.grid()
-  assert len(runs) == len(suite.tasks) * len(suite.strategies) * len(suite.seeds)
+  # Controls are not in the grid: their runs follow from their adaptive strategy's.
+  assert len(runs) == len(suite.tasks) * len(suite.tuned_strategies) * len(suite.seeds)
   assert len({r.key for r in runs}) == len(runs)
   for run in runs:
     config = run.config(workdir="/nonexistent")
@@ -68,7 +69,9 @@ def test_seed_suite_is_the_seeds_setup():
   suite = suite_lib.load("seed")
   models = {t: tasks.get(t).model for t in suite.tasks}
   assert models == {"ag_news": "bert", "cifar10": "resnet", "imdb": "lstm_attention"}
-  assert set(suite.strategies) == {"fixed", "step", "gradvar", "cosine"}
+  assert set(suite.strategies) == {"fixed", "step", "gradvar", "cosine", "gns", "schedule-free",
+                                   "gradvar-null", "replay-gns"}
+  assert suite.controls == ("gradvar-null", "replay-gns")
   assert suite.epochs == 20
   for run in suite.grid():
     config = run.config()
@@ -83,7 +86,9 @@ def test_seed_suite_dry_run_builds_every_model_and_optimizer(tmp_path):
   mock_examples, train_examples = 120, 70
   with tfds.testing.mock_data(num_examples=mock_examples,
                               policy=tfds.testing.MockPolicy.USE_CODE):
-    for run in suite.grid():
+    # Every strategy of the grid, and the null control (replay-gns needs a finished gns run).
+    nulls = [suite.run(t, "gradvar-null", 0) for t in suite.tasks]
+    for run in suite.grid() + nulls:
       if (run.task, run.strategy) in built:
         continue
       config = dataclasses.replace(
@@ -94,6 +99,7 @@ def test_seed_suite_dry_run_builds_every_model_and_optimizer(tmp_path):
       variables = jax.eval_shape(s.model_spec.init, jax.random.key(0))
       opt_state = jax.eval_shape(s.strategy.optimizer.init, variables["params"])
       assert _has_gradvar(opt_state) == run.strategy.startswith("gradvar")
+      assert ("GNSState" in str(jax.tree_util.tree_structure(opt_state))) == (run.strategy == "gns")
       # One forward pass on a real (mock) batch traces through the whole model.
       batch = s.pipeline.train_batch(0)
       logits = jax.eval_shape(
@@ -107,7 +113,7 @@ def test_seed_suite_dry_run_builds_every_model_and_optimizer(tmp_path):
       assert len(s.source.train) == min(train_examples, mock_examples - mock_examples // 10)
       assert s.pipeline.steps_per_epoch == train_examples // config.batch_size == 2
       built.add((run.task, run.strategy))
-  assert len(built) == len(suite.tasks) * len(suite.strategies)
+  assert len(built) == len(suite.tasks) * (len(suite.strategies) - 1)  # all but replay-gns
 
 
 def test_calibration_strategy_can_differ_from_the_baseline():
