@@ -19,7 +19,7 @@ def test_a_missing_data_folder_is_one_message_that_names_it(tmp_path, capsys):
   err = capsys.readouterr().err
   assert err.count("error:") == 1
   assert "'demo' suite cannot start here; nothing was trained" in err
-  for task in ("rt_sentiment", "fashion_mnist", "wordnet_topics"):
+  for task in ("rt_sentiment", "fashion_mnist"):  # the demo's tasks
     assert f"task {task}: {tmp_path / 'none' / task}: no such folder" in err
   assert not out.exists()
 
@@ -29,7 +29,7 @@ def test_the_default_data_folder_is_checked_when_none_is_given(tmp_path, monkeyp
   monkeypatch.delenv("GRADVAR_DATA_DIR", raising=False)
   monkeypatch.setattr(sources, "DEFAULT_DATA_DIR", tmp_path / "no-data")
   found = preflight.problems("demo", tmp_path / "out")
-  assert len(found) == 3
+  assert len(found) == 2  # one per task of the demo
   assert all(f"{tmp_path / 'no-data'}" in p and "the project's own data/" in p for p in found)
 
 
