@@ -242,17 +242,12 @@ def _time_to_target(steps: Optional[float], strategy: str, ratios: Optional[dict
 def _analysis(suite, analysis, results: dict, picks: dict, step_cost: dict) -> dict:
   """The pre-registered primaries with Holm's correction, the secondary count, the tuned LRs."""
   alpha, permutations, bootstrap = analysis.alpha, analysis.permutations, analysis.bootstrap
-  primaries = []
-  for primary in analysis.primaries:
-    task, a, b = primary.task, primary.a, primary.b
-    entry = results["tasks"].get(task)
-    if entry is None:
-      raise ValueError(f"analysis.primaries: task {task!r} is not in the suite")
+
+  def compare(task, a, b):
+    """A vs B on steps to target: the primaries' test, interval and time to target."""
+    entry = results["tasks"][task]
     setting = _setting(entry)
     groups = entry["settings"][setting]["strategies"]
-    for name in (a, b):
-      if name not in groups:
-        raise ValueError(f"analysis.primaries: {name!r} is not a strategy of the suite")
     (sa, ha), (sb, hb) = _censored_steps(groups[a]), _censored_steps(groups[b])
     c = stats.paired_comparison(sa, sb, ha, hb, permutations, bootstrap, seed=0,
                                 confidence=1 - alpha)
@@ -265,10 +260,36 @@ def _analysis(suite, analysis, results: dict, picks: dict, step_cost: dict) -> d
              time_to_target={"a": _time_to_target(med[a], a, ratios),
                              "b": _time_to_target(med[b], b, ratios)},
              cost_ratios=None if ratios is None else {n: ratios.get(n) for n in (a, b)})
-    primaries.append(c)
+    return c
+
+  primaries = []
+  for primary in analysis.primaries:
+    task, a, b = primary.task, primary.a, primary.b
+    entry = results["tasks"].get(task)
+    if entry is None:
+      raise ValueError(f"analysis.primaries: task {task!r} is not in the suite")
+    groups = entry["settings"][_setting(entry)]["strategies"]
+    for name in (a, b):
+      if name not in groups:
+        raise ValueError(f"analysis.primaries: {name!r} is not a strategy of the suite")
+    primaries.append(compare(task, a, b))
   for c, p in zip(primaries, stats.holm([c["p_value"] for c in primaries])):
     c["p_holm"] = p
     c["significant"] = c["p_value"] is not None and p <= alpha
+  # Each adaptive strategy against each of its controls on the same test (secondary, no
+  # correction), where both have runs; a pair that is also a primary is marked so.
+  declared = {(p.task, frozenset((p.a, p.b))) for p in analysis.primaries}
+  controls = []
+  for task, entry in results["tasks"].items():
+    groups = entry["settings"][_setting(entry)]["strategies"]
+    for strategy in groups:
+      source = control_of(strategy)
+      if source is None or source not in groups or not (groups[strategy]["seeds"]
+                                                        and groups[source]["seeds"]):
+        continue
+      c = compare(task, source, strategy)
+      c["primary"] = (task, frozenset((source, strategy))) in declared
+      controls.append(c)
 
   intervals = [iv for e in results["tasks"].values() for st in e["settings"].values()
                for paired in st["paired"].values() for key, iv in paired.items()
@@ -300,7 +321,8 @@ def _analysis(suite, analysis, results: dict, picks: dict, step_cost: dict) -> d
   return {"analysis": {"alpha": alpha, "permutations": permutations, "bootstrap": bootstrap,
                        "step_cost": {k: step_cost.get(k) for k in ("command", "hardware")}
                        if step_cost else None},
-          "primaries": primaries, "secondary": secondary, "tuned_lrs": tuned,
+          "primaries": primaries, "controls": controls, "secondary": secondary,
+          "tuned_lrs": tuned,
           "cost_ratios": {task: cost_ratios(step_cost, task) for task in results["tasks"]}}
 
 

@@ -254,7 +254,7 @@ def markdown(results: dict, plot_files: dict[str, list[str]]) -> str:
             "interval includes 0 is not shown to exist. Paired differences are per seed "
             f"(strategy − {results['baseline']}), then mean ± CI.", ""]
   if "primaries" in results:
-    lines += primaries_section(results) + secondary_section(results)
+    lines += primaries_section(results) + controls_section(results) + secondary_section(results)
   if "regime" in results:
     lines += regime_section(results)
   secondary = " — secondary" if "primaries" in results else ""
@@ -303,6 +303,42 @@ def _time(value, ratios) -> str:
   return "–" if value is None else f"{value:.0f}"
 
 
+def _comparison_row(c: dict) -> list[str]:
+  """A paired steps-to-target comparison's cells, from task to p and time to target."""
+  t = c["t_interval"]
+  mean = ("–" if t["mean"] is None else f"{t['mean']:.0f}"
+          + ("" if t["half_width"] is None else f" ± {t['half_width']:.0f}"))
+  p = "–" if c["p_value"] is None else (f"{c['p_value']:.4g}"
+                                        + (" (exact)" if c["exact"] else " (MC)"))
+  med = "–" if c["median_difference"] is None else f"{c['median_difference']:.0f}"
+  ratios = c["cost_ratios"]
+  return [c["task"], f"{c['a']} − {c['b']}", c["setting"], str(c["n"]),
+          f"{c['reached_a']}/{c['n']}", f"{c['reached_b']}/{c['n']}", med,
+          _interval(*c["bootstrap_interval"]), mean, p,
+          f"{_time(c['time_to_target']['a'], ratios)} / "
+          f"{_time(c['time_to_target']['b'], ratios)}"]
+
+
+def controls_section(results: dict) -> list[str]:
+  """Each adaptive strategy against its controls, on the primaries' test, uncorrected."""
+  rows = [_comparison_row(c) + ["yes" if c["primary"] else "no"]
+          for c in results.get("controls") or []]
+  if not rows:
+    return []
+  conf = round(100 * (1 - results["analysis"]["alpha"]))
+  return ["## Adaptive strategies against their controls", "",
+          "Steps to the target, X − control per seed (negative: the adaptive strategy needs "
+          "fewer steps), with the primaries' test and intervals. `X-null` moves the scale at "
+          "random on X's cadence; `matched-X` is fixed Adam at X's mean effective LR; "
+          "`replay-X` follows another seed's recorded LR path, so it has X's schedule without "
+          "X's reaction to its own gradients. Uncorrected p-values: secondary, except where "
+          "the pair is also a primary (its Holm-adjusted p is above).", "",
+          _table(["task", "X − control", "setting", "seeds", "X reached", "control reached",
+                  "median diff (steps)", f"{conf}% bootstrap", f"mean diff ± {conf}% t",
+                  "p (sign-flip, uncorrected)", "time to target X / control", "primary"],
+                 rows), ""]
+
+
 def primaries_section(results: dict) -> list[str]:
   """The pre-registered comparisons: steps to target, sign-flip p, Holm across them."""
   a = results["analysis"]
@@ -323,20 +359,10 @@ def primaries_section(results: dict) -> list[str]:
            "complete (setting).", ""]
   rows = []
   for c in prim:
-    t = c["t_interval"]
-    mean = ("–" if t["mean"] is None else f"{t['mean']:.0f}"
-            + ("" if t["half_width"] is None else f" ± {t['half_width']:.0f}"))
-    p = "–" if c["p_value"] is None else (f"{c['p_value']:.4g}"
-                                          + (" (exact)" if c["exact"] else " (MC)"))
     holm = "–" if c["p_value"] is None else (f"**{c['p_holm']:.4g}**" if c["significant"]
                                              else f"{c['p_holm']:.4g}")
-    med = "–" if c["median_difference"] is None else f"{c['median_difference']:.0f}"
-    ratios = c["cost_ratios"]
-    rows.append([c["task"], f"{c['a']} − {c['b']}", c["setting"], str(c["n"]),
-                 f"{c['reached_a']}/{c['n']}", f"{c['reached_b']}/{c['n']}", med,
-                 _interval(*c["bootstrap_interval"]), mean, p, holm,
-                 f"{_time(c['time_to_target']['a'], ratios)} / "
-                 f"{_time(c['time_to_target']['b'], ratios)}"])
+    row = _comparison_row(c)
+    rows.append(row[:-1] + [holm, row[-1]])
   lines += [_table(["task", "A − B", "setting", "seeds", "A reached", "B reached",
                     "median diff (steps)", f"{conf}% bootstrap", f"mean diff ± {conf}% t",
                     "p (sign-flip)", "p (Holm)", "time to target A / B"], rows), ""]

@@ -272,3 +272,36 @@ def test_controls_follow_their_adaptive_strategy(tmp_path):
   assert rec.path == base / "lr0.00123" / "seed0" and rec.info["control"]["lr"] == 0.00123
   assert report._finished(out, dataclasses.replace(run, lr=3e-3)).path.parent.name == "lr0.0005"
   assert report._finished(out, dataclasses.replace(run, seed=1)) is None
+
+
+def test_each_adaptive_strategy_is_compared_with_its_null_control(tmp_path):
+  # gradvar-null added to the suite, reaching at 8, 6, 16: gradvar - null = -4, 0, -8.
+  text = SUITE.replace('strategies = ["fixed", "gradvar", "cosine"]',
+                       'strategies = ["fixed", "gradvar", "cosine", "gradvar-null"]').replace(
+      '"rt_sentiment: cosine vs fixed"]', '"rt_sentiment: cosine vs fixed", '
+      '"rt_sentiment: gradvar vs gradvar-null"]')
+  out = make_out(tmp_path)
+  (out / "suite.toml").write_text(text)
+  suite = suite_lib.parse(text)
+  for seed, reach in enumerate((8, 6, 16)):
+    folder = out / suite.run("rt_sentiment", "gradvar-null", seed).relpath()
+    write_run(folder, CURVE, 0.8, "gradvar-null", steps_per_epoch=STEPS_PER_EPOCH)
+    evals_rows.write(folder, _losses(reach), every=EVERY, steps_per_epoch=STEPS_PER_EPOCH)
+  report.write(out, render_plots=False)
+  results = json.loads((out / "results.json").read_text())
+  (c,) = results["controls"]
+  assert (c["a"], c["b"], c["primary"]) == ("gradvar", "gradvar-null", True)
+  assert c["differences"] == {"0": -4.0, "1": 0.0, "2": -8.0}
+  # The same numbers as the primary on the same pair (which Holm then corrects).
+  (p,) = [p for p in results["primaries"] if p["b"] == "gradvar-null"]
+  assert (p["differences"], p["p_value"]) == (c["differences"], c["p_value"])
+  md = (out / "REPORT.md").read_text()
+  assert "## Adaptive strategies against their controls" in md
+  assert "| rt_sentiment | gradvar − gradvar-null | untuned | 3 | 3/3 | 3/3 | -4 |" in md
+
+
+def test_no_controls_section_without_controls(tmp_path):
+  out = make_out(tmp_path)
+  report.write(out, render_plots=False)
+  assert json.loads((out / "results.json").read_text())["controls"] == []
+  assert "against their controls" not in (out / "REPORT.md").read_text()
