@@ -2,7 +2,8 @@
 
 tune -> calibrate (targets from the tuned reference strategy) -> regime -> compare --tune -> report,
 into a temporary folder, with the real `python -m train` runs (2 tasks x 2 seeds at the tiny
-preset, 21 runs; fashion_mnist runs only its primary's two arms). The suite file is copied first, since calibrate writes its thresholds into it.
+preset, 21 runs; fashion_mnist runs only its primary's two arms). The suite file is copied first,
+since calibrate writes its thresholds into it.
 """
 
 import json
