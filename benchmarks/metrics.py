@@ -95,7 +95,8 @@ def horizon_steps(epochs: Sequence["records.EpochRow"],
 def eval_metrics(evals: Sequence["records.EvalRow"], epochs: Sequence["records.EpochRow"],
                  target: Optional[float]) -> dict:
   """The figures of a run's evals.jsonl rows: steps, examples and training-clock seconds to
-  the target (None: not reached, or no target), the horizon and the number of evaluations."""
+  the target (None: not reached, or no target), the horizon, the number of evaluations and the
+  std of the validation loss over the last 5 of them."""
   row = _eval_reach(evals, target)
   return {"steps_to_target": None if row is None else int(row.step),
           "examples_to_target": None if row is None or row.examples is None
@@ -103,7 +104,9 @@ def eval_metrics(evals: Sequence["records.EvalRow"], epochs: Sequence["records.E
           "train_seconds_to_target": None if row is None or not finite(row.train_time_s)
           else float(row.train_time_s),
           "horizon_steps": horizon_steps(epochs, evals),
-          "evaluations": len(evals)}
+          "evaluations": len(evals),
+          # The seed's stability on the evaluation grid: a run of few epochs has >= 5 evaluations.
+          "stability_evals": stability([r.val_loss for r in evals])}
 
 
 def stability(val_losses: Sequence[Optional[float]], last: int = LAST_EPOCHS) -> Optional[float]:

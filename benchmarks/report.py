@@ -134,6 +134,10 @@ def _group(suite, out, task, strategy, lr, threshold) -> dict:
            "divergences": sum(m["diverged"] for m in per_seed.values())}
   for key, *_ in tables.NUMERIC:
     group["summary"][key] = metrics.t_interval(m[key] for m in per_seed.values()).to_json()
+  for key, *_ in tables.EVAL_NUMERIC:  # runs with evals.jsonl only
+    if any(key in m for m in per_seed.values()):
+      group["summary"][key] = metrics.t_interval(m.get(key)
+                                                 for m in per_seed.values()).to_json()
   # Steps to target only where runs have evals.jsonl (all seeds' rows, or none of them).
   steps_key = [k for k in tables.EVAL_REACH if any(k in m for m in per_seed.values())]
   for key in [k for k, *_ in tables.REACH] + steps_key:

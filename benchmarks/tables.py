@@ -28,11 +28,14 @@ REACH = (("epochs_to_threshold", "epochs to threshold", "{:.0f}"),
 # From evals.jsonl (runs with `eval_every_steps`): the pre-registered metric and its companion.
 EVAL_REACH = (("steps_to_target", "steps to target", "{:.0f}"),
               ("examples_to_target", "examples to target", "{:.0f}"))
+# From evals.jsonl too: per-run figures with a mean ± CI, where the runs have evaluations.
+EVAL_NUMERIC = (("stability_evals", "stability (std val loss, last 5 evaluations)", "{:.4f}",
+                 False),)
 # The paired table: what a reader weighs a strategy on.
 PAIRED = ("final_val_loss", "best_val_loss", "stability", "final_val_accuracy",
           "best_val_accuracy", "test_accuracy", "train_time_s")
-_LABEL = {k: label for k, label, *_ in NUMERIC + REACH + EVAL_REACH}
-_FMT = {k: fmt for k, _, fmt, *_ in NUMERIC + REACH + EVAL_REACH}
+_LABEL = {k: label for k, label, *_ in NUMERIC + EVAL_NUMERIC + REACH + EVAL_REACH}
+_FMT = {k: fmt for k, _, fmt, *_ in NUMERIC + EVAL_NUMERIC + REACH + EVAL_REACH}
 EVAL_REACH = tuple(k for k, *_ in EVAL_REACH)
 
 
@@ -133,10 +136,11 @@ def _full_table(results: dict, task: str, setting: str) -> str:
         rows.append([_LABEL[key] + " (reached/n; median [per seed])"]
                     + [_reach(g["reach"][key], "{:.0f}") if key in g["reach"] else "–"
                        for g in groups.values()])
-  for key, label, fmt, _ in NUMERIC:
-    if all(g["summary"][key]["n"] == 0 for g in groups.values()):
+  for key, label, fmt, _ in NUMERIC + EVAL_NUMERIC:
+    if all(g["summary"].get(key, {"n": 0})["n"] == 0 for g in groups.values()):
       continue
-    rows.append([label] + [_ci(g["summary"][key], fmt) for g in groups.values()])
+    rows.append([label] + [_ci(g["summary"][key], fmt) if key in g["summary"] else "–"
+                           for g in groups.values()])
   for key in ("final_val_loss", "stability"):
     rows.append([f"{_LABEL[key]}: sd across seeds"]
                 + [_num(g["summary"][key]["sd"], "{:.4f}") for g in groups.values()])

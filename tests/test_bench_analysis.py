@@ -128,6 +128,9 @@ def test_primaries_with_censored_runs_and_holm(tmp_path):
   assert "steps to target (reached/n; median [per seed]) | 2/3; median 14 [10, 14, n.r.]" in md
   assert "Measured by `python -m benchmarks.perf.step_cost --suite analysed` on cpu." in md
   assert "## Regime check" not in md  # no regime.json
+  # The seed's stability on the evaluation grid: fixed seed 2 never leaves 0.9, so 0 there.
+  assert fixed["per_seed"]["2"]["stability_evals"] == 0.0
+  assert "| stability (std val loss, last 5 evaluations) |" in md
 
 
 def test_time_to_target_not_measured_without_step_cost(tmp_path):

@@ -160,7 +160,12 @@ def test_steps_and_examples_to_target_from_evals():
   assert metrics.steps_to_target(evals, None) is None  # no target calibrated
   m = metrics.eval_metrics(evals, [epoch_row(epoch=1, step=64)], 0.6)
   assert m == {"steps_to_target": 40, "examples_to_target": 1280,
-               "train_seconds_to_target": 10.0, "horizon_steps": 64, "evaluations": 5}
+               "train_seconds_to_target": 10.0, "horizon_steps": 64, "evaluations": 5,
+               "stability_evals": None}  # a non-finite loss among the last 5
+  # The seed's stability over the last 5 evaluations: pstdev(0.8, 0.7, 0.6, 0.5, 0.4) =
+  # sqrt(0.02).
+  tail = metrics.eval_metrics(_evals([9.0, 0.8, 0.7, 0.6, 0.5, 0.4]), [], None)
+  assert tail["stability_evals"] == pytest.approx(math.sqrt(0.02))
   # Without epoch rows, the horizon is the last evaluation's step.
   assert metrics.horizon_steps([], evals) == 50 and metrics.horizon_steps([], []) is None
 
