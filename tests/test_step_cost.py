@@ -50,3 +50,25 @@ def test_step_cost_needs_fixed(tmp_path, capsys):
                          "gradvar"]) == 2
   assert "'fixed'" in capsys.readouterr().err
   assert not (tmp_path / "step_cost.json").exists()
+
+
+def test_a_replay_control_is_timed_on_a_stand_in_record(tmp_path):
+  # replay-X's step needs a recorded X run; the stand-in holds X's LR from step 1 on.
+  from train import controls
+  source = step_cost._replay_source(tmp_path / "src", "gns", 3e-4)
+  path = controls.read_path(str(source), 1284, "gns")
+  assert path.shape == (step_cost._REPLAY_LAST_STEP,)
+  assert path.min() == path.max() == pytest.approx(3e-4)
+
+
+def test_each_task_is_timed_on_its_own_arms(monkeypatch, tmp_path):
+  seen = {}
+  def fake_measure(suite, task, strategies, *a, **k):
+    seen[task] = list(strategies)
+    return {"seconds_per_step": dict.fromkeys(strategies, 1.0),
+            "ratios": dict.fromkeys(strategies, 1.0), "samples": {}}
+  monkeypatch.setattr(step_cost, "measure_task", fake_measure)
+  assert step_cost.main(["--suite", "cpu-v2", "--out", str(tmp_path)]) == 0
+  suite = suite_lib.load("cpu-v2")
+  assert seen == {t: list(suite.task_strategies(t)) for t in suite.tasks}
+  assert "replay-gns" in seen["fashion_mnist"] and "step" not in seen["fashion_mnist"]

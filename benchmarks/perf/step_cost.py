@@ -44,11 +44,32 @@ class _Timed:
   batches: list
 
 
+# A stand-in record for `replay-X`'s step: its LR path is one constant array whatever the
+# recorded values, so two rows (steps 1 and this) cover any run shorter than twice this.
+_REPLAY_LAST_STEP = 1_000_000
+
+
+def _replay_source(folder: pathlib.Path, of: str, lr: float) -> pathlib.Path:
+  """A minimal recorded `of` run whose path `replay-of` can follow: the LR held at `lr`."""
+  from train import records
+  folder.mkdir(parents=True, exist_ok=True)
+  (folder / "config.json").write_text(json.dumps({"strategy": of}))
+  rows = [records.StepRow(step=k, epoch=1, accuracy=None, effective_lr=lr, grad_norm=None,
+                          loss=None, lr_scale=None, variability=None)
+          for k in (1, _REPLAY_LAST_STEP)]
+  (folder / "steps.jsonl").write_text("".join(json.dumps(r.as_dict()) + "\n" for r in rows))
+  return folder
+
+
 def _prepare(run: suite_lib.Run, workdir: pathlib.Path, cache: pathlib.Path,
              data_dir: Optional[str]) -> _Timed:
   from train import loop
   config = dataclasses.replace(run.config(str(workdir)), cache_dir=str(cache),
                                data_dir=data_dir, quiet=True)
+  control = suite_lib.control_of(run.strategy)
+  if control is not None and control[0] == "replay":
+    source = _replay_source(workdir.parent / f"{run.strategy}-source", control[1], run.lr)
+    config = dataclasses.replace(config, replay_from=str(source))
   s = loop.setup(config)
   state = s.launcher.put_state(loop.init_state(s))
   batches = []
@@ -112,8 +133,7 @@ def main(argv=None) -> int:
     if args.repeats < 1 or args.steps < 1:
       raise ValueError("--repeats and --steps must be >= 1")
     suite = suite_lib.load(args.suite).narrow(args.tasks, args.strategies)
-    strategies = list(suite.strategies)
-    if REFERENCE not in strategies:
+    if REFERENCE not in suite.strategies:
       raise ValueError(f"the suite's strategies must include {REFERENCE!r}, the ratios' "
                        "reference")
 
@@ -122,6 +142,9 @@ def main(argv=None) -> int:
 
     tasks = {}
     for task in suite.tasks:
+      strategies = list(suite.task_strategies(task))  # the task's arms
+      if REFERENCE not in strategies:
+        raise ValueError(f"{task}: {REFERENCE!r}, the ratios' reference, is not one of its arms")
       tasks[task] = measure_task(suite, task, strategies, args.repeats, args.steps,
                                  args.data_dir, progress)
       print(file=sys.stderr)
