@@ -43,7 +43,8 @@ test: $(STAMP)
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m 'not slow' $(PYTEST_XDIST) $(PYTEST_DURATIONS) $(PYTEST_ARGS)
 
-# The main job: fixed Adam against gradvar on the three stand-in tasks (benchmarks/suites/demo.toml);
+# The main job: a slice of the cpu-v2 comparison (benchmarks/suites/demo.toml): fixed Adam, gradvar
+# and gns at cpu-v2's tuned LRs on rt_sentiment (full split) and Fashion-MNIST (5,000), one seed;
 # prints the comparison table and writes REPORT.md and plots under runs/demo. The data is the
 # project's data/ (GRADVAR_DATA_DIR overrides it). The preflight stops it, in one message, when
 # something it needs is missing, before any run starts.
