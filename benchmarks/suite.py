@@ -213,9 +213,7 @@ class Suite:
   def all_seeds_of(self, task: str, strategy: str) -> tuple[int, ...]:
     """The file's evaluation seeds of one arm: the first N of `seeds`, whatever --seeds says."""
     arms = self.arms.get(task)
-    if arms is not None and strategy not in arms:
-      return ()
-    return self.all_seeds[:arms[strategy]] if arms is not None else self.all_seeds
+    return self.all_seeds if arms is None else self.all_seeds[:arms.get(strategy, 0)]
 
   def seeds_of(self, task: str, strategy: str) -> tuple[int, ...]:
     """The evaluation seeds that one arm runs now (`--seeds N` keeps the first N)."""
@@ -426,22 +424,30 @@ def parse(text: str, path: Optional[pathlib.Path] = None) -> Suite:
     if t not in tasks:
       fail("tune_tasks", f"{t!r} is not one of the suite's tasks {list(tasks)}")
 
-  grids = raw.get("grids", {})
-  if not isinstance(grids, dict):
-    fail("grids", "must be a table of strategy = [lr, ...]")
-  grids_out = {}
-  for strategy, grid in grids.items():
-    if strategy not in strategy_names:
-      fail(f"grids.{strategy}", f"is not one of the suite's strategies {list(strategy_names)}")
-    if control_of(strategy):
-      fail(f"grids.{strategy}", "is a control: controls are never tuned (they run at their "
-                                "adaptive strategy's tuned LR)")
+  def strategy_grids(where, table) -> dict:
+    """A `[grids]`-style table, strategy = [lr, ...], checked; strategy -> float tuple."""
+    if not isinstance(table, dict):
+      fail(where, "must be a table of strategy = [lr, ...]")
+    out = {}
+    for strategy, grid in table.items():
+      field = f"{where}.{strategy}"
+      if strategy not in strategy_names:
+        fail(field, f"is not one of the suite's strategies {list(strategy_names)}")
+      if control_of(strategy):
+        fail(field, "is a control: controls are never tuned (they run at their adaptive "
+                    "strategy's tuned LR)")
+      out[strategy] = lr_list(field, grid)
+    return out
+
+  def lr_list(field, grid) -> tuple[float, ...]:
     if not isinstance(grid, list) or not grid:
-      fail(f"grids.{strategy}", f"must be a non-empty list of numbers, got {grid!r}")
-    grids_out[strategy] = tuple(float(positive(f"grids.{strategy}[{i}]", v))
-                                for i, v in enumerate(grid))
-    if len(set(grids_out[strategy])) != len(grid):
-      fail(f"grids.{strategy}", f"has duplicates: {grid!r}")
+      fail(field, f"must be a non-empty list of numbers, got {grid!r}")
+    values = tuple(float(positive(f"{field}[{i}]", v)) for i, v in enumerate(grid))
+    if len(set(values)) != len(values):
+      fail(field, f"has duplicates: {grid!r}")
+    return values
+
+  grids_out = strategy_grids("grids", raw.get("grids", {}))
   for t, table in tasks.items():
     lrs = table.get("lrs", {})
     if not isinstance(lrs, dict):
@@ -451,24 +457,9 @@ def parse(text: str, path: Optional[pathlib.Path] = None) -> Suite:
         fail(f"tasks.{t}.lrs.{strategy}",
              f"is not one of the suite's strategies {list(strategy_names)}")
       positive(f"tasks.{t}.lrs.{strategy}", value)
-    task_grids = {"lr_grid": table["lr_grid"]} if "lr_grid" in table else {}
-    if "grids" in table:
-      if not isinstance(table["grids"], dict):
-        fail(f"tasks.{t}.grids", "must be a table of strategy = [lr, ...]")
-      for strategy in table["grids"]:
-        if strategy not in strategy_names:
-          fail(f"tasks.{t}.grids.{strategy}",
-               f"is not one of the suite's strategies {list(strategy_names)}")
-        if control_of(strategy):
-          fail(f"tasks.{t}.grids.{strategy}", "is a control: controls are never tuned")
-      task_grids.update({f"grids.{k}": v for k, v in table["grids"].items()})
-    for key, grid in task_grids.items():
-      field = f"tasks.{t}.{key}"
-      if not isinstance(grid, list) or not grid:
-        fail(field, f"must be a non-empty list of numbers, got {grid!r}")
-      values = [float(positive(f"{field}[{i}]", v)) for i, v in enumerate(grid)]
-      if len(set(values)) != len(values):
-        fail(field, f"has duplicates: {grid!r}")
+    if "lr_grid" in table:
+      lr_list(f"tasks.{t}.lr_grid", table["lr_grid"])
+    strategy_grids(f"tasks.{t}.grids", table.get("grids", {}))
   max_extensions = raw.get("max_extensions", DEFAULT_MAX_EXTENSIONS)
   if isinstance(max_extensions, bool) or not isinstance(max_extensions, int) or max_extensions < 0:
     fail("max_extensions", f"must be an int >= 0, got {max_extensions!r}")
