@@ -323,11 +323,20 @@ def _analysis(suite, analysis, results: dict, picks: dict, step_cost: dict) -> d
         row.update(tuned=False, of=of)
       tuned[task][strategy] = row
   return {"analysis": {"alpha": alpha, "permutations": permutations, "bootstrap": bootstrap,
-                       "step_cost": {k: step_cost.get(k) for k in ("command", "hardware")}
-                       if step_cost else None},
+                       "step_cost": _step_cost_provenance(step_cost) if step_cost else None},
           "primaries": primaries, "controls": controls, "secondary": secondary,
           "tuned_lrs": tuned,
           "cost_ratios": {task: cost_ratios(step_cost, task) for task in results["tasks"]}}
+
+
+def _step_cost_provenance(step_cost: dict) -> dict:
+  """The command(s) and hardware of step_cost.json; `tasks_by_command` when tasks were measured
+  by separate commands (older files carry only the top-level command)."""
+  by_command: dict = {}
+  for task, entry in (step_cost.get("tasks") or {}).items():
+    by_command.setdefault(entry.get("command") or step_cost.get("command"), []).append(task)
+  return {"command": step_cost.get("command"), "hardware": step_cost.get("hardware"),
+          "tasks_by_command": by_command}
 
 
 def regime_check(suite, results: dict, regime: dict) -> dict:

@@ -376,10 +376,18 @@ def primaries_section(results: dict) -> list[str]:
             "process (`python -m benchmarks.perf.step_cost`, step_cost.json), in units of "
             "fixed's steps; wall clocks of a shared machine are not compared. "
             + ("Not measured: this folder has no step_cost.json." if not sc else
-               f"Measured by `{sc.get('command')}`"
-               + (f" on {(sc.get('hardware') or {}).get('device_kind')}" if sc.get("hardware")
-                  else "") + "."), ""]
+               _measured_by(sc)), ""]
   return lines
+
+
+def _measured_by(sc: dict) -> str:
+  by = sc.get("tasks_by_command") or {}
+  if len(by) > 1:
+    text = "Measured by " + "; ".join(f"`{cmd}` ({', '.join(tasks)})" for cmd, tasks in by.items())
+  else:
+    text = f"Measured by `{sc.get('command')}`"
+  kind = (sc.get("hardware") or {}).get("device_kind")
+  return text + (f" on {kind}" if kind else "") + "."
 
 
 def secondary_section(results: dict) -> list[str]:

@@ -72,3 +72,38 @@ def test_each_task_is_timed_on_its_own_arms(monkeypatch, tmp_path):
   suite = suite_lib.load("cpu-v2")
   assert seen == {t: list(suite.task_strategies(t)) for t in suite.tasks}
   assert "replay-gns" in seen["fashion_mnist"] and "step" not in seen["fashion_mnist"]
+
+
+def test_a_run_on_some_tasks_keeps_the_others_and_says_which_command_measured_each(
+    monkeypatch, tmp_path):
+  def fake_measure(suite, task, strategies, *a, **k):
+    return {"seconds_per_step": dict.fromkeys(strategies, 2.0),
+            "ratios": dict.fromkeys(strategies, 1.0), "samples": {}}
+  monkeypatch.setattr(step_cost, "measure_task", fake_measure)
+  out = ["--suite", "cpu-v2", "--out", str(tmp_path)]
+  assert step_cost.main(out + ["--tasks", "rt_sentiment", "fashion_mnist"]) == 0
+  assert step_cost.main(out + ["--tasks", "wordnet_topics", "--repeats", "3"]) == 0
+  payload = json.loads((tmp_path / "step_cost.json").read_text())
+  assert set(payload["tasks"]) == {"rt_sentiment", "fashion_mnist", "wordnet_topics"}
+  first, second = (payload["tasks"][t]["command"] for t in ("rt_sentiment", "wordnet_topics"))
+  assert "--tasks rt_sentiment fashion_mnist" in first and "--repeats 3" in second
+  assert payload["tasks"]["fashion_mnist"]["repeats"] == 20
+  assert payload["tasks"]["wordnet_topics"]["repeats"] == 3 and payload["command"] == second
+  # The report names each command with the tasks it measured.
+  sc = report._step_cost_provenance(payload)
+  assert sc["tasks_by_command"] == {first: ["rt_sentiment", "fashion_mnist"],
+                                    second: ["wordnet_topics"]}
+  from benchmarks import tables
+  text = tables._measured_by(sc)
+  assert f"`{first}` (rt_sentiment, fashion_mnist)" in text
+  assert f"`{second}` (wordnet_topics)" in text
+
+
+def test_a_broken_step_cost_file_is_refused_and_left_alone(monkeypatch, tmp_path):
+  monkeypatch.setattr(step_cost, "measure_task", lambda suite, task, strategies, *a, **k: {
+      "seconds_per_step": dict.fromkeys(strategies, 1.0),
+      "ratios": dict.fromkeys(strategies, 1.0), "samples": {}})
+  (tmp_path / "step_cost.json").write_text("{not json")
+  assert step_cost.main(["--suite", "cpu-v2", "--out", str(tmp_path), "--tasks",
+                         "rt_sentiment"]) == 2
+  assert (tmp_path / "step_cost.json").read_text() == "{not json"

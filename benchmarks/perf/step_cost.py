@@ -12,7 +12,9 @@ The report's time to target is steps to target times this ratio, not a wall cloc
 shared a machine at different moments.
 
 Writes DIR/step_cost.json: `{"command", "hardware", "date", "repeats", "steps", "tasks": {task:
-{"seconds_per_step": {strategy: s}, "ratios": {strategy: r}, "samples": {strategy: [...]}}}}`.
+{"seconds_per_step": {strategy: s}, "ratios": {strategy: r}, "samples": {strategy: [...]},
+"command", "hardware", "date", ...}}}`. Each task carries the command that measured it; a run on
+some tasks (`--tasks`) keeps the other tasks already in the file.
 """
 
 import argparse
@@ -156,12 +158,23 @@ def main(argv=None) -> int:
     return 2
   out = pathlib.Path(args.out)
   out.mkdir(parents=True, exist_ok=True)
-  payload = {"command": "python -m benchmarks.perf.step_cost " + " ".join(given),
-             "date": records.now(), "git": records.git_commit(),
-             "hardware": records.hardware(), "repeats": args.repeats, "steps": args.steps,
-             "reference": REFERENCE, "tasks": tasks}
-  (out / STEP_COST_FILE).write_text(json.dumps(payload, indent=2) + "\n")
-  print(f"wrote {out / STEP_COST_FILE}")
+  measured = {"command": "python -m benchmarks.perf.step_cost " + " ".join(given),
+              "date": records.now(), "git": records.git_commit(),
+              "hardware": records.hardware(), "repeats": args.repeats, "steps": args.steps}
+  for entry in tasks.values():
+    entry.update(measured)
+  path = out / STEP_COST_FILE
+  kept = {}
+  if path.exists():  # a run on some tasks keeps the others' earlier measurements
+    try:
+      kept = json.loads(path.read_text()).get("tasks") or {}
+    except ValueError as e:
+      print(f"error: {path} is not JSON ({e}); move it away or fix it", file=sys.stderr)
+      return 2
+  payload = {**measured, "reference": REFERENCE, "tasks": {**kept, **tasks}}
+  path.write_text(json.dumps(payload, indent=2) + "\n")
+  print(f"wrote {path}" + (f" (kept {', '.join(sorted(set(kept) - set(tasks)))})"
+                           if set(kept) - set(tasks) else ""))
   return 0
 
 
