@@ -503,6 +503,15 @@ def parse(text: str, path: Optional[pathlib.Path] = None) -> Suite:
   suite = Suite(name, description, path, text, seeds, strategy_names, baseline, epochs, lr,
                 lr_grid, tune_seeds, tune_tasks, explode, defaults, tasks, calibration,
                 grids_out, dict(grid_points), max_extensions, untuned_runs, analysis, seeds, arms)
+  if max_extensions:  # a task's own grid, as each of its arms resolves it
+    for t, table in tasks.items():
+      for strategy in suite.task_strategies(t):
+        if control_of(strategy) is None and len(suite.strategy_grid(t, strategy)) == 1:
+          field = (f"tasks.{t}.grids.{strategy}" if strategy in table.get("grids", {}) else
+                   f"tasks.{t}.lr_grid" if "lr_grid" in table else
+                   f"grids.{strategy}" if strategy in grids_out else "lr_grid")
+          fail(field, f"has a single point; bracketing (max_extensions = {max_extensions}) "
+                      "needs 2")
   # Every run's config is checked now, so a typo fails before hours of training, not during.
   for t in tasks:
     try:

@@ -292,6 +292,20 @@ def test_tuning_keys_errors_name_the_field(change, message, with_controls):
   assert "x.toml" in str(info.value) and message in str(info.value)
 
 
+@pytest.mark.parametrize("table, message", [
+    ("lr_grid = [1e-3]", "tasks.rt_sentiment.lr_grid: has a single point"),
+    ("[tasks.rt_sentiment.grids]\ngradvar = [1e-3]",
+     "tasks.rt_sentiment.grids.gradvar: has a single point"),
+])
+def test_a_task_grid_of_one_point_fails_at_load_time(table, message):
+  # BASE ends inside [tasks.rt_sentiment]: a task's own grids resolve per arm.
+  with pytest.raises(ValueError) as info:
+    suite_lib.parse(BASE + table + "\n", pathlib.Path("x.toml"))
+  assert "x.toml" in str(info.value) and message in str(info.value)
+  # Without bracketing, one point is a plain fixed choice.
+  suite_lib.parse(BASE.replace("max_extensions = 1", "max_extensions = 0") + table + "\n")
+
+
 # ---- the order of work, with a stand-in for `python -m train` --------------------------------
 
 PIPELINE = CONTROLS.replace("seeds = [0, 1, 2]", "seeds = [0, 1]").replace(
