@@ -34,6 +34,7 @@ evaluation runs until its thresholds are calibrated.
 
 from collections.abc import Callable, Iterable
 import dataclasses
+import fcntl
 import json
 import os
 import pathlib
@@ -53,6 +54,7 @@ from train import records
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 # Records that a run's own folder keeps; heavy state stays out of what gets committed.
+COMMANDS_LOCK = ".commands.lock"
 GITIGNORE = """\
 # Written by `python -m benchmarks`: checkpoints, final params, caches and TensorBoard files are
 # large and reproducible; the records (json/jsonl), logs, REPORT.md and plots are kept.
@@ -61,6 +63,7 @@ GITIGNORE = """\
 **/tb/
 .cache/
 .jax_cache/
+.commands.lock
 """
 # Config fields that may differ between two invocations without changing what a run records
 # (their `records` role in `train.config`).
@@ -329,13 +332,19 @@ def prepare_out(suite: suite_lib.Suite, out: pathlib.Path, argv: list[str]) -> N
   if not gitignore.exists():
     gitignore.write_text(GITIGNORE)
   path = out / "commands.json"
-  try:
-    history = json.loads(path.read_text())
-  except (OSError, ValueError):
-    history = []
-  history.append({"date": records.now(), "command": "python -m benchmarks " + " ".join(argv),
-                  "git": records.git_commit()})
-  path.write_text(json.dumps(history, indent=2) + "\n")
+  # Two lanes on one folder start at the same moment: the read-append-write is serialised by a
+  # lock, and the file is replaced whole, so neither drops the other's entry nor reads half a file.
+  with open(out / COMMANDS_LOCK, "a") as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    try:
+      history = json.loads(path.read_text()) if path.exists() else []
+    except ValueError as e:
+      raise ValueError(f"{path} is not JSON ({e}); fix or move it (nothing was run)") from None
+    history.append({"date": records.now(), "command": "python -m benchmarks " + " ".join(argv),
+                    "git": records.git_commit()})
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(history, indent=2) + "\n")
+    os.replace(tmp, path)
 
 
 def matched_lr(epochs: list[records.EpochRow]) -> float:

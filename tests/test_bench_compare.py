@@ -232,3 +232,34 @@ def test_a_failing_run_is_reported_and_the_others_still_run(tmp_path, data_dir):
   assert _json(workdir / "bench.json")["attempts"][0]["rc"] != 0
   assert "no_such_option" in (workdir / "train.log").read_text()
   assert compare.status(workdir) != "finished"
+
+
+def _append_commands(out, tag, n):
+  suite = suite_lib.load("tiny")
+  for i in range(n):
+    compare.prepare_out(suite, pathlib.Path(out), [tag, str(i)])
+
+
+def test_lanes_appending_to_commands_json_at_once_lose_no_entry(tmp_path):
+  # Two lanes on one folder used to read-append-write commands.json at the same moment, and one
+  # entry was lost; now every append of every process is kept.
+  import multiprocessing
+  ctx = multiprocessing.get_context("fork")
+  procs = [ctx.Process(target=_append_commands, args=(str(tmp_path), f"lane{k}", 25))
+           for k in range(4)]
+  for p in procs:
+    p.start()
+  for p in procs:
+    p.join(60)
+    assert p.exitcode == 0
+  history = json.loads((tmp_path / "commands.json").read_text())
+  got = sorted(h["command"] for h in history)
+  assert got == sorted(f"python -m benchmarks lane{k} {i}" for k in range(4) for i in range(25))
+  assert ".commands.lock" in (tmp_path / ".gitignore").read_text()
+
+
+def test_a_broken_commands_json_is_refused_not_emptied(tmp_path):
+  (tmp_path / "commands.json").write_text('[{"command": "earlier"}')
+  with pytest.raises(ValueError, match="commands.json is not JSON"):
+    compare.prepare_out(suite_lib.load("tiny"), tmp_path, ["compare"])
+  assert (tmp_path / "commands.json").read_text() == '[{"command": "earlier"}'
