@@ -398,7 +398,15 @@ def microbatch_grad(
   both) keeps its statistics over the whole batch, and
   ``jax.lax.axis_index(axis_name)`` gives microbatch ``i`` its own dropout key
   (``jax.random.fold_in(step_key, i)``, as replica ``i`` draws its own). The
-  gradients then stay per microbatch, with the batch statistics as they are.
+  mean gradient is then the plain batch's.
+
+  **Known problem: BatchNorm over the whole batch.** The microbatch
+  gradients are then coupled through the batch statistics: their mean is right,
+  but ``group_sq_norm`` is inflated, and the signal estimate can stay negative.
+  On the cpu-v2 benchmark's ResNet (Fashion-MNIST, 4 microbatches of 8), the
+  noise-to-signal ratio stayed at its floor and ``gns`` never moved its scale.
+  Check :func:`noise_to_signal` on such a model; per-microbatch BatchNorm
+  statistics avoid the coupling.
 
   **Memory.** The ``vmap`` holds every microbatch's gradient at once:
   ``num_microbatches`` times the parameters' size, in their dtype, on top of the
