@@ -226,14 +226,22 @@ class Suite:
     `lr_grid`, the strategy's `[grids]` entry, the suite's `lr_grid`. A task's `[grid_points]` N
     then keeps the middle N points (the lower middle when the difference is odd).
     """
-    table = self.tasks.get(task, {})
-    grid = tuple(float(lr) for lr in table.get("grids", {}).get(strategy)
-                 or table.get("lr_grid") or self.grids.get(strategy, self.lr_grid))
+    grid = self.grid_source(task, strategy)[1]
     n = self.grid_points.get(task)
     if n is not None and n < len(grid):
       start = (len(grid) - n) // 2
       grid = grid[start:start + n]
     return grid
+
+  def grid_source(self, task: str, strategy: str) -> tuple[str, tuple[float, ...]]:
+    """The suite field that gives one arm's grid (`strategy_grid`'s precedence), and its points."""
+    table = self.tasks.get(task, {})
+    for field, grid in ((f"tasks.{task}.grids.{strategy}", table.get("grids", {}).get(strategy)),
+                        (f"tasks.{task}.lr_grid", table.get("lr_grid")),
+                        (f"grids.{strategy}", self.grids.get(strategy))):
+      if grid:
+        return field, tuple(float(lr) for lr in grid)
+    return "lr_grid", tuple(self.lr_grid)
 
   def task_settings(self, task: str) -> dict:
     table = {k: v for k, v in self.tasks[task].items() if k not in _TASK_KEYS}
@@ -472,12 +480,6 @@ def parse(text: str, path: Optional[pathlib.Path] = None) -> Suite:
     if isinstance(n, bool) or not isinstance(n, int) or n < (2 if max_extensions else 1):
       fail(f"grid_points.{t}", f"must be an int >= {2 if max_extensions else 1} (bracketing "
                                f"needs 2 points), got {n!r}")
-  if max_extensions:
-    for strategy in strategy_names:
-      grid = grids_out.get(strategy, lr_grid)
-      if control_of(strategy) is None and len(grid) == 1:
-        fail(f"grids.{strategy}" if strategy in grids_out else "lr_grid",
-             f"has a single point; bracketing (max_extensions = {max_extensions}) needs 2")
   untuned_runs = raw.get("untuned_runs", True)
   if not isinstance(untuned_runs, bool):
     fail("untuned_runs", f"must be true or false, got {untuned_runs!r}")
@@ -503,13 +505,11 @@ def parse(text: str, path: Optional[pathlib.Path] = None) -> Suite:
   suite = Suite(name, description, path, text, seeds, strategy_names, baseline, epochs, lr,
                 lr_grid, tune_seeds, tune_tasks, explode, defaults, tasks, calibration,
                 grids_out, dict(grid_points), max_extensions, untuned_runs, analysis, seeds, arms)
-  if max_extensions:  # a task's own grid, as each of its arms resolves it
-    for t, table in tasks.items():
+  if max_extensions:  # every arm's grid, as it resolves (a task's own, the strategy's, the suite's)
+    for t in tasks:
       for strategy in suite.task_strategies(t):
-        if control_of(strategy) is None and len(suite.strategy_grid(t, strategy)) == 1:
-          field = (f"tasks.{t}.grids.{strategy}" if strategy in table.get("grids", {}) else
-                   f"tasks.{t}.lr_grid" if "lr_grid" in table else
-                   f"grids.{strategy}" if strategy in grids_out else "lr_grid")
+        field, grid = suite.grid_source(t, strategy)
+        if control_of(strategy) is None and len(grid) == 1:
           fail(field, f"has a single point; bracketing (max_extensions = {max_extensions}) "
                       "needs 2")
   # Every run's config is checked now, so a typo fails before hours of training, not during.

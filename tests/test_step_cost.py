@@ -99,11 +99,16 @@ def test_a_run_on_some_tasks_keeps_the_others_and_says_which_command_measured_ea
   assert f"`{second}` (wordnet_topics)" in text
 
 
-def test_a_broken_step_cost_file_is_refused_and_left_alone(monkeypatch, tmp_path):
-  monkeypatch.setattr(step_cost, "measure_task", lambda suite, task, strategies, *a, **k: {
-      "seconds_per_step": dict.fromkeys(strategies, 1.0),
-      "ratios": dict.fromkeys(strategies, 1.0), "samples": {}})
+def test_a_broken_step_cost_file_is_refused_before_any_timing_and_left_alone(
+    monkeypatch, tmp_path, capsys):
+  timed = []
+  def fake_measure(suite, task, strategies, *a, **k):
+    timed.append(task)
+    return {"seconds_per_step": dict.fromkeys(strategies, 1.0),
+            "ratios": dict.fromkeys(strategies, 1.0), "samples": {}}
+  monkeypatch.setattr(step_cost, "measure_task", fake_measure)
   (tmp_path / "step_cost.json").write_text("{not json")
   assert step_cost.main(["--suite", "cpu-v2", "--out", str(tmp_path), "--tasks",
                          "rt_sentiment"]) == 2
   assert (tmp_path / "step_cost.json").read_text() == "{not json"
+  assert timed == [] and "step_cost.json is not JSON" in capsys.readouterr().err

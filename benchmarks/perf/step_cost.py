@@ -142,6 +142,13 @@ def main(argv=None) -> int:
     def progress(task, done, total):
       print(f"\r  {task}: repeat {done}/{total}", end="", file=sys.stderr, flush=True)
 
+    path = pathlib.Path(args.out) / STEP_COST_FILE
+    kept = {}
+    if path.exists():  # a run on some tasks keeps the others' earlier measurements
+      try:
+        kept = json.loads(path.read_text()).get("tasks") or {}
+      except ValueError as e:  # refused before minutes of timing, not after
+        raise ValueError(f"{path} is not JSON ({e}); move it away or fix it") from None
     tasks = {}
     for task in suite.tasks:
       strategies = list(suite.task_strategies(task))  # the task's arms
@@ -163,14 +170,6 @@ def main(argv=None) -> int:
               "hardware": records.hardware(), "repeats": args.repeats, "steps": args.steps}
   for entry in tasks.values():
     entry.update(measured)
-  path = out / STEP_COST_FILE
-  kept = {}
-  if path.exists():  # a run on some tasks keeps the others' earlier measurements
-    try:
-      kept = json.loads(path.read_text()).get("tasks") or {}
-    except ValueError as e:
-      print(f"error: {path} is not JSON ({e}); move it away or fix it", file=sys.stderr)
-      return 2
   payload = {**measured, "reference": REFERENCE, "tasks": {**kept, **tasks}}
   path.write_text(json.dumps(payload, indent=2) + "\n")
   print(f"wrote {path}" + (f" (kept {', '.join(sorted(set(kept) - set(tasks)))})"
