@@ -121,7 +121,9 @@ def gns(
   :math:`B_\mathrm{simple} = \mathrm{tr}(\Sigma) / |G|^2` (McCandlish et al.
   2018); it equals their :math:`B_\mathrm{noise}` only when the Hessian is
   proportional to the identity. The signal fraction is :math:`\phi = G^2 /
-  |\bar g|^2 = 1 / (1 + r)`.
+  |\bar g|^2 = 1 / (1 + r)`. The groups' gradients must be independent: with
+  BatchNorm, each group is normalised over its own examples (see
+  :func:`microbatch_grad`), not over the whole batch.
 
   **Smoothing.** Each finite step enters :math:`G^2` and :math:`|\bar g|^2` in
   two exponential moving averages of decay ``decay``, bias-corrected by their
@@ -393,20 +395,21 @@ def microbatch_grad(
   gradient of the whole batch's mean loss (to float tolerance).
 
   **The model's computation.** ``axis_name`` names the microbatch axis of the
-  ``vmap``. A loss that reduces over that axis keeps batch-wide computations
-  unchanged: BatchNorm's ``axis_name`` (with a device axis too, the tuple of
-  both) keeps its statistics over the whole batch, and
-  ``jax.lax.axis_index(axis_name)`` gives microbatch ``i`` its own dropout key
-  (``jax.random.fold_in(step_key, i)``, as replica ``i`` draws its own). The
-  mean gradient is then the plain batch's.
+  ``vmap``, for collectives in ``loss_fn``: ``jax.lax.axis_index(axis_name)``
+  gives microbatch ``i`` its own dropout key (``jax.random.fold_in(step_key,
+  i)``, as replica ``i`` draws its own).
 
-  **Known problem: BatchNorm over the whole batch.** The microbatch
-  gradients are then coupled through the batch statistics: their mean is right,
-  but ``group_sq_norm`` is inflated, and the signal estimate can stay negative.
-  On the cpu-v2 benchmark's ResNet (Fashion-MNIST, 4 microbatches of 8), the
-  noise-to-signal ratio stayed at its floor and ``gns`` never moved its scale.
-  Check :func:`noise_to_signal` on such a model; per-microbatch BatchNorm
-  statistics avoid the coupling.
+  **BatchNorm: one microbatch, one set of statistics.** The estimator needs
+  the microbatch gradients to be independent samples, so each microbatch must
+  be normalised over its own examples: leave the microbatch axis out of
+  BatchNorm's ``axis_name`` (as per-replica BatchNorm does under data
+  parallelism), and average the new running statistics over the microbatches.
+  With statistics over the whole batch (the microbatch axis in BatchNorm's
+  ``axis_name``), the mean gradient is the plain batch's but the microbatch
+  gradients are coupled: ``group_sq_norm`` is inflated, and the signal
+  estimate can stay negative. On the cpu-v2 benchmark's ResNet (Fashion-MNIST,
+  4 microbatches of 8) the noise-to-signal ratio then stayed at its floor and
+  ``gns`` never moved its scale.
 
   **Memory.** The ``vmap`` holds every microbatch's gradient at once:
   ``num_microbatches`` times the parameters' size, in their dtype, on top of the

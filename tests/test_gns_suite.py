@@ -1,9 +1,9 @@
 """The gns strategy in the suite: the step's groups, `gns_groups`, and `noise_to_signal` records.
 
 The library's own tests (tests/test_gradvar_gns.py) check the estimator; these check the train
-step that feeds it: the same groups laid out over 1 device or 4 give the same run, the
-microbatched step's mean gradient is the plain step's (BatchNorm included), the strategies that
-ignore the groups record what they did before, and a bad `gns_groups` is refused.
+step that feeds it: the same groups laid out over 1 device or 4 give the same run, each group's
+gradient is its own examples' alone (BatchNorm included), the strategies that ignore the groups
+record what they did before, and a bad `gns_groups` is refused.
 """
 
 import json
@@ -23,6 +23,7 @@ from tensorboard.backend.event_processing import event_file_loader
 import models
 from train import __main__ as cli
 from train import config as config_lib
+from train import controls
 from train import loop
 from train import records
 from train import step as step_lib
@@ -116,11 +117,14 @@ def _capture():
   return optax.GradientTransformationExtraArgs(init, update)
 
 
-def _resnet_step(microbatches, devices, batch):
+def _resnet(grouped):
+  return models.get("resnet", "tiny", num_classes=10, in_channels=1, image_size=28,
+                    axis_name=step_lib.model_axis_name(grouped))
+
+
+def _resnet_step(microbatches, devices, batch, group_grads=True):
   """One train step of ResNet tiny (BatchNorm) under pmap; returns the state and metrics."""
-  grouped = microbatches is not None
-  model, spec = models.get("resnet", "tiny", num_classes=10, in_channels=1, image_size=28,
-                           axis_name=step_lib.model_axis_name(grouped))
+  model, spec = _resnet(microbatches is not None)
   variables = spec.init(jax.random.key(0))
   opt = _capture()
   state = step_lib.TrainState(jnp.zeros((), jnp.int32), variables["params"],
@@ -128,37 +132,66 @@ def _resnet_step(microbatches, devices, batch):
   launcher = step_lib.Launcher("pmap", devices)
   fn = launcher.train(step_lib.make_train_step(
       model, spec.input_names, opt, lambda before, after, step: jnp.float32(0),
-      microbatches=microbatches))
+      microbatches=microbatches, group_grads=group_grads))
   local = jax.tree.map(lambda x: x.reshape((len(devices), -1) + x.shape[1:]), batch)
   new, metrics = fn(launcher.put_state(state), local, jax.random.key(1))
   return launcher.get(new), launcher.get(metrics)
 
 
-@pytest.mark.slow
-def test_the_microbatched_step_has_the_plain_steps_mean_gradient_with_batchnorm():
-  """Groups change what the update is told, not the model's computation (issue 18 item 2).
+def _alone(batch, groups):
+  """Each group's gradient and new running averages, from its own examples alone (no vmap, no
+  collectives): what independent groups must give."""
+  model, spec = _resnet(True)
+  variables = spec.init(jax.random.key(0))
 
-  1 device x 4 microbatches and 2 devices x 2 against the plain step: the same mean gradient,
-  BatchNorm statistics, loss and accuracy, to float tolerance.
+  def loss(params, image, label):
+    logits, new = model.apply({"params": params, "batch_stats": variables["batch_stats"]},
+                              image, train=True, mutable=["batch_stats"])
+    return optax.losses.softmax_cross_entropy_with_integer_labels(logits, label).mean(), new
+
+  grad = jax.jit(jax.grad(loss, has_aux=True))
+  out = [grad(variables["params"], image, label)
+         for image, label in zip(np.split(batch["image"], groups),
+                                 np.split(batch["label"], groups))]
+  return [g for g, _ in out], [new["batch_stats"] for _, new in out]
+
+
+@pytest.mark.slow
+def test_the_grouped_step_normalises_each_group_over_its_own_examples():
+  """Each group's gradient is the one its own examples give alone, so the groups are the
+  independent samples gns's estimator assumes (issue 19: whole-batch BatchNorm statistics
+  coupled them, inflated q and left the signal estimate negative on cpu-v2's ResNet).
+
+  2 devices x 2 microbatches: the mean gradient, q = mean |g_i|^2 and the mean running averages
+  of the 4 groups computed apart (the device axis's mean included); gns's controls (one gradient
+  of the groups' mean loss) get the same gradient and running averages. That the layout of the
+  groups over the devices does not matter is test_one_device_and_four_give_the_same_gns_run's.
   """
   rng = np.random.default_rng(0)
   batch = {"image": rng.standard_normal((16, 28, 28, 1)).astype(np.float32),
            "label": rng.integers(0, 10, 16).astype(np.int32)}
-  plain, plain_metrics = _resnet_step(None, jax.devices()[:1], batch)
-  assert int(plain.opt_state["n"]) == 1  # one group per device
+  grads, stats = _alone(batch, 4)
+  mean = lambda trees: jax.tree.map(lambda *x: np.mean(x, 0), *trees)
+  want_q = np.mean([float(optax.tree.norm(g)) ** 2 for g in grads])
   close = lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-6)
-  for devices, m in ((1, 4), (2, 2)):
-    grouped, metrics = _resnet_step(m, jax.devices()[:devices], batch)
-    jax.tree.map(close, grouped.opt_state["grads"], plain.opt_state["grads"])
-    jax.tree.map(close, grouped.batch_stats, plain.batch_stats)
-    for key in ("loss", "accuracy", "grad_norm"):
-      close(metrics[key], plain_metrics[key])
-    assert int(grouped.opt_state["n"]) == 4
-    # q is the mean of the groups' squared norms: above the mean gradient's (Jensen), as
-    # groups of 4 different images have different gradients.
-    assert float(grouped.opt_state["q"]) > 1.01 * float(metrics["grad_norm"]) ** 2
-  # The plain step's q is its one group's: the mean gradient's own squared norm.
+  grouped, metrics = _resnet_step(2, jax.devices()[:2], batch)
+  jax.tree.map(close, grouped.opt_state["grads"], mean(grads))
+  jax.tree.map(close, grouped.batch_stats, mean(stats))
+  assert int(grouped.opt_state["n"]) == 4
+  close(grouped.opt_state["q"], want_q)
+  control, control_metrics = _resnet_step(2, jax.devices()[:2], batch, group_grads=False)
+  jax.tree.map(close, control.opt_state["grads"], mean(grads))
+  jax.tree.map(close, control.batch_stats, mean(stats))
+  assert int(control.opt_state["n"]) == 2  # one group per device
+  for key in ("loss", "accuracy", "grad_norm"):
+    close(control_metrics[key], metrics[key])
+  # Not vacuous: the whole batch's statistics give another gradient, and a plain step's q is its
+  # one group's squared norm.
+  plain, plain_metrics = _resnet_step(None, jax.devices()[:1], batch)
+  assert int(plain.opt_state["n"]) == 1
   close(plain.opt_state["q"], float(plain_metrics["grad_norm"]) ** 2)
+  assert not np.allclose(float(plain_metrics["grad_norm"]), float(metrics["grad_norm"]),
+                         rtol=1e-2)
 
 
 @pytest.mark.parametrize("groups, devices, message", [
@@ -182,9 +215,30 @@ def test_a_bad_gns_groups_is_refused_naming_the_field(groups, devices, message, 
 def test_other_strategies_ignore_gns_groups(tmp_path, data_dir):
   config = _config(tmp_path, "fashion_mnist", data_dir=str(data_dir), strategy="fixed",
                    num_devices=2, gns_groups=3)
-  s = loop.setup(config)  # no error: only gns splits the batch into groups
-  assert not s.strategy.uses_groups
+  s = loop.setup(config)  # no error: only gns and its controls split the batch into groups
+  assert not s.strategy.uses_groups and s.microbatches is None
   assert s.model_spec.config.axis_name == step_lib.AXIS
+
+
+@pytest.mark.parametrize("strategy, task, microbatches", [
+    ("gns", "fashion_mnist", 2), ("gns", "rt_sentiment", 2),
+    # gns's controls normalise over its groups on BatchNorm models, and keep the plain step
+    # where there is no BatchNorm.
+    ("replay-gns", "fashion_mnist", 2), ("matched-gns", "fashion_mnist", 2),
+    ("replay-gns", "rt_sentiment", None), ("matched-gns", "rt_sentiment", None),
+    ("replay-gradvar", "fashion_mnist", None),
+])
+def test_which_strategies_take_the_grouped_step(strategy, task, microbatches, tmp_path,
+                                                data_dir, monkeypatch):
+  # The replays' path is not what this checks: a constant one stands in for a recorded run's.
+  monkeypatch.setattr(controls, "read_path", lambda folder, total, of: np.full(total, 1e-3))
+  config = _config(tmp_path, task, data_dir=str(data_dir), strategy=strategy, num_devices=2,
+                   gns_groups=4,
+                   replay_from=str(tmp_path / "unused") if "replay" in strategy else None)
+  s = loop.setup(config)
+  assert s.microbatches == microbatches
+  if s.model_spec.has_batch_stats:
+    assert s.model_spec.config.axis_name == (None if microbatches else step_lib.AXIS)
 
 
 def test_step_rows_leave_out_a_nan_noise_to_signal_and_keep_a_value(tmp_path):

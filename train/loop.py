@@ -123,6 +123,8 @@ class Setup:
   strategy: strategies.Strategy
   devices: list
   launcher: step_lib.Launcher
+  # Microbatches per device of a grouped step (`step_lib.make_train_step`), None for the plain one.
+  microbatches: int | None = None
 
 
 def setup(config: config_lib.Config) -> Setup:
@@ -167,18 +169,20 @@ def setup(config: config_lib.Config) -> Setup:
     strategy = dataclasses.replace(strategy, optimizer=optax.apply_if_finite(
         strategy.optimizer, max_consecutive_errors=MAX_CONSECUTIVE_NONFINITE),
         **_hooks_inside_apply_if_finite(strategy))
-  if strategy.uses_groups:
+  grouped = strategy.uses_groups or (strategy.batchnorm_groups and family.has_batch_stats)
+  if grouped:
     _check_groups(config, len(devices))
   facts = models.DataFacts(
       num_classes=source.num_classes, image_shape=source.image_shape,
       vocab_size=inputs.vocab_size, pad_id=inputs.pad_id, unk_id=inputs.unk_id,
-      checkpoint=checkpoint, axis_name=step_lib.model_axis_name(strategy.uses_groups))
+      checkpoint=checkpoint, axis_name=step_lib.model_axis_name(grouped))
   model_options = {**family.model_options(facts), **model_options}
   model, model_spec = models.get(
       task.model, config.model_size, num_classes=source.num_classes, dtype=config.dtype,
       checkpoint=checkpoint, seq_len=options.max_len, **model_options)
   return Setup(config, task, source, inputs, pipeline, model, model_spec, strategy, devices,
-               step_lib.Launcher(config.parallel, devices))
+               step_lib.Launcher(config.parallel, devices),
+               config.gns_groups // len(devices) if grouped else None)
 
 
 def _hooks_inside_apply_if_finite(strategy: strategies.Strategy) -> dict[str, Any]:
@@ -283,11 +287,11 @@ def eval_view(s: Setup, place) -> Callable:
 
 def train_step(s: Setup):
   """The run's data-parallel train step under its launcher (compiled on first use)."""
-  # A strategy that uses the gradient's groups gets gns_groups of them: microbatches per device.
-  microbatches = s.config.gns_groups // len(s.devices) if s.strategy.uses_groups else None
+  # gns gets gns_groups groups (microbatches per device) and their gradients; its controls on a
+  # BatchNorm model get the same groups' statistics and one gradient (`Strategy`).
   return s.launcher.train(step_lib.make_train_step(
       s.model, s.model_spec.input_names, s.strategy.optimizer, s.strategy.effective_lr,
-      microbatches=microbatches))
+      microbatches=s.microbatches, group_grads=s.strategy.uses_groups))
 
 
 RESUME_MODES = ("latest", "allow-fresh")

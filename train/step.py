@@ -53,13 +53,17 @@ def _scale_metric(read: Callable[[Any], jax.Array], opt_state) -> jax.Array:
     return jnp.full((), jnp.nan, jnp.float32)
 
 
-def model_axis_name(uses_groups: bool) -> str | tuple[str, str]:
-  """The axis (or axes) the model's batch-wide computations (BatchNorm) reduce over in training.
+def model_axis_name(grouped: bool) -> str | None:
+  """The axis the model's batch-wide computations (BatchNorm) reduce over in training.
 
-  A grouped step vmaps over microbatches inside the device axis, so the whole batch then spans
-  both axes (`models.DataFacts.axis_name` takes this).
+  The plain step normalises over the device axis: the whole global batch. A grouped step
+  (`make_train_step(microbatches=...)`) gives each group, one microbatch of one device, its own
+  statistics (None), as per-replica BatchNorm does in data-parallel training: the groups'
+  gradients are then independent samples, which gns's estimator assumes. Whole-batch statistics
+  couple them, so that their mean is right but their squared norms are inflated (`gns`'s noise
+  estimate then stayed negative on cpu-v2's ResNet). `models.DataFacts.axis_name` takes this.
   """
-  return (AXIS, MICRO_AXIS) if uses_groups else AXIS
+  return None if grouped else AXIS
 
 
 def _sq_norm(tree) -> jax.Array:
@@ -69,18 +73,26 @@ def _sq_norm(tree) -> jax.Array:
 
 
 def make_train_step(model, input_names, optimizer, effective_lr,
-                    microbatches: int | None = None) -> Callable:
+                    microbatches: int | None = None, group_grads: bool = True) -> Callable:
   """The per-device step: `(state, batch, rng) -> (state, metrics)`, metrics averaged over AXIS.
 
   Every strategy's update gets the gradient's groups (`group_sq_norm`, the mean over the groups
   of each one's squared gradient norm, and `num_groups`), which only `gns` reads. The groups are
   the replicas, one per device, unless `microbatches` is set: then each device's batch is split
-  into that many equal microbatches (a vmap over MICRO_AXIS), so that there are devices x
-  microbatches groups. The model must then be built with `model_axis_name(True)`, which keeps
-  BatchNorm's statistics over the whole batch, and microbatch i on device r draws its dropout
-  key as replica r*m + i would with one microbatch per device, so the step does not depend on how
-  the groups are laid out over the devices. The loss and accuracy are the whole batch's either way.
-  The vmap holds every microbatch's gradient at once: `microbatches` x the params' size.
+  into that many equal microbatches, each its own forward pass (a vmap over MICRO_AXIS), so that
+  there are devices x microbatches groups. The model must then be built with
+  `model_axis_name(True)`: BatchNorm normalises each group over its own examples, and its running
+  averages are the mean over all groups (as the Flax ImageNet example averages per-replica
+  statistics). Microbatch i on device r draws its dropout key as replica r*m + i would with one
+  microbatch per device, so the step does not depend on how the groups are laid out over the
+  devices. The loss and accuracy are the whole batch's either way.
+
+  With `group_grads` (gns), the step takes each microbatch's gradient, and their mean is the
+  update's gradient; the vmap then holds every microbatch's gradient at once: `microbatches` x
+  the params' size. Without it (gns's controls), the step takes one gradient of the
+  microbatches' mean loss: the same computation and the same mean gradient, without the groups'
+  norms (one group per device). On a model without BatchNorm that computation differs from the
+  plain step's only in the dropout keys, so the loop gives such a control the plain step.
   """
 
   def apply(params, batch_stats, batch, rng):
@@ -106,28 +118,46 @@ def make_train_step(model, input_names, optimizer, effective_lr,
     return grads, _sq_norm(grads), 1, loss, correct, jnp.sum(weights), batch_stats
 
   def microbatch_grads(state: TrainState, batch, rng):
-    """`microbatches` groups per device: their mean gradient, q over them, the whole loss."""
+    """`microbatches` groups per device: the mean gradient, q over them, the whole loss."""
     m = microbatches
     keys = ("label", "mask", *input_names)
     micro = {k: batch[k].reshape((m, batch[k].shape[0] // m) + batch[k].shape[1:])
              for k in keys if k in batch}
     first = jax.lax.axis_index(AXIS) * m
 
+    def key():
+      return jax.random.fold_in(rng, first + jax.lax.axis_index(MICRO_AXIS))
+
     def one(mb):
-      key = jax.random.fold_in(rng, first + jax.lax.axis_index(MICRO_AXIS))
       (_, (logits, batch_stats, weights, loss_sum)), grads = jax.value_and_grad(
-          apply, has_aux=True)(state.params, state.batch_stats, mb, key)
+          apply, has_aux=True)(state.params, state.batch_stats, mb, key())
       correct = jnp.sum((jnp.argmax(logits, -1) == mb["label"]) * weights)
       return grads, _sq_norm(grads), loss_sum, jnp.sum(weights), correct, batch_stats
 
-    grads, sq_norms, loss_sums, counts, correct, batch_stats = jax.vmap(
-        one, axis_name=MICRO_AXIS)(micro)
-    grads = jax.tree.map(lambda g: jnp.mean(g.astype(jnp.float32), 0).astype(g.dtype), grads)
+    def mean_loss(params):
+      def forward(mb):
+        loss, (logits, batch_stats, weights, loss_sum) = apply(params, state.batch_stats, mb,
+                                                              key())
+        correct = jnp.sum((jnp.argmax(logits, -1) == mb["label"]) * weights)
+        return loss, (loss_sum, jnp.sum(weights), correct, batch_stats)
+
+      losses, aux = jax.vmap(forward, axis_name=MICRO_AXIS)(micro)
+      return jnp.mean(losses), aux
+
+    if group_grads:
+      grads, sq_norms, loss_sums, counts, correct, batch_stats = jax.vmap(
+          one, axis_name=MICRO_AXIS)(micro)
+      grads = jax.tree.map(lambda g: jnp.mean(g.astype(jnp.float32), 0).astype(g.dtype), grads)
+      sq_norm, groups = jnp.mean(sq_norms), m
+    else:
+      (_, (loss_sums, counts, correct, batch_stats)), grads = jax.value_and_grad(
+          mean_loss, has_aux=True)(state.params)
+      sq_norm, groups = _sq_norm(grads), 1
     count = jnp.sum(counts)
     loss = jnp.sum(loss_sums) / jnp.maximum(count, 1.0)
-    # BatchNorm's statistics are the whole batch's, so every microbatch holds the same ones.
-    batch_stats = jax.tree.map(lambda x: x[0], batch_stats)
-    return grads, jnp.mean(sq_norms), m, loss, jnp.sum(correct), count, batch_stats
+    # Each group's running averages, then their mean over the groups of every device.
+    batch_stats = jax.lax.pmean(jax.tree.map(lambda x: jnp.mean(x, 0), batch_stats), AXIS)
+    return grads, sq_norm, groups, loss, jnp.sum(correct), count, batch_stats
 
   def train_step(state: TrainState, batch, rng):
     rng = jax.random.fold_in(rng, state.step)

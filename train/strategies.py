@@ -56,8 +56,12 @@ class Strategy:
   eval_params: Optional[Callable[[Any, Any], Any]] = None
   # The step splits each device's batch into microbatches, so that the update sees
   # `config.gns_groups` groups over the global batch (`group_sq_norm`, `num_groups`); gns reads
-  # them.
+  # them. BatchNorm then normalises each group over its own examples (`step.model_axis_name`).
   uses_groups: bool = False
+  # A control of gns: on a model with BatchNorm, the step normalises over gns's groups as gns's
+  # does, with one gradient of their mean loss, so that the control differs from gns in the LR
+  # alone. Without BatchNorm the plain step is already that computation, and the loop keeps it.
+  batchnorm_groups: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -315,7 +319,7 @@ def gradvar_null(args):
 
 def _matched(of: str):
   def build_matched(args):
-    return Strategy(optax.adam(args.lr), _constant(args.lr))
+    return Strategy(optax.adam(args.lr), _constant(args.lr), batchnorm_groups=of == "gns")
 
   build_matched.__doc__ = (
       f"Adam at a constant LR: the mean effective LR that ``{of}`` realised on the same task, "
@@ -328,7 +332,7 @@ def _replay(of: str):
   def build_replay(args):
     total = args.steps_per_epoch * args.epochs
     schedule = controls.array_schedule(controls.read_path(args.replay_from, total, of))
-    return Strategy(optax.adam(schedule), _scheduled(schedule))
+    return Strategy(optax.adam(schedule), _scheduled(schedule), batchnorm_groups=of == "gns")
 
   build_replay.__doc__ = (
       f"Adam following, as a schedule, the effective-LR path that ``{of}`` realised on another "

@@ -21,9 +21,8 @@ Examples:
 
 With `--microbatches M`, every configuration is also measured as the step that `gns` needs on one
 device: `gradvar_optax.microbatch_grad` over M equal microbatches (the mean gradient and q), with
-BatchNorm's statistics over the whole batch (its axis is the microbatch axis) and microbatch i's
-dropout key `fold_in(key, i)`; the table then ends with each microbatch step's time over the
-plain step's.
+BatchNorm's statistics per microbatch and microbatch i's dropout key `fold_in(key, i)`; the table
+then ends with each microbatch step's time over the plain step's.
 
 The full presets are the seed's models: BERT-base at sequence length 128, ResNet-50 with the CIFAR
 stem on 32x32 images, and the LSTM with attention at 256 tokens.
@@ -99,11 +98,9 @@ def measure(case: Case, steps: int, warmup: int) -> dict[str, Any]:
 
   num_classes = models.family(case.model).benchmark_classes
   micro = case.microbatches
+  # Without an axis name, BatchNorm normalises each microbatch over its own examples, as gns's
+  # step does (`train.step.model_axis_name`).
   model, spec = models.get(case.model, case.size, num_classes=num_classes, dtype=case.dtype)
-  if micro and spec.has_batch_stats:
-    # BatchNorm syncs its statistics over the microbatches: those of the whole batch, as before.
-    model, spec = models.get(case.model, case.size, num_classes=num_classes, dtype=case.dtype,
-                             axis_name="micro")
   variables = spec.init(jax.random.key(0))
   params = variables["params"]
   state = {k: v for k, v in variables.items() if k != "params"}
@@ -134,7 +131,7 @@ def measure(case: Case, steps: int, warmup: int) -> dict[str, Any]:
                                               axis_name="micro")
       (grads, q), (losses, new_state) = grad_fn(params, batch)
       # The plain step's outputs, and q: (loss, new state), (mean gradient, q).
-      return (jnp.mean(losses), jax.tree.map(lambda x: x[0], new_state)), (grads, q)
+      return (jnp.mean(losses), jax.tree.map(lambda x: jnp.mean(x, 0), new_state)), (grads, q)
 
     step = jax.jit(micro_step)
   else:
