@@ -83,9 +83,11 @@ def make_train_step(model, input_names, optimizer, effective_lr,
   there are devices x microbatches groups. The model must then be built with
   `model_axis_name(True)`: BatchNorm normalises each group over its own examples, and its running
   averages are the mean over all groups (as the Flax ImageNet example averages per-replica
-  statistics). Microbatch i on device r draws its dropout key as replica r*m + i would with one
-  microbatch per device, so the step does not depend on how the groups are laid out over the
-  devices. The loss and accuracy are the whole batch's either way.
+  statistics; the running variance is then the groups' mean variance, which leaves out the
+  spread of their means: about (b-1)/b of the whole batch's for groups of b). Microbatch i on
+  device r draws its dropout key as replica r*m + i would with one microbatch per device, so the
+  step does not depend on how the groups are laid out over the devices. The loss and accuracy
+  are the whole batch's either way.
 
   With `group_grads` (gns), the step takes each microbatch's gradient, and their mean is the
   update's gradient; the vmap then holds every microbatch's gradient at once: `microbatches` x
