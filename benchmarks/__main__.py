@@ -1,7 +1,8 @@
 """Command line of the benchmark harness (run from the repository root):
 
-  python -m benchmarks compare --suite NAME [--tasks T ...] [--strategies S ...] [--seeds N]
-                               [--tune] [--out DIR] [--data-dir DIR]
+  python -m benchmarks compare --suite NAME [--tasks T ...] [--strategies S ...]
+                               [--seeds N | --only-seeds S ...] [--tune] [--out DIR]
+                               [--data-dir DIR]
   python -m benchmarks tune --suite NAME [--tasks T ...] [--strategies S ...] [--out DIR]
                             [--data-dir DIR]
   python -m benchmarks calibrate --suite NAME [--tasks T ...] [--out DIR] [--data-dir DIR]
@@ -55,7 +56,10 @@ def parser() -> argparse.ArgumentParser:
   c = sub.add_parser("compare", help="run the suite's grid and write the report")
   common(c)
   c.add_argument("--strategies", nargs="+", help="only these strategies of the suite")
-  c.add_argument("--seeds", type=int, help="only the suite's first N seeds")
+  which = c.add_mutually_exclusive_group()
+  which.add_argument("--seeds", type=int, help="only the suite's first N seeds")
+  which.add_argument("--only-seeds", type=int, nargs="+", metavar="SEED",
+                     help="only these of the suite's seeds (to split an arm over two lanes)")
   c.add_argument("--tune", action="store_true",
                  help="also pick each strategy's LR from the suite's lr_grid on its tune_seeds, "
                       "then run the seeds at the picked LR")
@@ -101,7 +105,8 @@ def main(argv=None) -> int:
       print(f"{len(outcome.ran)} tuning runs trained, {len(outcome.skipped)} already finished, "
             f"{len(outcome.failed)} failed", file=sys.stderr)
       return 1 if outcome.failed else 0
-    narrowed = suite.narrow(_names(args.tasks), _names(args.strategies), args.seeds)
+    narrowed = suite.narrow(_names(args.tasks), _names(args.strategies), args.seeds,
+                           args.only_seeds)
     return compare_lib.compare(narrowed, out, argv, tune=args.tune, data_dir=args.data_dir,
                                progress=not args.no_progress, write_report=not args.no_report)
   except ValueError as e:

@@ -288,8 +288,12 @@ class Suite:
     return [self.run(t, self.calibration_strategy, seed, lr=lrs.get(t), kind="reference")
             for t in (tasks or self.tasks) for seed in self.calibration.reference_seeds]
 
-  def narrow(self, tasks=None, strategies=None, seeds: Optional[int] = None) -> "Suite":
-    """The suite restricted to some tasks and strategies and to its first `seeds` seeds."""
+  def narrow(self, tasks=None, strategies=None, seeds: Optional[int] = None,
+             only_seeds=None) -> "Suite":
+    """The suite restricted to some tasks and strategies, and to its first `seeds` seeds or to the
+    seeds listed in `only_seeds` (which splits one arm's seeds over lanes that run side by side)."""
+    if seeds is not None and only_seeds:
+      raise ValueError("--seeds and --only-seeds: give one or the other")
     changes = {}
     if tasks:
       _check_subset("--tasks", tasks, self.tasks)
@@ -303,6 +307,9 @@ class Suite:
         raise ValueError(f"--seeds: must be between 1 and {len(self.seeds)} (the suite's "
                          f"seeds are {list(self.seeds)}), got {seeds}")
       changes["seeds"] = self.seeds[:seeds]
+    if only_seeds:
+      _check_subset("--only-seeds", [str(x) for x in only_seeds], [str(x) for x in self.seeds])
+      changes["seeds"] = tuple(s for s in self.seeds if s in set(only_seeds))
     return dataclasses.replace(self, **changes)
 
 

@@ -84,8 +84,14 @@ def test_suite_resolves_runs_and_narrows():
       ("fixed", 0), ("gradvar", 0), ("fixed", 1), ("gradvar", 1)]  # seed-major
   assert s.narrow(strategies=["gradvar"], seeds=1).grid() == [s.run("rt_sentiment",
                                                                     "gradvar", 0)]
+  assert s.narrow(only_seeds=[1]).grid() == [s.run("rt_sentiment", "fixed", 1),
+                                             s.run("rt_sentiment", "gradvar", 1)]
   with pytest.raises(ValueError, match="--seeds: must be between 1 and 2"):
     s.narrow(seeds=3)
+  with pytest.raises(ValueError, match="--only-seeds: 7 not in the suite"):
+    s.narrow(only_seeds=[1, 7])
+  with pytest.raises(ValueError, match="one or the other"):
+    s.narrow(seeds=1, only_seeds=[1])
   with pytest.raises(ValueError, match="--tasks: imdb not in the suite"):
     s.narrow(tasks=["imdb"])
   # The runner's complete config: the suite's, plus the fields that the runner owns.
