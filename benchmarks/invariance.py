@@ -3,11 +3,17 @@
     python -m benchmarks.invariance               # the cpu suite's rt_sentiment gradvar run, seed 0
     python -m benchmarks.invariance --quick       # a tiny config (tests/test_invariance.py runs it)
     python -m benchmarks.invariance --base COMMIT --strategy fixed
+    python -m benchmarks.invariance --repeat RUN_DIR [--out DIR]
 
 The older commit is exported with `git archive` into a temporary folder and both trees run the same
 `python -m train` command line with this interpreter, on the same machine, each with its own cache.
-Every deterministic field of their records must be bitwise equal: each step row, each epoch row
-without its clock and memory fields, and the test metrics. Exit status 0 when they are, 1 when not.
+Every deterministic field of their records must be bitwise equal: each step row, each epoch and
+evaluation row without its clock and memory fields, and the test metrics. Exit status 0 when they
+are, 1 when not.
+
+`--repeat RUN_DIR` needs no older tree: it trains a finished run's own `config.json` again with this
+tree and compares the new records with the committed ones. It shows that runs made at a commit
+that is no longer at hand, or before a change, would be the same at this one.
 """
 
 import argparse
@@ -91,7 +97,13 @@ def differences(old: pathlib.Path, new: pathlib.Path) -> list[str]:
       elif not _same(a[key], b[key]):
         found.append(f"{where}: {key} {a[key]!r} != {b[key]!r}")
 
-  for name, ignore in (("steps.jsonl", frozenset()), ("epochs.jsonl", MACHINE_FIELDS)):
+  for name, ignore in (("steps.jsonl", frozenset()), ("epochs.jsonl", MACHINE_FIELDS),
+                       ("evals.jsonl", MACHINE_FIELDS)):
+    if name == "evals.jsonl" and not (old / name).exists() and not (new / name).exists():
+      continue  # a run without eval_every_steps writes none
+    if not (old / name).exists() or not (new / name).exists():
+      found.append(f"{name}: only in {'new' if (new / name).exists() else 'old'}")
+      continue
     a, b = _rows(old / name), _rows(new / name)
     if len(a) != len(b):
       found.append(f"{name}: {len(a)} rows != {len(b)} rows")
@@ -112,12 +124,43 @@ def parser() -> argparse.ArgumentParser:
   p.add_argument("--strategy", default="gradvar")
   p.add_argument("--seed", type=int, default=0)
   p.add_argument("--quick", action="store_true", help="a tiny config instead of the cpu suite's")
+  p.add_argument("--repeat", metavar="RUN_DIR",
+                 help="train this finished run's config.json again with this tree and compare "
+                      "(no --base tree)")
   p.add_argument("--out", help="keep both runs here (default: a temporary folder)")
   return p
 
 
+def repeat(run: pathlib.Path, out: pathlib.Path) -> int:
+  """Trains `run`'s config.json again with this tree into `out`/run; 0 if the records are equal."""
+  config = run / "config.json"
+  if not config.exists() or not json.loads((run / "run.json").read_text()).get("end"):
+    raise SystemExit(f"invariance: {run} is not a finished run (it needs config.json and a "
+                     "run.json with an end)")
+  new = out / "run"
+  if new.exists():
+    raise SystemExit(f"invariance: {new} exists; give another --out")
+  # The run's own data_dir (null: the project's data/) is kept; its cache is made anew.
+  seconds = train(ROOT, new, ["--config", str(config), "--cache-dir", str(out / ".cache")])
+  found = differences(run, new)
+  steps = len(_rows(new / "steps.jsonl"))
+  commit = (json.loads((run / "run.json").read_text()).get("git") or {}).get("commit") or "?"
+  print(f"invariance: {run} (made at {commit[:12]}) repeated with {ROOT} ({seconds:.0f} s): "
+        f"{steps} step rows compared")
+  for line in found[:40]:
+    print("  " + line)
+  print("invariance: " + ("records differ" if found else "every deterministic field is "
+                          "bitwise equal"))
+  return 1 if found else 0
+
+
 def main(argv=None) -> int:
   args = parser().parse_args(argv)
+  if args.repeat:
+    if not args.out:
+      with tempfile.TemporaryDirectory(prefix="invariance-") as tmp:
+        return repeat(pathlib.Path(args.repeat).resolve(), pathlib.Path(tmp))
+    return repeat(pathlib.Path(args.repeat).resolve(), pathlib.Path(args.out).resolve())
   run_args = ["--task", args.task, "--strategy", args.strategy, "--seed", str(args.seed),
               "--data-dir", data_dir(), *(QUICK if args.quick else FULL)]
   with tempfile.TemporaryDirectory(prefix="invariance-") as tmp:

@@ -6,16 +6,20 @@ both trees and compares every deterministic record field bitwise.
 
 import json
 
+import numpy as np
 import pytest
 
 from benchmarks import invariance
 
 
-def _write_run(folder, loss, accuracy=0.5):
+def _write_run(folder, loss, accuracy=0.5, evals=True):
   folder.mkdir(parents=True)
   (folder / "steps.jsonl").write_text(json.dumps({"step": 1, "loss": loss}) + "\n")
   (folder / "epochs.jsonl").write_text(
       json.dumps({"epoch": 1, "val_loss": loss, "train_time_s": loss * 7}) + "\n")
+  if evals:
+    (folder / "evals.jsonl").write_text(
+        json.dumps({"step": 1, "val_loss": loss, "train_time_s": loss * 3}) + "\n")
   (folder / "run.json").write_text(json.dumps({"test": {"test_accuracy": accuracy}}))
 
 
@@ -25,8 +29,38 @@ def test_differences_finds_a_changed_bit_and_ignores_the_clock(tmp_path):
   assert invariance.differences(tmp_path / "a", tmp_path / "b") == []
   _write_run(tmp_path / "c", 0.25 + 2**-40, accuracy=0.5)
   found = invariance.differences(tmp_path / "a", tmp_path / "c")
-  # The loss differs in steps and epochs; train_time_s differs too but is the machine's.
-  assert len(found) == 2 and all("loss" in line for line in found), found
+  # The loss differs in steps, epochs and evals; train_time_s differs too but is the machine's.
+  assert len(found) == 3 and all("loss" in line for line in found), found
+  assert [line.split(" row")[0] for line in found] == ["steps.jsonl", "epochs.jsonl",
+                                                        "evals.jsonl"]
+  # A run with evaluations against one without: said, not skipped.
+  _write_run(tmp_path / "d", 0.25, evals=False)
+  assert invariance.differences(tmp_path / "a", tmp_path / "d") == ["evals.jsonl: only in old"]
+  _write_run(tmp_path / "e", 0.25, evals=False)
+  assert invariance.differences(tmp_path / "d", tmp_path / "e") == []
+
+
+@pytest.mark.slow  # two tiny trainings: about 30 s of one core
+def test_repeat_trains_a_finished_run_again_and_compares(tmp_path, data_dir, capsys):
+  # A tiny finished run, made by the ordinary CLI with evaluations every 4 steps.
+  run = tmp_path / "committed"
+  invariance.train(invariance.ROOT, run, [
+      "--task", "rt_sentiment", "--strategy", "fixed", "--seed", "3", "--data-dir", str(data_dir),
+      *invariance.QUICK, "--epochs", "1", "--set", "eval_every_steps=4"])
+  assert (run / "evals.jsonl").exists()
+  assert invariance.repeat(run, tmp_path / "again") == 0, capsys.readouterr().out
+  assert "bitwise equal" in capsys.readouterr().out
+  # The same comparison with one loss of the committed records changed in its last bit fails.
+  rows = (run / "evals.jsonl").read_text().splitlines()
+  first = json.loads(rows[0])
+  first["val_loss"] = float(np.nextafter(np.float32(first["val_loss"]), np.float32(1)))
+  (run / "evals.jsonl").write_text("\n".join([json.dumps(first), *rows[1:]]) + "\n")
+  assert invariance.differences(run, tmp_path / "again" / "run") == [
+      f"evals.jsonl row 1: val_loss {first['val_loss']!r} != {json.loads(rows[0])['val_loss']!r}"]
+  with pytest.raises(SystemExit, match="exists; give another --out"):
+    invariance.repeat(run, tmp_path / "again")
+  with pytest.raises(SystemExit, match="not a finished run"):
+    invariance.repeat(tmp_path / "again", tmp_path / "third")
 
 
 @pytest.mark.slow
