@@ -3,11 +3,13 @@
 Per task:
 - `val_loss_<task>.png`: validation loss against epoch per strategy, mean over seeds with a 95%
   Student-t band, and the threshold (`..._tuned.png` for the tuned LRs);
-- `effective_lr_<task>.png`: the effective learning rate against step per strategy;
+- `effective_lr_<task>.png`: the effective learning rate against step per strategy, at the LRs the
+  report analyses (the tuned ones where tuning is complete);
 - `gradvar_<task>.png`: gradient variability and `lr_scale` against step, for the strategies
-  that have an `lr_scale` (the gradvar ones);
-- `summary_<task>.png`: epochs to threshold (per seed; "not reached" drawn above the axis, never
-  averaged), stability, final validation accuracy and training time, mean ± 95% CI.
+  that have an `lr_scale` (the gradvar ones, and gns), at the same LRs;
+- `summary_<task>.png` (`..._tuned.png` for the tuned LRs): epochs to threshold (per seed; "not
+  reached" drawn above the axis, never averaged), stability, final validation accuracy and
+  training time, mean ± 95% CI.
 
 With a pre-registered analysis (the suite's [analysis]), the validation loss is drawn instead as
 - `val_loss_steps_<task>.png`: one main panel against steps (from evals.jsonl; epochs where runs
@@ -38,8 +40,14 @@ _DPI = 110
 
 
 def _colors(strategies):
-  cmap = plt.get_cmap("tab10")
-  return {s: cmap(i % 10) for i, s in enumerate(strategies)}
+  """A colour per strategy, none repeated: tab10 up to 10 strategies, beyond that tab20's dark
+  shades first, then its light ones (with tab10 alone, cpu-v2's 11th strategy took the 1st's)."""
+  if len(strategies) <= 10:
+    cmap = plt.get_cmap("tab10")
+    return {s: cmap(i) for i, s in enumerate(strategies)}
+  cmap = plt.get_cmap("tab20")
+  order = list(range(0, 20, 2)) + list(range(1, 20, 2))
+  return {s: cmap(order[i % 20]) for i, s in enumerate(strategies)}
 
 
 _MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*", "<", ">")
@@ -74,8 +82,8 @@ def _band_points(xs_by_seed: list[dict]) -> tuple[list, list, list, list]:
 
 
 def _band(ax, xs_by_seed: list[dict], label: str, color, log: bool = False,
-          style: dict | None = None) -> bool:
-  """Draws `_band_points`' curve and band; False if there is nothing to draw."""
+          style: dict | None = None, fill: bool = True) -> bool:
+  """Draws `_band_points`' curve and (with `fill`) its band; False if there is nothing to draw."""
   xs, mean, low, high = _band_points(xs_by_seed)
   if not xs:
     return False
@@ -83,7 +91,7 @@ def _band(ax, xs_by_seed: list[dict], label: str, color, log: bool = False,
   if "marker" in style:
     style = {**style, "markevery": max(1, len(xs) // 8), "markersize": 4}
   ax.plot(xs, mean, color=color, label=f"{label} (n={len(xs_by_seed)})", **style)
-  if len(xs_by_seed) > 1:
+  if fill and len(xs_by_seed) > 1:
     if log:  # a band below zero cannot be drawn on a log axis
       low = [max(l, m * 1e-3) for l, m in zip(low, mean)]
     ax.fill_between(xs, low, high, color=color, alpha=0.2, lw=0)
@@ -134,34 +142,43 @@ def val_loss(results, runs, task, setting, path, render=True) -> str | None:
   return _save(fig, path)
 
 
+def _analysed(results, task) -> str:
+  """The setting the report analyses: the tuned LRs where the task's tuning is complete."""
+  return "tuned" if "tuned" in results["tasks"][task]["settings"] else "untuned"
+
+
 def effective_lr(results, runs, task, path, render=True) -> str | None:
-  groups = _by_strategy(runs, "untuned", task)
+  setting = _analysed(results, task)
+  groups = _by_strategy(runs, setting, task)
   if not groups:
     return None
   if not render:
     series = [_series(groups[s], "effective_lr", "step", "steps")
               for s in results["strategies"] if s in groups]
     return path.name if any(_band_points(xs)[0] for xs in series) else None
-  colors = _colors(results["strategies"])
-  fig, ax = plt.subplots(figsize=(7, 4.2))
+  colors, styles = _colors(results["strategies"]), _styles(results["strategies"])
+  fig, ax = plt.subplots(figsize=(8.5, 4.2))
   drawn = False
+  fill = len(groups) <= 4  # more bands than that hide each other
   for strategy in results["strategies"]:
     if strategy in groups:
       drawn |= _band(ax, _series(groups[strategy], "effective_lr", "step", "steps"), strategy,
-                     colors[strategy], log=True)
+                     colors[strategy], log=True, style=styles[strategy], fill=fill)
   if not drawn:
     plt.close(fig)
     return None
   ax.set_yscale("log")
   ax.set(xlabel="step", ylabel="effective learning rate",
-         title=f"{task}: effective LR per step (mean over seeds)")
-  ax.legend(fontsize=8)
+         title=f"{task} ({setting}): effective LR per step (mean over seeds"
+               + (", 95% t band)" if fill else ")"))
+  ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))  # beside, not over
   ax.grid(alpha=0.3, which="both")
   return _save(fig, path)
 
 
 def gradvar(results, runs, task, path, render=True) -> str | None:
-  groups = _by_strategy(runs, "untuned", task)
+  setting = _analysed(results, task)
+  groups = _by_strategy(runs, setting, task)
   chosen = [s for s in results["strategies"] if s in groups and any(
       metrics.finite(r.lr_scale) for rec in groups[s] for r in rec.steps)]
   if not chosen:
@@ -175,7 +192,8 @@ def gradvar(results, runs, task, path, render=True) -> str | None:
           colors[strategy])
     _band(bottom, _series(groups[strategy], "lr_scale", "step", "steps"), strategy,
           colors[strategy])
-  top.set(ylabel="gradient variability", title=f"{task}: gradvar's signal and its LR scale")
+  top.set(ylabel="gradient variability",
+          title=f"{task} ({setting}): gradient variability, and each rule's LR scale")
   bottom.set(xlabel="step", ylabel="lr_scale")
   for ax in (top, bottom):
     ax.grid(alpha=0.3)
@@ -392,10 +410,10 @@ def write_all(results: dict, runs: dict, folder: pathlib.Path,
         name = f"val_loss_{task}.png" if setting == "untuned" else f"val_loss_{task}_tuned.png"
         files.append(val_loss(results, runs, task, setting, folder / name, render))
     files += [effective_lr(results, runs, task, folder / f"effective_lr_{task}.png", render),
-              gradvar(results, runs, task, folder / f"gradvar_{task}.png", render),
-              summary(results, task, "untuned", folder / f"summary_{task}.png", render)]
-    if "tuned" in entry["settings"]:
-      files.append(summary(results, task, "tuned", folder / f"summary_{task}_tuned.png",
+              gradvar(results, runs, task, folder / f"gradvar_{task}.png", render)]
+    for setting in [s for s in ("untuned", "tuned") if s in entry["settings"]]:
+      suffix = "" if setting == "untuned" else "_tuned"
+      files.append(summary(results, task, setting, folder / f"summary_{task}{suffix}.png",
                            render))
     out[task] = [f for f in files if f]
   return out

@@ -203,6 +203,10 @@ def collect(out: pathlib.Path) -> tuple[dict, dict]:
     settings = {"untuned": {s: suite.strategy_lr(task, s) for s in arms}}
     if task in picks and all(p["complete"] for p in picks[task].values()):
       settings["tuned"] = {s: picks[task][control_of(s) or s]["lr"] for s in arms}
+      if not suite.untuned_runs:
+        # The runner trains no untuned run of a tuned task: runs that happen to sit at an
+        # untuned LR are tuned ones, and the rest are not missing.
+        del settings["untuned"]
     for setting, lrs in settings.items():
       groups = {}
       for strategy in arms:
@@ -430,7 +434,5 @@ def write(out: pathlib.Path, render_plots: bool = True) -> str:
   results["plots"] = plot_files
   (out / "results.json").write_text(json.dumps(_jsonable(results), indent=2) + "\n")
   (out / "REPORT.md").write_text(tables.markdown(results, plot_files))
-  text = tables.summary_table(results, "untuned")
-  if any("tuned" in e["settings"] for e in results["tasks"].values()):
-    text += "\n\n" + tables.summary_table(results, "tuned")
-  return text
+  return "\n\n".join(text for text in (tables.summary_table(results, "untuned"),
+                                        tables.summary_table(results, "tuned")) if text)

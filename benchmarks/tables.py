@@ -279,7 +279,7 @@ def markdown(results: dict, plot_files: dict[str, list[str]]) -> str:
                 "Mean best validation loss on the tuning seeds "
                 f"{results.get('tune_seeds', '')} per LR (bold: picked). The evaluation seeds "
                 "are not used for the pick.", "", _tuning_table(results, task), ""]
-      if "untuned" in entry["settings"] and _untrained(entry, "untuned"):
+      if "untuned" not in entry["settings"] or _untrained(entry, "untuned"):
         pass  # tuned runs only: nothing to set beside them
       elif "tuned" in entry["settings"]:
         lines += ["Untuned and tuned side by side:", "", _side_by_side(results, task), ""]

@@ -15,6 +15,7 @@ import pytest
 
 from benchmarks import __main__ as benchmarks_main
 from benchmarks import compare
+from benchmarks import report
 from benchmarks import suite as suite_lib
 from benchmarks import tuning
 from train import config as config_lib
@@ -392,6 +393,12 @@ def test_tune_calibrate_compare_in_order(tmp_path, monkeypatch, with_controls):
   assert benchmarks_main.main(["compare", "--suite", str(path), "--out", str(out), "--tune",
                                "--no-progress", "--no-report"]) == 0
   assert (out / "calls.log").read_text() == before
+  # The report: with untuned_runs = false only the tuned setting, and no run is missing.
+  results, _ = report.collect(out)
+  assert list(results["tasks"]["rt_sentiment"]["settings"]) == ["tuned"]
+  text = report.write(out, render_plots=False)
+  assert "(untuned;" not in text and "(tuned;" in text
+  assert "## Missing runs" not in (out / "REPORT.md").read_text()
 
 
 # ---- per-task arms: strategies and seed counts per task ---------------------------------------
