@@ -6,11 +6,13 @@ its data, model and optimizer are built and traced (`jax.eval_shape`), without t
 """
 
 import dataclasses
+import json
 
 import jax
 import pytest
 import tensorflow_datasets as tfds
 
+from benchmarks import __main__ as benchmarks_main
 from benchmarks import suite as suite_lib
 import gradvar_optax
 from train import config as config_lib
@@ -46,6 +48,16 @@ def test_every_run_of_a_committed_suite_resolves(name):
     assert config.lr == suite.strategy_lr(run.task, run.strategy)
     if not any("lrs" in table or "lr" in table for table in suite.tasks.values()):
       assert config.lr == suite.lr == 1e-3
+
+
+def test_the_demo_runs_at_cpu_v2s_tuned_lrs():
+  demo = suite_lib.load("demo")
+  results = json.loads((benchmarks_main.RESULTS_DIR / "cpu-v2" / "results.json").read_text())
+  picks = results["tuned_lrs"]
+  for task in demo.tasks:
+    for strategy in demo.task_strategies(task):
+      assert picks[task][strategy]["complete"]
+      assert demo.strategy_lr(task, strategy) == picks[task][strategy]["lr"], (task, strategy)
 
 
 @pytest.mark.parametrize("name", ["cpu", "ablations", "demo"])
