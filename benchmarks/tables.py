@@ -216,7 +216,10 @@ def markdown(results: dict, plot_files: dict[str, list[str]]) -> str:
             + (" (some with uncommitted changes)" if meta["any_dirty"] else "") + "."]
   for hw in meta["hardware"]:
     lines.append(f"- Hardware: {hw.get('device_count')} × {hw.get('device_kind')} "
-                 f"({hw.get('platform')}), CPU {hw.get('cpu')}, {hw.get('cpus_usable')} usable "
+                 f"({hw.get('platform')}), CPU {hw.get('cpu')}"
+                 + (f" ({hw['cpu_id']}, flags {hw.get('cpu_flags_sha1')})" if hw.get("cpu_id")
+                    else "")
+                 + f", {hw.get('cpus_usable')} usable "
                  f"of {hw.get('cpu_cores')} cores, host {hw.get('host')}, "
                  f"Python {hw.get('python')}, jax {hw.get('jax')}.")
   if meta["load_avg_1m_at_start"]:

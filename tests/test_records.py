@@ -143,3 +143,20 @@ def test_run_json_records_the_schema_version(tmp_path):
   assert records.schema_version({"start": "then"}) == 1  # written before the version existed
   with pytest.raises(ValueError, match="x/run.json: records_schema is 99; this code reads"):
     records.schema_version({"records_schema": 99}, "x/run.json")
+
+
+def test_the_hardware_record_tells_cpus_apart_beyond_their_model_name(monkeypatch):
+  # Two VMs both say "AMD EPYC"; family/model/stepping and the ISA flags differ (XLA's CPU code
+  # follows the flags, so their records differ in the last bits).
+  zen3 = {"model name": "AMD EPYC", "cpu family": "25", "model": "1", "stepping": "1",
+          "flags": "fpu sse2 avx2"}
+  zen4 = {**zen3, "model": "17", "flags": "avx2 fpu sse2 avx512f"}
+  a, b = records._cpu_identity(zen3), records._cpu_identity(zen4)
+  assert a["cpu_id"] == "family 25 model 1 stepping 1" != b["cpu_id"]
+  assert a["cpu_flags_sha1"] != b["cpu_flags_sha1"] and len(a["cpu_flags_sha1"]) == 12
+  # The flags' order does not matter; a machine without /proc/cpuinfo gives no fields.
+  assert records._cpu_identity({**zen3, "flags": "avx2 sse2 fpu"}) == a
+  assert records._cpu_identity({}) == {}
+  monkeypatch.setattr(records, "_cpuinfo", lambda: zen4)
+  assert {k: records.hardware()[k] for k in ("cpu", "cpu_id", "cpu_flags_sha1")} == {
+      "cpu": "AMD EPYC", **b}

@@ -21,6 +21,7 @@ from collections.abc import Mapping, Sequence
 import dataclasses
 import datetime
 import functools
+import hashlib
 import importlib.metadata
 import json
 import math
@@ -75,12 +76,8 @@ def versions() -> dict[str, str | None]:
 def hardware(devices=None) -> dict[str, Any]:
   """The machine and software that a run's or a benchmark's figures belong to."""
   devices = jax.local_devices() if devices is None else devices
-  cpu = platform.processor() or platform.machine()
-  try:
-    with open("/proc/cpuinfo") as f:
-      cpu = next((l.split(":", 1)[1].strip() for l in f if l.startswith("model name")), cpu)
-  except OSError:
-    pass
+  info = _cpuinfo()
+  cpu = info.get("model name") or platform.processor() or platform.machine()
   try:
     usable = len(os.sched_getaffinity(0))
   except AttributeError:
@@ -88,9 +85,39 @@ def hardware(devices=None) -> dict[str, Any]:
   return {"device_kind": devices[0].device_kind, "platform": devices[0].platform,
           "device_count": len(devices), "process_count": jax.process_count(),
           "host": socket.gethostname(), "cpu": cpu, "cpu_cores": os.cpu_count(),
-          "cpus_usable": usable, "jax": jax.__version__, "python": platform.python_version(),
+          "cpus_usable": usable, **_cpu_identity(info),
+          "jax": jax.__version__, "python": platform.python_version(),
           # Other processes slow the figures down; this says how busy the machine was.
           "load_avg_1m": round(os.getloadavg()[0], 2)}
+
+
+def _cpuinfo() -> dict[str, str]:
+  """The first processor's fields of /proc/cpuinfo (empty where there is none)."""
+  fields = {}
+  try:
+    with open("/proc/cpuinfo") as f:
+      for line in f:
+        if not line.strip():
+          break
+        key, _, value = line.partition(":")
+        fields[key.strip()] = value.strip()
+  except OSError:
+    pass
+  return fields
+
+
+def _cpu_identity(info: dict[str, str]) -> dict[str, str]:
+  """What tells two CPUs apart where the model name does not ("AMD EPYC" on a VM): the family,
+  model and stepping, and a digest of the instruction-set flags, which XLA's CPU code generation
+  follows. CPU runs are bitwise reproducible only on the same kind of CPU with the same number
+  of usable cores."""
+  out = {}
+  if all(k in info for k in ("cpu family", "model", "stepping")):
+    out["cpu_id"] = f"family {info['cpu family']} model {info['model']} stepping {info['stepping']}"
+  if "flags" in info:
+    flags = " ".join(sorted(info["flags"].split()))
+    out["cpu_flags_sha1"] = hashlib.sha1(flags.encode()).hexdigest()[:12]
+  return out
 
 
 def peak_rss_mb() -> float:
