@@ -145,8 +145,13 @@ def repeat(run: pathlib.Path, out: pathlib.Path) -> int:
   found = differences(run, new)
   steps = len(_rows(new / "steps.jsonl"))
   commit = (json.loads((run / "run.json").read_text()).get("git") or {}).get("commit") or "?"
-  print(f"invariance: {run} (made at {commit[:12]}) repeated with {ROOT} ({seconds:.0f} s): "
-        f"{steps} step rows compared")
+  return _verdict(f"{run} (made at {commit[:12]}) repeated with {ROOT} ({seconds:.0f} s): "
+                  f"{steps} step rows compared", found)
+
+
+def _verdict(what: str, found: list[str]) -> int:
+  """Prints what was compared and the differences; the exit status (0: bitwise equal)."""
+  print(f"invariance: {what}")
   for line in found[:40]:
     print("  " + line)
   print("invariance: " + ("records differ" if found else "every deterministic field is "
@@ -173,14 +178,10 @@ def main(argv=None) -> int:
     t_new = train(ROOT, new, run_args)
     found = differences(old, new)
     steps = len(_rows(new / "steps.jsonl"))
-    print(f"invariance: {args.task}/{args.strategy} seed {args.seed} "
-          f"({'quick' if args.quick else 'cpu suite'} config), base {args.base[:12]} "
-          f"({t_old:.0f} s) against {ROOT} ({t_new:.0f} s): {steps} step rows compared")
-    for line in found[:40]:
-      print("  " + line)
-    print("invariance: " + ("records differ" if found else "every deterministic field is "
-                            "bitwise equal"))
-    return 1 if found else 0
+    return _verdict(f"{args.task}/{args.strategy} seed {args.seed} "
+                    f"({'quick' if args.quick else 'cpu suite'} config), base {args.base[:12]} "
+                    f"({t_old:.0f} s) against {ROOT} ({t_new:.0f} s): {steps} step rows "
+                    "compared", found)
 
 
 if __name__ == "__main__":
