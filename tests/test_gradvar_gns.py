@@ -551,7 +551,13 @@ def test_microbatch_grad_on_resnet_tiny_keeps_batchnorm_over_the_whole_batch():
   cfg = resnet.PRESETS["tiny"]
   variables = _numpy_variables(resnet.ResNet(cfg, 10), resnet.dummy_input(cfg))
   params, stats = variables["params"], variables["batch_stats"]
-  rng = np.random.default_rng(20)
+  # A draw whose BatchNorms are well conditioned. The earlier draw (seed 20) left a channel of
+  # stage1_block1's bn1 with a batch variance near zero, where float32 rounding decides the
+  # gradient: on an AMD family 25 model 17 its bias gradient moved 8% between the plain and the
+  # microbatched computation (and between float32 and float64), passing only on other CPUs. Of 8
+  # draws tried there (variables of seeds 0-3 x images of seeds 20-21) only that one was ill
+  # conditioned; the others, this one included, meet every tolerance below about 10x over.
+  rng = np.random.default_rng(21)
   image = rng.standard_normal((8, cfg.image_size, cfg.image_size, cfg.in_channels),
                               dtype=np.float32)
   label = rng.integers(0, 10, 8).astype(np.int32)
@@ -585,8 +591,8 @@ def test_microbatch_grad_on_resnet_tiny_keeps_batchnorm_over_the_whole_batch():
     (grads, q), _ = both(params, image, label)
     return jax.lax.pmean((grads, q, plain_replica(params, image, label)[0]), "batch")
 
-  # Against the plain step on the same 2 devices: with this draw, a float32 rounding near a
-  # BatchNorm's zero-variance clamp already moves that step's gradient off the 1-device one's.
+  # Against the plain step on the same 2 devices, whose own gradient differs from the 1-device
+  # one in float32 rounding (a near-constant channel can make that large; see the draw above).
   grads2, q2, plain2 = jax.pmap(replica, axis_name="batch", in_axes=(None, 0, 0),
                                 devices=jax.devices()[:2])(
       params, image.reshape((2, 4) + image.shape[1:]), label.reshape(2, 4))
