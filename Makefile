@@ -36,9 +36,13 @@ PYTEST_XDIST := -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder --max-
 # The 25 slowest tests at the end of the log, to see what to mark slow or shrink.
 PYTEST_DURATIONS := --durations=25
 
-# All tests, slow ones included (this is what CI runs).
+# All tests, slow ones included (this is what CI runs). The multi-process tests (jax.distributed
+# over gloo on 127.0.0.1, marked `multiprocess`) run after the rest, alone: beside the other xdist
+# worker's tests a 2-process shard_map run stalled past 420 s in 2 of 2 full runs on an AMD family
+# 25 model 17 (cause not found), and passed in each of 6 runs alone or beside a part of the suite.
 test: $(STAMP)
-	$(BIN)/python -m pytest -q $(PYTEST_XDIST) $(PYTEST_DURATIONS) $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q $(PYTEST_XDIST) $(PYTEST_DURATIONS) -m 'not multiprocess' $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q $(PYTEST_DURATIONS) -m multiprocess $(PYTEST_ARGS)
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m 'not slow' $(PYTEST_XDIST) $(PYTEST_DURATIONS) $(PYTEST_ARGS)

@@ -786,6 +786,7 @@ def _worker_env(devices):
 
 
 @pytest.mark.slow  # three processes start JAX and join a jax.distributed run
+@pytest.mark.multiprocess
 @pytest.mark.timeout(900)
 def test_two_processes_of_two_devices_equal_one_process_of_four(tmp_path):
   """The axis_name path over real jax.distributed processes (gloo on 127.0.0.1)."""

@@ -172,6 +172,7 @@ def runs(shared):
 
 
 @pytest.mark.slow
+@pytest.mark.multiprocess
 @pytest.mark.timeout(TEST_TIMEOUT_S)
 @pytest.mark.parametrize("parallel", ["pmap", "shard_map"])
 def test_two_processes_train_like_one_process(runs, parallel):
@@ -200,6 +201,7 @@ def test_two_processes_train_like_one_process(runs, parallel):
 
 
 @pytest.mark.slow
+@pytest.mark.multiprocess
 @pytest.mark.timeout(TEST_TIMEOUT_S)
 def test_sigterm_to_one_process_checkpoints_both_and_resume_continues_exactly(runs, shared,
                                                                              tmp_path):
@@ -235,6 +237,7 @@ def test_sigterm_to_one_process_checkpoints_both_and_resume_continues_exactly(ru
 
 
 @pytest.mark.slow
+@pytest.mark.multiprocess
 @pytest.mark.timeout(TEST_TIMEOUT_S)
 def test_a_lost_process_stops_the_other_within_a_bounded_time(shared, tmp_path):
   workdir, logs = tmp_path / "run", tmp_path / "logs"
