@@ -80,6 +80,11 @@ def _rows(path: pathlib.Path) -> list[dict]:
   return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
+def _read_json(path: pathlib.Path) -> dict:
+  """A JSON file's object; empty when the file is missing."""
+  return json.loads(path.read_text()) if path.exists() else {}
+
+
 def _same(a, b) -> bool:
   if isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b):
     return True
@@ -133,8 +138,8 @@ def parser() -> argparse.ArgumentParser:
 
 def repeat(run: pathlib.Path, out: pathlib.Path) -> int:
   """Trains `run`'s config.json again with this tree into `out`/run; 0 if the records are equal."""
-  config = run / "config.json"
-  if not config.exists() or not json.loads((run / "run.json").read_text()).get("end"):
+  config, info = run / "config.json", _read_json(run / "run.json")
+  if not config.exists() or not info.get("end"):
     raise SystemExit(f"invariance: {run} is not a finished run (it needs config.json and a "
                      "run.json with an end)")
   new = out / "run"
@@ -144,7 +149,7 @@ def repeat(run: pathlib.Path, out: pathlib.Path) -> int:
   seconds = train(ROOT, new, ["--config", str(config), "--cache-dir", str(out / ".cache")])
   found = differences(run, new)
   steps = len(_rows(new / "steps.jsonl"))
-  commit = (json.loads((run / "run.json").read_text()).get("git") or {}).get("commit") or "?"
+  commit = (info.get("git") or {}).get("commit") or "?"
   return _verdict(f"{run} (made at {commit[:12]}) repeated with {ROOT} ({seconds:.0f} s): "
                   f"{steps} step rows compared", found)
 

@@ -142,13 +142,14 @@ def val_loss(results, runs, task, setting, path, render=True) -> str | None:
   return _save(fig, path)
 
 
-def _analysed(results, task) -> str:
-  """The setting the report analyses: the tuned LRs where the task's tuning is complete."""
-  return "tuned" if "tuned" in results["tasks"][task]["settings"] else "untuned"
+def analysed_setting(entry: dict) -> str:
+  """The setting the report analyses for a task's `results["tasks"]` entry: the tuned LRs where
+  the task's tuning is complete, else the untuned ones."""
+  return "tuned" if "tuned" in entry["settings"] else "untuned"
 
 
 def effective_lr(results, runs, task, path, render=True) -> str | None:
-  setting = _analysed(results, task)
+  setting = analysed_setting(results["tasks"][task])
   groups = _by_strategy(runs, setting, task)
   if not groups:
     return None
@@ -177,7 +178,7 @@ def effective_lr(results, runs, task, path, render=True) -> str | None:
 
 
 def gradvar(results, runs, task, path, render=True) -> str | None:
-  setting = _analysed(results, task)
+  setting = analysed_setting(results["tasks"][task])
   groups = _by_strategy(runs, setting, task)
   chosen = [s for s in results["strategies"] if s in groups and any(
       metrics.finite(r.lr_scale) for rec in groups[s] for r in rec.steps)]

@@ -230,11 +230,6 @@ STEP_COST = "step_cost.json"
 REGIME = "regime.json"
 
 
-def _setting(entry: dict) -> str:
-  """The setting the analysis reads: the tuned LRs where tuning is complete."""
-  return "tuned" if "tuned" in entry["settings"] else "untuned"
-
-
 def cost_ratios(step_cost: dict, task: str) -> Optional[dict]:
   """Per strategy, its compiled step's time over fixed's on the task (from step_cost.json,
   written by `benchmarks.perf.step_cost`); None when not measured."""
@@ -254,7 +249,7 @@ def _analysis(suite, analysis, results: dict, picks: dict, step_cost: dict) -> d
   def compare(task, a, b):
     """A vs B on steps to target: the primaries' test, interval and time to target."""
     entry = results["tasks"][task]
-    setting = _setting(entry)
+    setting = plots.analysed_setting(entry)
     groups = entry["settings"][setting]["strategies"]
     (sa, ha), (sb, hb) = _censored_steps(groups[a]), _censored_steps(groups[b])
     c = stats.paired_comparison(sa, sb, ha, hb, permutations, bootstrap, seed=0,
@@ -276,7 +271,7 @@ def _analysis(suite, analysis, results: dict, picks: dict, step_cost: dict) -> d
     entry = results["tasks"].get(task)
     if entry is None:
       raise ValueError(f"analysis.primaries: task {task!r} is not in the suite")
-    groups = entry["settings"][_setting(entry)]["strategies"]
+    groups = entry["settings"][plots.analysed_setting(entry)]["strategies"]
     for name in (a, b):
       if name not in groups:
         raise ValueError(f"analysis.primaries: {name!r} is not a strategy of the suite")
@@ -289,7 +284,7 @@ def _analysis(suite, analysis, results: dict, picks: dict, step_cost: dict) -> d
   declared = {(p.task, frozenset((p.a, p.b))) for p in analysis.primaries}
   controls = []
   for task, entry in results["tasks"].items():
-    groups = entry["settings"][_setting(entry)]["strategies"]
+    groups = entry["settings"][plots.analysed_setting(entry)]["strategies"]
     for strategy in groups:
       source = control_of(strategy)
       if source is None or source not in groups or not (groups[strategy]["seeds"]
@@ -356,7 +351,7 @@ def regime_check(suite, results: dict, regime: dict) -> dict:
     ref = (regime.get("tasks") or {}).get(task)
     if not ref:
       continue
-    setting = _setting(entry)
+    setting = plots.analysed_setting(entry)
     base = entry["settings"][setting]["strategies"][suite.baseline]
     acc = base["summary"]["best_val_accuracy"]["mean"]
     n = ref.get("validation_examples")

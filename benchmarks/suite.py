@@ -308,15 +308,16 @@ class Suite:
                          f"seeds are {list(self.seeds)}), got {seeds}")
       changes["seeds"] = self.seeds[:seeds]
     if only_seeds:
-      _check_subset("--only-seeds", [str(x) for x in only_seeds], [str(x) for x in self.seeds])
-      changes["seeds"] = tuple(s for s in self.seeds if s in set(only_seeds))
+      _check_subset("--only-seeds", only_seeds, self.seeds)
+      changes["seeds"] = tuple(s for s in self.seeds if s in only_seeds)
     return dataclasses.replace(self, **changes)
 
 
 def _check_subset(flag, chosen, known):
   unknown = [c for c in chosen if c not in known]
   if unknown:
-    raise ValueError(f"{flag}: {', '.join(unknown)} not in the suite ({', '.join(known)})")
+    raise ValueError(f"{flag}: {', '.join(map(str, unknown))} not in the suite "
+                     f"({', '.join(map(str, known))})")
 
 
 def lr_dirname(lr: float) -> str:
