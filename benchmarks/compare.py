@@ -48,6 +48,7 @@ from typing import Optional
 from tqdm import tqdm
 
 from benchmarks import metrics
+from benchmarks import runs as runs_lib
 from benchmarks import suite as suite_lib
 from train import config as config_lib
 from train import records
@@ -69,9 +70,9 @@ GITIGNORE = """\
 # (their `records` role in `train.config`).
 _IGNORED_FIELDS = config_lib.field_names(records=False)
 # The file in each run folder that the run is started from.
-RUN_CONFIG = "run_config.json"
+RUN_CONFIG = runs_lib.RUN_CONFIG
 # A control's run folder: which run it was derived from, and the LR it got.
-CONTROL = "control.json"
+CONTROL = runs_lib.CONTROL
 
 
 class Interrupted(Exception):
@@ -79,19 +80,15 @@ class Interrupted(Exception):
 
 
 def status(workdir: pathlib.Path) -> str:
-  """'finished' (run.json has an end), 'partial' (the folder exists) or 'absent'."""
-  try:
-    info = json.loads((workdir / "run.json").read_text())
-    if info.get("end"):
-      return "finished"
-  except (OSError, ValueError):
-    pass
-  return "partial" if workdir.exists() else "absent"
+  """'finished' (run.json has an end), 'partial' (stopped or failed: the folder exists) or
+  'absent' (`benchmarks.runs.state`)."""
+  state = runs_lib.state(workdir)
+  return "partial" if state in (runs_lib.STOPPED, runs_lib.FAILED) else state
 
 
 def check_config(run: suite_lib.Run, workdir: pathlib.Path) -> None:
   """A run folder made with other settings must not be skipped or resumed as if it were this run."""
-  path = workdir / "config.json"
+  path = workdir / runs_lib.CONFIG
   if not path.exists():
     return
   stored = json.loads(path.read_text())
@@ -107,17 +104,11 @@ def check_config(run: suite_lib.Run, workdir: pathlib.Path) -> None:
 
 
 def _read_bench(workdir: pathlib.Path) -> dict:
-  try:
-    return json.loads((workdir / "bench.json").read_text())
-  except (OSError, ValueError):
-    return {"attempts": []}
+  return runs_lib.read_json(workdir / runs_lib.BENCH) or {"attempts": []}
 
 
 def _write_bench(workdir: pathlib.Path, bench: dict) -> None:
-  workdir.mkdir(parents=True, exist_ok=True)
-  tmp = workdir / "bench.json.tmp"
-  tmp.write_text(json.dumps(bench, indent=2, sort_keys=True) + "\n")
-  tmp.replace(workdir / "bench.json")
+  runs_lib.write_json_atomic(workdir / runs_lib.BENCH, bench)
 
 
 def run_config(run: suite_lib.Run, workdir: pathlib.Path, out: pathlib.Path,
@@ -163,7 +154,7 @@ def execute(run: suite_lib.Run, out: pathlib.Path, data_dir: Optional[str]) -> i
     if run.control:
       (workdir / CONTROL).write_text(json.dumps(dict(run.control), indent=2) + "\n")
     _write_bench(workdir, bench)
-    with open(workdir / "train.log", "a") as log:
+    with open(workdir / runs_lib.LOG, "a") as log:
       log.write(f"# {attempt['start']} {' '.join(cmd[1:])}\n")
       log.flush()
       proc = subprocess.Popen(cmd, cwd=REPO_ROOT, env=environment(out), stdout=log,
@@ -249,9 +240,9 @@ def _summary_line(run: suite_lib.Run, out: pathlib.Path, rc: int) -> str:
   workdir = out / run.relpath()
   name = f"{run.kind}/{run.task}/{run.strategy}/lr{run.lr:g}/seed{run.seed}"
   if rc != 0:
-    return f"FAILED (exit {rc}) {name}: see {workdir / 'train.log'}"
+    return f"FAILED (exit {rc}) {name}: see {workdir / runs_lib.LOG}"
   try:
-    last = (workdir / "epochs.jsonl").read_text().strip().splitlines()[-1]
+    last = (workdir / runs_lib.EPOCHS).read_text().strip().splitlines()[-1]
     row = json.loads(last)
     return (f"done {name}: val_loss {row['val_loss']} val_acc {row['val_accuracy']} "
             f"({_wall(workdir) or 0:.0f}s)")
@@ -400,7 +391,6 @@ def control_runs(suite: suite_lib.Suite, out: pathlib.Path,
 
   Returns the runs and, for each one that cannot be made yet, why (its source is missing).
   """
-  from benchmarks import report
   runs, waiting = [], []
   for seed in suite.seeds:
     for task in suite.tasks:
@@ -425,7 +415,7 @@ def control_runs(suite: suite_lib.Suite, out: pathlib.Path,
           waiting.append(f"{task}/{strategy}/seed{seed}: {src.relpath()} has not finished")
           continue
         if kind == "matched":
-          rec = report.read_run(out / src.relpath())
+          rec = runs_lib.read_run(out / src.relpath())
           lr = matched_lr(rec.epochs)
           run = suite.run(task, strategy, seed, lr=lr)
           info.update(source=str(src.relpath()), lr=lr, base_lr=base)
@@ -596,7 +586,6 @@ def calibrate(suite: suite_lib.Suite, out: pathlib.Path, argv: list[str], tasks=
 
   Thresholds of tasks not calibrated now are kept. The suite file's other lines stay as written.
   """
-  from benchmarks import report
   if suite.path is None:
     raise ValueError("calibrate: the suite must come from a file")
   if tasks:
@@ -618,7 +607,7 @@ def calibrate(suite: suite_lib.Suite, out: pathlib.Path, argv: list[str], tasks=
   thresholds = dict(old.get("thresholds", {}))
   best = dict(old.get("reference_best_val_loss", {}))
   for task in suite.tasks:
-    losses = [report.read_run(out / r.relpath()).metrics(None)["best_val_loss"]
+    losses = [runs_lib.read_run(out / r.relpath()).metrics(None)["best_val_loss"]
               for r in runs if r.task == task]
     thresholds[task] = round(metrics.threshold_from_reference(losses, factor), 6)
     best[task] = [None if v is None else round(v, 6) for v in losses]

@@ -26,6 +26,8 @@ import sys
 import tempfile
 import time
 
+from benchmarks import runs as runs_lib
+
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 # The last commit before the seams refactor (issue 15).
 REFACTOR_BASE = "59bcf7349261bce19e69df036b4b6911794375f3"
@@ -78,11 +80,6 @@ def train(tree: pathlib.Path, workdir: pathlib.Path, args: list[str]) -> float:
 
 def _rows(path: pathlib.Path) -> list[dict]:
   return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
-def _read_json(path: pathlib.Path) -> dict:
-  """A JSON file's object; empty when the file is missing."""
-  return json.loads(path.read_text()) if path.exists() else {}
 
 
 def _same(a, b) -> bool:
@@ -138,8 +135,8 @@ def parser() -> argparse.ArgumentParser:
 
 def repeat(run: pathlib.Path, out: pathlib.Path) -> int:
   """Trains `run`'s config.json again with this tree into `out`/run; 0 if the records are equal."""
-  config, info = run / "config.json", _read_json(run / "run.json")
-  if not config.exists() or not info.get("end"):
+  config, info = run / runs_lib.CONFIG, runs_lib.finished_info(run)
+  if not config.exists() or info is None:
     raise SystemExit(f"invariance: {run} is not a finished run (it needs config.json and a "
                      "run.json with an end)")
   new = out / "run"

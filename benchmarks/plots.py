@@ -33,6 +33,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from benchmarks import declared  # noqa: E402
 from benchmarks import metrics  # noqa: E402
 from benchmarks import suite as suite_lib  # noqa: E402
 
@@ -142,14 +143,8 @@ def val_loss(results, runs, task, setting, path, render=True) -> str | None:
   return _save(fig, path)
 
 
-def analysed_setting(entry: dict) -> str:
-  """The setting the report analyses for a task's `results["tasks"]` entry: the tuned LRs where
-  the task's tuning is complete, else the untuned ones."""
-  return "tuned" if "tuned" in entry["settings"] else "untuned"
-
-
 def effective_lr(results, runs, task, path, render=True) -> str | None:
-  setting = analysed_setting(results["tasks"][task])
+  setting = declared.analysed_setting(results["tasks"][task])
   groups = _by_strategy(runs, setting, task)
   if not groups:
     return None
@@ -178,7 +173,7 @@ def effective_lr(results, runs, task, path, render=True) -> str | None:
 
 
 def gradvar(results, runs, task, path, render=True) -> str | None:
-  setting = analysed_setting(results["tasks"][task])
+  setting = declared.analysed_setting(results["tasks"][task])
   groups = _by_strategy(runs, setting, task)
   chosen = [s for s in results["strategies"] if s in groups and any(
       metrics.finite(r.lr_scale) for rec in groups[s] for r in rec.steps)]

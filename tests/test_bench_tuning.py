@@ -14,6 +14,7 @@ import sys
 import pytest
 
 from benchmarks import __main__ as benchmarks_main
+from benchmarks import analysis
 from benchmarks import compare
 from benchmarks import report
 from benchmarks import suite as suite_lib
@@ -394,7 +395,7 @@ def test_tune_calibrate_compare_in_order(tmp_path, monkeypatch, with_controls):
                                "--no-progress", "--no-report"]) == 0
   assert (out / "calls.log").read_text() == before
   # The report: with untuned_runs = false only the tuned setting, and no run is missing.
-  results, _ = report.collect(out)
+  results, _ = analysis.collect(out)
   assert list(results["tasks"]["rt_sentiment"]["settings"]) == ["tuned"]
   text = report.write(out, render_plots=False)
   assert "(untuned;" not in text and "(tuned;" in text
