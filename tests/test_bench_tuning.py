@@ -243,7 +243,7 @@ def test_control_runs_come_from_the_adaptive_strategys_records(tmp_path, with_co
 # ---- the declaration -------------------------------------------------------------------------
 
 @pytest.mark.parametrize("table, message", [
-    ('metric = "epochs"', "analysis.metric: must be one of ['steps_to_target']"),
+    ('metric = "epochs"', "analysis.metric: unknown metric 'epochs'"),
     ('primaries = ["rt_sentiment gradvar vs fixed"]', "analysis.primaries[0]: must read"),
     ('primaries = ["imdb: gradvar vs fixed"]', "analysis.primaries[0]: 'imdb' is not one of"),
     ('primaries = ["rt_sentiment: gns vs fixed"]', "analysis.primaries[0]: 'gns' is not one"),

@@ -7,8 +7,8 @@ checked against its field:
 - by its `check` metadata, when the field has one: a rule of `RULES` (below), which says both the
   type and the range, in one message (`must be a positive int, got 0`); an `Optional` field also
   takes None;
-- else by its annotation: bool, int, float (an int is taken), str, dict, or `Optional` of one
-  (`expected int, got 'eight'`).
+- else by its annotation: bool, int, float (an int is taken), str, dict, tuple (from a list),
+  `Any`, or `Optional` of one (`expected int, got 'eight'`).
 
 Every error is a `ValueError` that starts with `where` and the field's name, so that it names
 the file (or `config.`) and the field. A dataclass field whose metadata says `key=False` is not
@@ -50,6 +50,8 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "ints": (lambda v: _list(v, _int), "must be a non-empty list of ints"),
     "strs": (lambda v: _list(v, lambda x: isinstance(x, str)),
              "must be a non-empty list of strings"),
+    "str_list": (lambda v: isinstance(v, (list, tuple)) and all(isinstance(x, str) for x in v),
+                 "must be a list of strings"),
     "table": (lambda v: isinstance(v, dict), "must be a table"),
 }
 # List rules whose items must also differ from each other.
@@ -62,7 +64,8 @@ def field(default=dataclasses.MISSING, *, check: str | None = None, key: bool = 
 
   Args:
     default: its default; a field without one is required.
-    check: the rule its value must meet; None: its annotation's type.
+    check: the rule its value must meet; None: its annotation's type. A `must` metadata entry
+      words its error instead of the rule's.
     key: whether it is read from the file (False: the dataclass fills it).
     default_factory: as in `dataclasses.field`.
     **metadata: anything else its owner reads (Config's `help`, `trajectory`, ...).
@@ -91,7 +94,7 @@ def check_type(hint, value: Any, where: str) -> Any:
   """A value for a field annotated `hint`, type-checked (an int is taken for a float field);
   `where` names the field in the error (`config.batch_size`)."""
   kind, optional = _optional(hint)
-  if value is None and optional:
+  if kind is Any or (value is None and optional):
     return value
   kind = typing.get_origin(kind) or kind
   if kind is float and _int(value):
@@ -104,13 +107,14 @@ def check_type(hint, value: Any, where: str) -> Any:
   raise ValueError(f"{where}: expected {kind.__name__}{suffix}, got {value!r}")
 
 
-def check_rule(rule: str, value: Any, where: str, hint=None) -> Any:
+def check_rule(rule: str, value: Any, where: str, hint=None, must: str | None = None) -> Any:
   """A value that meets `RULES[rule]`; `hint` (the field's annotation) allows None where it is
-  `Optional` and makes ints floats where it is float."""
+  `Optional` and makes ints floats where it is float; `must` words the error instead of the
+  rule (`must be a table of task = value`)."""
   kind, optional = _optional(hint) if hint is not None else (None, False)
   if value is None and optional:
     return value
-  test, must = RULES[rule]
+  test, must = RULES[rule][0], must or RULES[rule][1]
   if not test(value):
     raise ValueError(f"{where}: {must}{' or None' if optional else ''}, got {value!r}")
   if rule in _UNIQUE and len(set(value)) != len(value):
@@ -149,8 +153,8 @@ def check(cls, values: Mapping[str, Any], where: str = "") -> dict[str, Any]:
   hints = typing.get_type_hints(cls)
   out = {}
   for name, value in values.items():
-    rule = known[name].metadata.get("check")
-    out[name] = (check_rule(rule, value, where + name, hints[name]) if rule
+    rule, must = known[name].metadata.get("check"), known[name].metadata.get("must")
+    out[name] = (check_rule(rule, value, where + name, hints[name], must) if rule
                  else check_type(hints[name], value, where + name))
   return out
 
