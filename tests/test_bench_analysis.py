@@ -13,6 +13,7 @@ import pytest
 from test_bench_report import write_run
 
 from benchmarks import analysis
+from benchmarks import bands
 from benchmarks import plots
 from benchmarks import report
 from benchmarks import suite as suite_lib
@@ -234,7 +235,7 @@ def test_identical_curves_both_stay_visible(tmp_path):
 
 
 def test_epoch_plot_styles_identical_strategies_apart():
-  styles = plots._styles(["fixed", "plateau"])
+  styles = bands.styles(["fixed", "plateau"])
   assert styles["fixed"]["ls"] != styles["plateau"]["ls"]
   assert styles["fixed"]["marker"] != styles["plateau"]["marker"]
   assert styles["plateau"]["zorder"] > styles["fixed"]["zorder"]

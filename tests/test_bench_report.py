@@ -14,6 +14,7 @@ from benchmarks import analysis
 from benchmarks import compare
 from benchmarks import plots
 from benchmarks import report
+from benchmarks import runner
 from benchmarks import suite as suite_lib
 from train import records
 
@@ -213,7 +214,7 @@ def test_calibrate_from_reference_runs(tmp_path, monkeypatch):
   for seed, b in best.items():
     write_run(out / suite.run("rt_sentiment", "fixed", seed, kind="reference").relpath(),
               [1.0, b, b + 0.05])
-  monkeypatch.setattr(compare, "execute", lambda *a, **k: pytest.fail("nothing should train"))
+  monkeypatch.setattr(runner, "execute", lambda *a, **k: pytest.fail("nothing should train"))
   assert compare.calibrate(suite, out, ["calibrate"], progress=False) == 0
 
   text = suite_path.read_text()
@@ -273,7 +274,7 @@ def test_tune_picks_on_tuning_seeds_and_reports_side_by_side(tmp_path, monkeypat
   assert {(r.strategy, r.lr, r.seed) for r in runs} == (
       {("fixed", 3e-3, s) for s in suite.seeds} | {("gradvar", 1e-3, s) for s in suite.seeds})
 
-  monkeypatch.setattr(compare, "execute", lambda *a, **k: pytest.fail("nothing should train"))
+  monkeypatch.setattr(runner, "execute", lambda *a, **k: pytest.fail("nothing should train"))
   assert compare.compare(suite, out, ["compare", "--tune"], tune=True, progress=False) == 0
   results = json.loads((out / "results.json").read_text())
   tuned = results["tasks"]["rt_sentiment"]["settings"]["tuned"]["strategies"]

@@ -17,6 +17,7 @@ from benchmarks import __main__ as benchmarks_main
 from benchmarks import analysis
 from benchmarks import compare
 from benchmarks import report
+from benchmarks import runner
 from benchmarks import suite as suite_lib
 from benchmarks import tuning
 from train import config as config_lib
@@ -325,7 +326,7 @@ def test_tune_calibrate_compare_in_order(tmp_path, monkeypatch, with_controls):
   path = tmp_path / "p.toml"
   path.write_text(text)
   out = tmp_path / "out"
-  monkeypatch.setattr(compare, "command", lambda config_file, resume: [
+  monkeypatch.setattr(runner, "command", lambda config_file, resume: [
       sys.executable, str(FAKE_TRAIN), "--config", str(config_file)])
   suite = suite_lib.load(str(path))
   # Evaluation before the targets is refused, with the commands to run first.
@@ -489,7 +490,7 @@ def test_compare_runs_exactly_the_arms(tmp_path, monkeypatch, with_controls):
   path = tmp_path / "a.toml"
   path.write_text(text)
   out = tmp_path / "out"
-  monkeypatch.setattr(compare, "command", lambda config_file, resume: [
+  monkeypatch.setattr(runner, "command", lambda config_file, resume: [
       sys.executable, str(FAKE_TRAIN), "--config", str(config_file)])
   assert benchmarks_main.main(["compare", "--suite", str(path), "--out", str(out),
                                "--no-progress"]) == 0
