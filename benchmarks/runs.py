@@ -21,6 +21,7 @@ import json
 import pathlib
 from typing import Any, Optional
 
+from benchmarks import catalogue
 from benchmarks import metrics
 from train import records
 
@@ -85,7 +86,6 @@ class RunRecord:
 
   def metrics(self, threshold: Optional[float], explode_factor: float = 2.0) -> dict:
     """The run's figures: `metrics.run_metrics`, then each registered metric's (`catalogue`)."""
-    from benchmarks import catalogue  # the catalogue's entries compute from a RunRecord
     out = metrics.run_metrics(self.epochs, self.steps, self.info.get("test"), threshold,
                               explode_factor, self.bench, self.info.get("compile_s"),
                               evals=self.evals)
