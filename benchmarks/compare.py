@@ -236,7 +236,7 @@ def compare(suite: suite_lib.Suite, out: pathlib.Path, argv: list[str], tune: bo
         f"{len(outcome.failed)} failed", file=sys.stderr)
   failed = total.failed + outcome.failed
   for run in failed:
-    print(f"  failed: {out / run.relpath()} (see train.log there)", file=sys.stderr)
+    print(f"  failed: {out / run.relpath()} (see {runs_lib.LOG} there)", file=sys.stderr)
   if write_report:
     from benchmarks import report
     print(report.write(out))
@@ -298,7 +298,7 @@ def calibrate(suite: suite_lib.Suite, out: pathlib.Path, argv: list[str], tasks=
   outcome = run_all(runs, out, data_dir, progress=progress)
   if outcome.failed:
     for run in outcome.failed:
-      print(f"  failed: {out / run.relpath()} (see train.log there)", file=sys.stderr)
+      print(f"  failed: {out / run.relpath()} (see {runs_lib.LOG} there)", file=sys.stderr)
     print("calibrate: reference runs failed; the suite file is unchanged", file=sys.stderr)
     return 1
   # The file as it is now: another task's calibration may have finished while these runs trained.

@@ -99,9 +99,9 @@ def differences(old: pathlib.Path, new: pathlib.Path) -> list[str]:
       elif not _same(a[key], b[key]):
         found.append(f"{where}: {key} {a[key]!r} != {b[key]!r}")
 
-  for name, ignore in (("steps.jsonl", frozenset()), ("epochs.jsonl", MACHINE_FIELDS),
-                       ("evals.jsonl", MACHINE_FIELDS)):
-    if name == "evals.jsonl" and not (old / name).exists() and not (new / name).exists():
+  for name, ignore in ((runs_lib.STEPS, frozenset()), (runs_lib.EPOCHS, MACHINE_FIELDS),
+                       (runs_lib.EVALS, MACHINE_FIELDS)):
+    if name == runs_lib.EVALS and not (old / name).exists() and not (new / name).exists():
       continue  # a run without eval_every_steps writes none
     if not (old / name).exists() or not (new / name).exists():
       found.append(f"{name}: only in {'new' if (new / name).exists() else 'old'}")
@@ -111,8 +111,8 @@ def differences(old: pathlib.Path, new: pathlib.Path) -> list[str]:
       found.append(f"{name}: {len(a)} rows != {len(b)} rows")
     for i, (ra, rb) in enumerate(zip(a, b)):
       compare(f"{name} row {i + 1}", ra, rb, ignore)
-  test_a = json.loads((old / "run.json").read_text())["test"]
-  test_b = json.loads((new / "run.json").read_text())["test"]
+  test_a = json.loads((old / runs_lib.RUN_INFO).read_text())["test"]
+  test_b = json.loads((new / runs_lib.RUN_INFO).read_text())["test"]
   compare("run.json test", test_a, test_b)
   return found
 
@@ -145,7 +145,7 @@ def repeat(run: pathlib.Path, out: pathlib.Path) -> int:
   # The run's own data_dir (null: the project's data/) is kept; its cache is made anew.
   seconds = train(ROOT, new, ["--config", str(config), "--cache-dir", str(out / ".cache")])
   found = differences(run, new)
-  steps = len(_rows(new / "steps.jsonl"))
+  steps = len(_rows(new / runs_lib.STEPS))
   commit = (info.get("git") or {}).get("commit") or "?"
   return _verdict(f"{run} (made at {commit[:12]}) repeated with {ROOT} ({seconds:.0f} s): "
                   f"{steps} step rows compared", found)
@@ -179,7 +179,7 @@ def main(argv=None) -> int:
     t_old = train(base_tree, old, run_args)
     t_new = train(ROOT, new, run_args)
     found = differences(old, new)
-    steps = len(_rows(new / "steps.jsonl"))
+    steps = len(_rows(new / runs_lib.STEPS))
     return _verdict(f"{args.task}/{args.strategy} seed {args.seed} "
                     f"({'quick' if args.quick else 'cpu suite'} config), base {args.base[:12]} "
                     f"({t_old:.0f} s) against {ROOT} ({t_new:.0f} s): {steps} step rows "
