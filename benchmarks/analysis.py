@@ -30,9 +30,8 @@ from train import records
 
 STEP_COST = declared.STEP_COST
 REGIME = declared.REGIME
-
-
 analysed_setting = declared.analysed_setting
+
 
 def _finished(out: pathlib.Path, run: suite_lib.Run) -> Optional[runs_lib.RunRecord]:
   # run.json first: the rows of an unfinished run (maybe being written) are not read.
