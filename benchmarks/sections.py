@@ -55,8 +55,8 @@ def controls_section(results: dict) -> list[str]:
           "X's reaction to its own gradients. Uncorrected p-values: secondary, except where "
           "the pair is also a primary (its Holm-adjusted p is above).", "",
           cells.table(["task", "X − control", "setting", "seeds", "X reached", "control reached",
-                  _median_header(metric), f"{conf}% bootstrap", f"mean diff ± {conf}% t",
-                  "p (sign-flip, uncorrected)", "time to target X / control", "primary"],
+                       _median_header(metric), f"{conf}% bootstrap", f"mean diff ± {conf}% t",
+                       "p (sign-flip, uncorrected)", "time to target X / control", "primary"],
                  rows), ""]
 
 
@@ -83,9 +83,12 @@ def primaries_section(results: dict) -> list[str]:
     row = _comparison_row(c, metric.fmt)
     rows.append(row[:-1] + [holm, row[-1]])
   lines += [cells.table(["task", "A − B", "setting", "seeds", "A reached", "B reached",
-                    _median_header(metric), f"{conf}% bootstrap", f"mean diff ± {conf}% t",
-                    "p (sign-flip)", "p (Holm)", "time to target A / B"], rows), ""]
+                         _median_header(metric), f"{conf}% bootstrap",
+                         f"mean diff ± {conf}% t", "p (sign-flip)", "p (Holm)",
+                         "time to target A / B"], rows), ""]
   sc = a.get("step_cost")
+  if not metric.in_steps:  # time to target is a count of steps times a step's cost
+    return lines
   lines += ["*Time to target* is the median steps to target times each strategy's per-step "
             "cost relative to `fixed`, the compiled train steps timed side by side in one "
             "process (`python -m benchmarks.perf.step_cost`, step_cost.json), in units of "
@@ -133,7 +136,7 @@ def secondary_section(results: dict) -> list[str]:
     lines += ["Steps and examples to target per strategy (reached/n; median, n.r. ordered "
               "last; per seed), and time to target in fixed-step units:", "",
               cells.table(["task", "setting", "strategy", "steps to target", "examples to target",
-                      "time to target"], rows), ""]
+                           "time to target"], rows), ""]
   tuned = results.get("tuned_lrs") or {}
   rows = []
   for task, per in tuned.items():
@@ -176,7 +179,7 @@ def regime_section(results: dict) -> list[str]:
                 f"validation loss {m['final_val_loss']:.4f} > {r['class_prior_loss']:.4f}"
                 for m in r["memorised"]]
   lines += [cells.table(["task", "baseline", "best val acc", "95% Wilson", "reference acc",
-                    "validation n", "falls short", "class-prior loss", "runs above it"], rows),
+                         "validation n", "falls short", "class-prior loss", "runs above it"], rows),
             ""]
   if flagged:
     lines += ["Runs flagged for memorisation:", ""] + flagged + [""]

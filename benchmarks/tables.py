@@ -32,8 +32,8 @@ def summary_table(results: dict, setting: str = "untuned") -> str:
     thr = cells.num(entry["threshold"], "{:.4f}")
     blocks.append(f"{task} ({setting}; val-loss threshold {thr}; mean ± 95% CI over seeds)\n"
                   + cells.table(["strategy", "lr", "seeds", "reached: epochs to threshold",
-                            "stability", "final val acc", "test acc", "train time (s)",
-                            "diverged"], rows))
+                                 "stability", "final val acc", "test acc", "train time (s)",
+                                 "diverged"], rows))
   return "\n\n".join(blocks)
 
 
@@ -69,7 +69,7 @@ def _paired_table(results: dict, task: str, setting: str) -> str:
                    f"{fmt.format(iv['mean'])} (better {w['better']}, tie {w['tie']}, "
                    f"worse {w['worse']})", ci, inc])
   return cells.table([f"strategy − {results['baseline']}", "metric", "pairs", "mean difference",
-                 "95% CI", "CI includes 0"], rows)
+                      "95% CI", "CI includes 0"], rows)
 
 
 def _full_table(results: dict, task: str, setting: str) -> str:
@@ -130,7 +130,7 @@ def _tuning_table(results: dict, task: str) -> str:
     rows.append([strategy, points, f"{p['lr']:g}" if p["complete"] else "(incomplete)",
                  str(p.get("extensions", 0)), edge])
   return cells.table(["strategy", "grid: mean best val loss", "picked", "points added",
-                 "still on an edge"], rows)
+                      "still on an edge"], rows)
 
 
 def _side_by_side(results: dict, task: str) -> str:
@@ -146,7 +146,7 @@ def _side_by_side(results: dict, task: str) -> str:
               if results["tasks"][task]["threshold"] else "–"]
     rows.append(row)
   return cells.table(["strategy", "untuned lr", "best val loss", "final val acc", "epochs to thr.",
-                 "tuned lr", "best val loss", "final val acc", "epochs to thr."], rows)
+                      "tuned lr", "best val loss", "final val acc", "epochs to thr."], rows)
 
 
 def markdown(results: dict, plot_files: dict[str, list[str]]) -> str:
