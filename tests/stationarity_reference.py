@@ -14,9 +14,10 @@ from scipy import stats
 def delta(params_leaves, update_leaves) -> float:
   """-(<x, u> + |u|^2 / 2) in float64, from the params before the step and the applied update."""
   total = 0.0
-  for x, u in zip(params_leaves, update_leaves):
-    x, u = np.asarray(x, np.float64), np.asarray(u, np.float64)
-    total += float(np.sum(x * u) + np.sum(u * u) / 2)
+  with np.errstate(invalid="ignore"):  # inf - inf in a poisoned step: a NaN sample, skipped
+    for x, u in zip(params_leaves, update_leaves):
+      x, u = np.asarray(x, np.float64), np.asarray(u, np.float64)
+      total += float(np.sum(x * u) + np.sum(u * u) / 2)
   return -total
 
 
@@ -32,6 +33,14 @@ def batch_means_test(kept, significance, composite):
   half_width = stats.t.ppf(1 - significance / 2, batches - 1) * math.sqrt(var / n)
   mean1, mean2 = kept[:n // 2].mean(), kept[n // 2:].mean()
   same_sign = mean1 * mean2 > 0
+  # How near the verdict came to flipping, each comparison against the size of what it sums:
+  # float32 may break a closer call differently.
+  peak = max(np.max(np.abs(kept)), 1e-300)
+  halves = [max(np.max(np.abs(h)), 1e-300) for h in (kept[:n // 2], kept[n // 2:])]
+  batch_means_test.margin = min(
+      abs(mean - half_width) / peak, abs(mean + half_width) / peak,
+      abs(abs(mean1) - half_width) / peak, abs(abs(mean2) - half_width) / peak,
+      abs(mean1) / halves[0], abs(mean2) / halves[1])
   if composite:
     stationary = abs(mean1) < half_width and abs(mean2) < half_width and same_sign
   else:
@@ -54,6 +63,7 @@ class Reference:
     self.test = (0, 0.0, 0.0, 0.0)  # step, mean, lower, upper
     self.scale = np.float32(1.0)
     self.capped = False  # whether a test has read a bucket the capacity cut short
+    self.margin = np.inf  # the smallest margin of any test so far (see batch_means_test)
 
   def kept(self):
     # ceil(keep_fraction * t) in float32, as the library computes it.
@@ -76,6 +86,7 @@ class Reference:
       return self.scale
     stationary, *interval = batch_means_test(kept, self.significance, self.drops == 0)
     self.test = (self.steps, *interval)
+    self.margin = min(self.margin, batch_means_test.margin)
     if stationary:
       self.drops += 1
       self.scale = np.float32(max(self.scale * np.float32(self.factor), self.min_scale))
