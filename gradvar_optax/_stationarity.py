@@ -176,7 +176,8 @@ def reduce_on_stationarity(
   moves the scale; it only increments ``skipped``. The decisions therefore
   depend only on the sequence of finite samples. The base optimizer still
   receives the gradients: skipping the whole step is ``optax.apply_if_finite``'s
-  job. Every float in the state stays finite.
+  job, outside this wrapper (inside, a skipped step's zero update would enter
+  the bucket as a sample 0). Every float in the state stays finite.
 
   **Data parallelism.** ``delta`` is computed from the params and the update,
   which are replicated in the usual step (gradients averaged before the

@@ -1,6 +1,8 @@
 """reduce_on_stationarity: the SASA+ rule step by step, on quadratics, and its contract."""
 
 import doctest
+import pathlib
+import re
 
 import jax
 import jax.numpy as jnp
@@ -192,3 +194,16 @@ def test_docstring_examples():
   for module in (_stationarity, _stationarity_readout):
     result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
     assert result.attempted > 0 and result.failed == 0, module.__name__
+
+
+def test_readme_example_runs_and_drops_after_the_transient(capsys):
+  readme = (pathlib.Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+  start = readme.index("\n### A statistical drop: `reduce_on_stationarity`\n")
+  block = re.compile(r"^```python\n(.*?)^```$", re.M | re.S).search(readme, start).group(1)
+  namespace = {"__name__": "readme"}
+  exec(compile(block, "README.md: reduce_on_stationarity", "exec"), namespace)
+  drops = int(gradvar_optax.stationarity_drops(namespace["state"]))
+  scales = np.asarray(namespace["scales"])
+  first = int(np.argmax(scales < 1)) + 1
+  assert drops >= 1 and 80 < first and scales[first - 1] == np.float32(0.1)
+  assert f"drops: {drops} first at step {first}" in capsys.readouterr().out
