@@ -2,6 +2,12 @@
 alike on every replica under pmap and shard_map (8 host CPU devices, see conftest.py)."""
 
 import functools
+import json
+import os
+import pathlib
+import socket
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -11,6 +17,7 @@ from jax.sharding import PartitionSpec as P
 import numpy as np
 import optax
 import orbax.checkpoint as ocp
+import pytest
 
 import gradvar_optax
 
@@ -189,3 +196,57 @@ def test_axis_name_keeps_replicas_deciding_alike_with_unaveraged_gradients():
     values = np.asarray(getattr(state, name))
     np.testing.assert_array_equal(values, np.broadcast_to(values[0], values.shape), err_msg=name)
   assert int(np.asarray(state.drops)[0]) >= 1
+
+
+def _worker_env(devices):
+  env = dict(os.environ)
+  env.update({"XLA_FLAGS": f"--xla_force_host_platform_device_count={devices} "
+                           "--xla_cpu_multi_thread_eigen=false",
+              "JAX_PLATFORMS": "cpu", "PYTHONUNBUFFERED": "1"})
+  return env
+
+
+@pytest.mark.slow  # three processes start JAX and join a jax.distributed run
+@pytest.mark.multiprocess
+@pytest.mark.timeout(900)
+def test_two_processes_of_two_devices_decide_as_one_process_of_four(tmp_path):
+  """The same drops over real jax.distributed processes (gloo on 127.0.0.1)."""
+  worker = pathlib.Path(__file__).with_name("stationarity_multihost_worker.py")
+  logs = []
+
+  def start(out, devices, *distributed):
+    log = open(tmp_path / f"{out}.log", "w")
+    logs.append(tmp_path / f"{out}.log")
+    return subprocess.Popen([sys.executable, str(worker), str(tmp_path / f"{out}.json"),
+                             *distributed], env=_worker_env(devices), stdout=log,
+                            stderr=subprocess.STDOUT)
+
+  holder = socket.socket()  # holds a free port for the coordinator, which binds it too
+  holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+  holder.bind(("127.0.0.1", 0))
+  coordinator = f"127.0.0.1:{holder.getsockname()[1]}"
+  procs = [start("one", 4)] + [start(f"two{i}", 2, coordinator, "2", str(i)) for i in range(2)]
+  try:
+    codes = [p.wait(timeout=600) for p in procs]
+  finally:
+    for p in procs:
+      if p.poll() is None:
+        p.kill()
+        p.wait()
+    holder.close()
+  assert codes == [0, 0, 0], "\n".join(f"--- {log.name}\n{log.read_text()[-3000:]}"
+                                       for log in logs)
+  one, *two = [json.loads((tmp_path / f"{name}.json").read_text())
+               for name in ("one", "two0", "two1")]
+  assert (one["process_count"], one["device_count"]) == (1, 4)
+  assert one["steps"][-1]["drops"] >= 1, "the run should drop"
+  for got in two:
+    assert (got["process_count"], got["device_count"]) == (2, 4)
+    for t, (a, b) in enumerate(zip(got["steps"], one["steps"])):
+      for name in ("lr_scale", "drops", "count", "test_step"):
+        assert a[name] == b[name], f"{name} at step {t}"
+      for name in ("test_mean", "test_lower", "test_upper"):
+        np.testing.assert_allclose(a[name], b[name], rtol=1e-4, atol=1e-7,
+                                   err_msg=f"{name} at step {t}")
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
+                 got["params"], one["params"])
