@@ -207,3 +207,16 @@ def test_readme_example_runs_and_drops_after_the_transient(capsys):
   first = int(np.argmax(scales < 1)) + 1
   assert drops >= 1 and 80 < first and scales[first - 1] == np.float32(0.1)
   assert f"drops: {drops} first at step {first}" in capsys.readouterr().out
+
+
+def test_readouts_find_one_state_through_nesting_and_refuse_none_or_two():
+  params = {"w": jnp.ones(2)}
+  ros = lambda: gradvar_optax.reduce_on_stationarity(optax.adam(1e-3))
+  nested = optax.MultiSteps(optax.chain(optax.clip(1.0), ros()), 2).init(params)
+  assert float(gradvar_optax.lr_scale(nested)) == 1.0
+  assert int(gradvar_optax.stationarity_drops(nested)) == 0
+  assert int(gradvar_optax.stationarity_test(nested).step) == 0
+  with pytest.raises(ValueError, match="reduce_on_stationarity"):
+    gradvar_optax.stationarity_drops(gradvar_optax.gradvar(optax.adam(1e-3)).init(params))
+  with pytest.raises(ValueError, match="StationarityState"):
+    gradvar_optax.stationarity_drops(optax.chain(ros(), ros()).init(params))
