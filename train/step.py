@@ -23,10 +23,9 @@ import numpy as np
 import optax
 
 import gradvar_optax
+from train import groups
 
 AXIS = "batch"
-# The microbatch axis of a grouped step (`make_train_step(microbatches=...)`).
-MICRO_AXIS = "microbatch"
 
 
 class TrainState(NamedTuple):
@@ -79,21 +78,20 @@ def make_train_step(model, input_names, optimizer, effective_lr,
   Every strategy's update gets the gradient's groups (`group_sq_norm`, the mean over the groups
   of each one's squared gradient norm, and `num_groups`), which only `gns` reads. The groups are
   the replicas, one per device, unless `microbatches` is set: then each device's batch is split
-  into that many equal microbatches, each its own forward pass (a vmap over MICRO_AXIS), so that
-  there are devices x microbatches groups. The model must then be built with
-  `model_axis_name(True)`: BatchNorm normalises each group over its own examples, and its running
-  averages are the mean over all groups (as the Flax ImageNet example averages per-replica
-  statistics; the running variance is then the groups' mean variance, which leaves out the
-  spread of their means: about (b-1)/b of the whole batch's for groups of b). Microbatch i on
-  device r draws its dropout key as replica r*m + i would with one microbatch per device, so the
-  step does not depend on how the groups are laid out over the devices. The loss and accuracy
-  are the whole batch's either way.
+  into that many equal microbatches, each its own forward and backward pass, one after the
+  other (train/groups.py), so that there are devices x microbatches groups. The model must then
+  be built with `model_axis_name(True)`: BatchNorm normalises each group over its own examples,
+  and its running averages are the mean over all groups (as the Flax ImageNet example averages
+  per-replica statistics; the running variance is then the groups' mean variance, which leaves
+  out the spread of their means: about (b-1)/b of the whole batch's for groups of b).
+  Microbatch i on device r draws its dropout key as replica r*m + i would with one microbatch
+  per device, so the step does not depend on how the groups are laid out over the devices. The
+  loss and accuracy are the whole batch's either way.
 
   With `group_grads` (gns), the step takes each microbatch's gradient, and their mean is the
-  update's gradient; the vmap then holds every microbatch's gradient at once: `microbatches` x
-  the params' size. Without it (gns's controls), the step takes one gradient of the
-  microbatches' mean loss: the same computation and the same mean gradient, without the groups'
-  norms (one group per device). On a model without BatchNorm that computation differs from the
+  update's gradient, accumulated in one float32 buffer of the params' size. Without it (gns's
+  controls), the same computation and the same mean gradient, without the groups' norms (one
+  group per device). On a model without BatchNorm that computation differs from the
   plain step's only in the dropout keys, so the loop gives such a control the plain step.
   """
 
@@ -120,46 +118,10 @@ def make_train_step(model, input_names, optimizer, effective_lr,
     return grads, _sq_norm(grads), 1, loss, correct, jnp.sum(weights), batch_stats
 
   def microbatch_grads(state: TrainState, batch, rng):
-    """`microbatches` groups per device: the mean gradient, q over them, the whole loss."""
-    m = microbatches
-    keys = ("label", "mask", *input_names)
-    micro = {k: batch[k].reshape((m, batch[k].shape[0] // m) + batch[k].shape[1:])
-             for k in keys if k in batch}
-    first = jax.lax.axis_index(AXIS) * m
-
-    def key():
-      return jax.random.fold_in(rng, first + jax.lax.axis_index(MICRO_AXIS))
-
-    def one(mb):
-      (_, (logits, batch_stats, weights, loss_sum)), grads = jax.value_and_grad(
-          apply, has_aux=True)(state.params, state.batch_stats, mb, key())
-      correct = jnp.sum((jnp.argmax(logits, -1) == mb["label"]) * weights)
-      return grads, _sq_norm(grads), loss_sum, jnp.sum(weights), correct, batch_stats
-
-    def mean_loss(params):
-      def forward(mb):
-        loss, (logits, batch_stats, weights, loss_sum) = apply(params, state.batch_stats, mb,
-                                                              key())
-        correct = jnp.sum((jnp.argmax(logits, -1) == mb["label"]) * weights)
-        return loss, (loss_sum, jnp.sum(weights), correct, batch_stats)
-
-      losses, aux = jax.vmap(forward, axis_name=MICRO_AXIS)(micro)
-      return jnp.mean(losses), aux
-
-    if group_grads:
-      grads, sq_norms, loss_sums, counts, correct, batch_stats = jax.vmap(
-          one, axis_name=MICRO_AXIS)(micro)
-      grads = jax.tree.map(lambda g: jnp.mean(g.astype(jnp.float32), 0).astype(g.dtype), grads)
-      sq_norm, groups = jnp.mean(sq_norms), m
-    else:
-      (_, (loss_sums, counts, correct, batch_stats)), grads = jax.value_and_grad(
-          mean_loss, has_aux=True)(state.params)
-      sq_norm, groups = _sq_norm(grads), 1
-    count = jnp.sum(counts)
-    loss = jnp.sum(loss_sums) / jnp.maximum(count, 1.0)
-    # Each group's running averages, then their mean over the groups of every device.
-    batch_stats = jax.lax.pmean(jax.tree.map(lambda x: jnp.mean(x, 0), batch_stats), AXIS)
-    return grads, sq_norm, groups, loss, jnp.sum(correct), count, batch_stats
+    """`microbatches` groups per device, in sequence: the mean gradient, q, the whole loss."""
+    return groups.microbatch_grads(
+        apply, state.params, state.batch_stats, batch, rng, microbatches=microbatches,
+        keys=("label", "mask", *input_names), group_grads=group_grads, axis_name=AXIS)
 
   def train_step(state: TrainState, batch, rng):
     rng = jax.random.fold_in(rng, state.step)
