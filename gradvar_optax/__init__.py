@@ -9,10 +9,12 @@ statistical test finds the iterates stationary.
 
 from gradvar_optax._gns import GNSState
 from gradvar_optax._gns import gns
-from gradvar_optax._gns import microbatch_grad
 from gradvar_optax._gradvar import GradVarState
 from gradvar_optax._gradvar import gradvar
 from gradvar_optax._gradvar import scale_by_gradvar
+from gradvar_optax._groups import GroupedGrads
+from gradvar_optax._groups import grouped_grad
+from gradvar_optax._groups import microbatch_grad
 from gradvar_optax._readout import lr_scale
 from gradvar_optax._readout import noise_scale
 from gradvar_optax._readout import noise_to_signal
@@ -23,13 +25,15 @@ from gradvar_optax._stationarity_readout import StationarityTest
 from gradvar_optax._stationarity_readout import stationarity_drops
 from gradvar_optax._stationarity_readout import stationarity_test
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"
 
 __all__ = (
     "GNSState",
     "GradVarState",
+    "GroupedGrads",
     "gns",
     "gradvar",
+    "grouped_grad",
     "lr_scale",
     "microbatch_grad",
     "noise_scale",

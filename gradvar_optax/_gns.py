@@ -1,6 +1,74 @@
 # Copyright 2026 The gradvar-optax Authors.
 # SPDX-License-Identifier: Apache-2.0
-"""A learning-rate scale set from the gradient noise scale (McCandlish et al. 2018)."""
+r"""A learning-rate scale set from the gradient noise scale (McCandlish et al. 2018).
+
+How :func:`gns` works; its docstring says how to call it.
+
+**The estimator.** ``N >= 2`` groups (replicas, or microbatches of one
+batch) each compute a gradient :math:`g_i` on the same number of examples;
+:math:`\bar g = \mathrm{mean}_i\, g_i` and :math:`q = \mathrm{mean}_i
+|g_i|^2`. Then
+
+.. math::
+  S = \frac{N (q - |\bar g|^2)}{N - 1}, \qquad
+  G^2 = \frac{N |\bar g|^2 - q}{N - 1}
+
+are unbiased estimates of :math:`\mathrm{tr}\,\mathrm{Cov}(g_i)`, one group's
+gradient noise, and of :math:`|E g|^2`, and :math:`G^2 + S/N = |\bar g|^2`
+exactly. ``r = (S/N) / G^2`` estimates :math:`B_\mathrm{simple} /
+B_\mathrm{global}`, the global batch's noise-to-signal ratio, with
+:math:`B_\mathrm{simple} = \mathrm{tr}(\Sigma) / |G|^2` (McCandlish et al.
+2018); it equals their :math:`B_\mathrm{noise}` only when the Hessian is
+proportional to the identity. The signal fraction is :math:`\phi = G^2 /
+|\bar g|^2 = 1 / (1 + r)`. The groups' gradients must be independent: with
+BatchNorm, each group is normalised over its own examples (see
+:func:`grouped_grad`), not over the whole batch.
+
+**Smoothing.** Each finite step enters :math:`G^2` and :math:`|\bar g|^2` in
+two exponential moving averages of decay ``decay``, bias-corrected by their
+common weight ``1 - decay ** count``. The *smoothed* values are clipped, not
+each step's (a single step's :math:`G^2` is often negative), so the averages
+stay unbiased: :math:`\phi` is the ratio of the averages with :math:`G^2`
+clipped at 0, then clipped to ``[0, 1]``, and ``r = (1 - phi) / phi`` with
+:math:`\phi` floored at float32's epsilon. Both floors are relative, so
+multiplying the loss by a constant leaves ``r`` and the scale unchanged. If
+every finite step so far had all-zero gradients, :math:`\phi = 1` and
+``r = 0``. When the true gradient is zero (pure noise), the smoothed
+:math:`G^2` hovers around 0: :math:`\phi` falls to about 0 (exactly 0 where
+the smoothed :math:`G^2` is negative) and ``r`` becomes very large (at most
+about 8e6); if that holds at the end of the warmup, the scale stays 1 (see
+below).
+
+**The rule.** The scale is 1 for the first ``warmup_steps`` finite steps. At
+the last of them, :math:`\phi_\mathrm{ref}` is frozen at the smoothed
+:math:`\phi`; from then on
+
+.. math::
+  \mathrm{lr\_scale} = \mathrm{clip}((\phi_t / \phi_\mathrm{ref})^{p},
+  \mathrm{min\_scale}, \mathrm{max\_scale})
+  = \mathrm{clip}\Big(\Big(\frac{1 + r_\mathrm{ref}}{1 + r_t}\Big)^{p},
+  \dots\Big).
+
+If :math:`\phi_\mathrm{ref}` is 0 (the warmup saw no signal at all), the
+scale stays 1 for good. The learning rate thus anneals as the noise comes to
+dominate the signal. The motivation is McCandlish et al.'s
+:math:`\epsilon_\mathrm{opt}(B) = \epsilon_\mathrm{max} / (1 +
+B_\mathrm{noise}/B)`, the best SGD step at batch size ``B`` at one point of
+training. Using it *across* training at a fixed batch also assumes that
+:math:`\epsilon_\mathrm{max} = |G|^2 / G^T H G` stays constant: that is a
+hypothesis, which no source validates; the project's benchmarks test it. The
+default ``power=0.5`` follows the square-root scaling rule for Adam (Malladi
+et al. 2022) and adaptdl's AdamScale. adaptdl measures the norms in Adam's
+preconditioned metric; ``gns`` uses the raw gradients, so that ``r`` is the
+noise scale as defined above, readable as a critical batch size
+(:func:`noise_scale`) and independent of the base optimizer and its state.
+
+**Placement.** As in :func:`gradvar`, the base optimizer's *updates* are
+multiplied by the scale, so the effective learning rate is ``base_lr *
+lr_scale``; the new scale applies to the step that computed it. ``gns`` must
+see the gradients before any clipping: put ``optax.clip_by_global_norm``
+inside the base optimizer, not before ``gns``.
+"""
 
 from typing import Any, NamedTuple, Optional
 
@@ -11,6 +79,8 @@ import optax
 
 from gradvar_optax._gradvar import _concrete
 from gradvar_optax._gradvar import _global_norm
+from gradvar_optax._gradvar import _require_base
+from gradvar_optax._groups import GroupedGrads
 
 # The smallest signal fraction the noise-to-signal ratio divides by. It is a ratio of two
 # averages of squared norms, so this floor is relative to the gradients' scale: multiplying the
@@ -27,10 +97,9 @@ class GNSState(NamedTuple):
   Attributes:
     count: int32 number of finite steps, those that entered the averages
       (saturates at the int32 max).
-    skipped: int32 number of steps whose ``group_sq_norm`` or mean gradient was
-      not finite (or whose traced ``num_groups`` was below 2).
-    ema_weight: float32 total weight of the two moving averages,
-      ``1 - decay ** count``: their bias correction.
+    skipped: int32 number of steps whose ``group_sq_norm`` was negative or not
+      finite, whose mean gradient was not finite, or whose traced ``num_groups``
+      was below 2.
     signal_ema: float32 moving average (not bias-corrected) of the per-step
       estimates ``G^2`` of the true gradient's squared norm.
     sq_norm_ema: float32 moving average (not bias-corrected) of the mean
@@ -45,7 +114,6 @@ class GNSState(NamedTuple):
 
   count: jax.Array
   skipped: jax.Array
-  ema_weight: jax.Array
   signal_ema: jax.Array
   sq_norm_ema: jax.Array
   noise_to_signal: jax.Array
@@ -74,6 +142,20 @@ def _validate(decay, power, warmup_steps, min_scale, max_scale):
     raise ValueError(f"max_scale must be finite and >= 1, got max_scale={hi}.")
 
 
+def _check_scalar(value, name="group_sq_norm"):
+  """Refuses, at trace time, a value that is not one real number."""
+  leaves = jax.tree.leaves(value)
+  ok = (len(leaves) == 1 and leaves[0] is value and jnp.shape(value) == ()
+        and not jnp.issubdtype(jnp.result_type(value), jnp.complexfloating))
+  if not ok:
+    shape = jax.tree.map(jnp.shape, value) if leaves else value
+    raise ValueError(
+        f"gns: {name} must be a scalar, the mean over the groups of each one's "
+        f"squared gradient norm (num_groups: their count); got {type(value).__name__} "
+        f"of shape {shape}."
+    )
+
+
 def _sq_norm(tree) -> jax.Array:
   """Squared L2 norm of all leaves, in float32 whatever their dtype."""
   return jnp.square(_global_norm(tree))
@@ -94,7 +176,7 @@ def _signal_fraction(signal_ema, sq_norm_ema):
 
 
 def gns(
-    base_optimizer: optax.GradientTransformation,
+    base_optimizer: Optional[optax.GradientTransformation] = None,
     *,
     axis_name: Optional[str] = None,
     decay: float = 0.99,
@@ -105,112 +187,48 @@ def gns(
 ) -> optax.GradientTransformationExtraArgs:
   r"""Scales a base optimizer's step by a factor set from the gradient noise.
 
-  **The estimator.** ``N >= 2`` groups (replicas, or microbatches of one
-  batch) each compute a gradient :math:`g_i` on the same number of examples;
-  :math:`\bar g = \mathrm{mean}_i\, g_i` and :math:`q = \mathrm{mean}_i
-  |g_i|^2`. Then
+  Hand ``update`` the gradients of ``N >= 2`` equal groups (microbatches or
+  replicas) in one of three forms:
 
-  .. math::
-    S = \frac{N (q - |\bar g|^2)}{N - 1}, \qquad
-    G^2 = \frac{N |\bar g|^2 - q}{N - 1}
-
-  are unbiased estimates of :math:`\mathrm{tr}\,\mathrm{Cov}(g_i)`, one group's
-  gradient noise, and of :math:`|E g|^2`, and :math:`G^2 + S/N = |\bar g|^2`
-  exactly. ``r = (S/N) / G^2`` estimates :math:`B_\mathrm{simple} /
-  B_\mathrm{global}`, the global batch's noise-to-signal ratio, with
-  :math:`B_\mathrm{simple} = \mathrm{tr}(\Sigma) / |G|^2` (McCandlish et al.
-  2018); it equals their :math:`B_\mathrm{noise}` only when the Hessian is
-  proportional to the identity. The signal fraction is :math:`\phi = G^2 /
-  |\bar g|^2 = 1 / (1 + r)`. The groups' gradients must be independent: with
-  BatchNorm, each group is normalised over its own examples (see
-  :func:`microbatch_grad`), not over the whole batch.
-
-  **Smoothing.** Each finite step enters :math:`G^2` and :math:`|\bar g|^2` in
-  two exponential moving averages of decay ``decay``, bias-corrected by their
-  common weight ``1 - decay ** count``. The *smoothed* values are clipped, not
-  each step's (a single step's :math:`G^2` is often negative), so the averages
-  stay unbiased: :math:`\phi` is the ratio of the averages with :math:`G^2`
-  clipped at 0, then clipped to ``[0, 1]``, and ``r = (1 - phi) / phi`` with
-  :math:`\phi` floored at float32's epsilon. Both floors are relative, so
-  multiplying the loss by a constant leaves ``r`` and the scale unchanged. If
-  every finite step so far had all-zero gradients, :math:`\phi = 1` and
-  ``r = 0``. When the true gradient is zero (pure noise), the smoothed
-  :math:`G^2` hovers around 0: :math:`\phi` falls to about 0 (exactly 0 where
-  the smoothed :math:`G^2` is negative) and ``r`` becomes very large (at most
-  about 8e6); if that holds at the end of the warmup, the scale stays 1 (see
-  below).
-
-  **The rule.** The scale is 1 for the first ``warmup_steps`` finite steps. At
-  the last of them, :math:`\phi_\mathrm{ref}` is frozen at the smoothed
-  :math:`\phi`; from then on
-
-  .. math::
-    \mathrm{lr\_scale} = \mathrm{clip}((\phi_t / \phi_\mathrm{ref})^{p},
-    \mathrm{min\_scale}, \mathrm{max\_scale})
-    = \mathrm{clip}\Big(\Big(\frac{1 + r_\mathrm{ref}}{1 + r_t}\Big)^{p},
-    \dots\Big).
-
-  If :math:`\phi_\mathrm{ref}` is 0 (the warmup saw no signal at all), the
-  scale stays 1 for good. The learning rate thus anneals as the noise comes to
-  dominate the signal. The motivation is McCandlish et al.'s
-  :math:`\epsilon_\mathrm{opt}(B) = \epsilon_\mathrm{max} / (1 +
-  B_\mathrm{noise}/B)`, the best SGD step at batch size ``B`` at one point of
-  training. Using it *across* training at a fixed batch also assumes that
-  :math:`\epsilon_\mathrm{max} = |G|^2 / G^T H G` stays constant: that is a
-  hypothesis, which no source validates; the project's benchmarks test it. The
-  default ``power=0.5`` follows the square-root scaling rule for Adam (Malladi
-  et al. 2022) and adaptdl's AdamScale. adaptdl measures the norms in Adam's
-  preconditioned metric; ``gns`` uses the raw gradients, so that ``r`` is the
-  noise scale as defined above, readable as a critical batch size
-  (:func:`noise_scale`) and independent of the base optimizer and its state.
-
-  **Placement.** As in :func:`gradvar`, the base optimizer's *updates* are
-  multiplied by the scale, so the effective learning rate is ``base_lr *
-  lr_scale``; the new scale applies to the step that computed it. ``gns`` must
-  see the gradients before any clipping: put ``optax.clip_by_global_norm``
-  inside the base optimizer, not before ``gns``.
-
-  **Two ways to supply the groups.**
-
+  * a :class:`GroupedGrads` from :func:`grouped_grad`, in place of the
+    gradients: ``opt.update(grouped_grad(loss_fn, 4)(params, x, y), state,
+    params)``. Nothing else to pass; this is the form for ``optax.chain``,
+    Linen's ``TrainState.apply_gradients(grads=g)``, ``inject_hyperparams``
+    and ``gns(optax.MultiSteps(base, k))``; for ``nnx.Optimizer`` pass
+    ``optimizer.update(model, g.grads, **g.extra_args)``.
   * ``update(grads, state, params, group_sq_norm=q, num_groups=N)``: ``grads``
-    is the mean gradient :math:`\bar g`, ``q`` the scalar mean over the groups
-    of each group's squared gradient norm (computed before any averaging) and
-    ``N >= 2`` the number of groups. ``num_groups`` may be a Python int or an
-    array; a traced value below 2 makes the step count as skipped.
-  * ``axis_name=...`` under ``jax.pmap``, or ``jax.shard_map`` with
-    ``check_vma=False`` (with the check on, autodiff already sums the
-    replicated parameters' gradients): each replica hands in its own,
-    **un-averaged** gradient; ``gns`` takes its squared norm, averages the
-    gradient and the squared norm over the axis (``lax.pmean``), and hands the
-    averaged gradient to the base optimizer. The caller's step must *not*
-    ``pmean`` first. The groups are the replicas. If ``group_sq_norm`` and
-    ``num_groups`` are passed as well, each replica's ``grads`` is the mean of
-    its own ``num_groups`` groups (microbatches) and ``group_sq_norm`` their
-    ``q``: the groups are then replicas x microbatches.
+    the mean gradient, ``q`` the float32 scalar mean over the groups of each
+    group's squared norm (taken before any averaging), ``N >= 2``.
+  * ``gns(base, axis_name=...)`` under ``jax.pmap``, or ``jax.shard_map`` with
+    ``check_vma=False``: each replica hands in its own **un-averaged**
+    gradient; ``gns`` averages it (``lax.pmean``) with its squared norm. The
+    caller must not ``pmean`` first. With ``group_sq_norm`` and ``num_groups``
+    (or a :class:`GroupedGrads`) too, the groups are replicas x microbatches.
 
-  Note that :func:`gradvar`'s ``axis_name`` means something else: it averages
-  only the measured norm, and hands the base optimizer un-averaged gradients.
+  ``gns`` smooths the groups' estimates of the noise ``S`` and the signal
+  ``G^2`` apart, reads the global batch's noise-to-signal ratio ``r = (S/N) /
+  G^2`` (:func:`noise_to_signal`; ``r * B`` is the noise scale,
+  :func:`noise_scale`), and after ``warmup_steps`` finite steps multiplies the
+  base optimizer's *updates* by ``clip(((1 + r_ref) / (1 + r_t)) ** power,
+  min_scale, max_scale)``, with ``r_ref`` frozen at the end of the warmup: the
+  step anneals as noise comes to dominate. The module docstring
+  (``help(gradvar_optax._gns)``) gives the derivation and its references.
 
-  **Equal groups.** The estimates hold only if every group's gradient averages
-  the same number of examples. A last partial batch must be dropped or padded
-  (with weights that keep the groups equal), as the training pipeline does.
+  Notes:
 
-  **Non-finite inputs.** A step whose ``q``, mean gradient or estimate is not
-  finite never enters the averages and never moves the scale; it only
-  increments ``skipped``. The base optimizer still receives the gradients.
-  In ``axis_name`` mode, put ``optax.apply_if_finite`` *inside* ``gns``
-  (``gns(optax.apply_if_finite(adam, n), axis_name=...)``): outside, replicas
-  could take different branches around ``gns``'s collectives.
-
-  **Composition.** ``optax.chain`` and ``optax.inject_hyperparams`` work; no
-  argument needs to be static (``warmup_steps`` may be injected too), and the
-  group arguments travel as extra arguments of ``update``, which ``chain``
-  passes to every member. With gradient accumulation use
-  ``gns(optax.MultiSteps(base, k))``, passing each mini-step's groups: ``gns``
-  averages every mini-step and scales the accumulated update. The other
-  nesting, ``MultiSteps(gns(base), k)``, is wrong: ``MultiSteps`` passes only
-  the last mini-step's extra arguments, so ``q`` would meet a mean gradient
-  accumulated over ``k`` mini-steps.
+  * The groups must hold equal numbers of examples, and their gradients must
+    be independent: with BatchNorm, each group normalised over its own
+    examples. Put clipping inside the base optimizer, not before ``gns``.
+  * A step whose ``q`` is negative or not finite, or whose mean gradient or
+    estimate is not finite, is counted in ``skipped`` and moves nothing; the
+    base optimizer still gets the gradients. ``q`` of another shape than a
+    scalar is refused when traced.
+  * Nesting: ``gns(optax.apply_if_finite(base, n))`` and
+    ``gns(optax.MultiSteps(base, k))``, not the other way round (outside,
+    ``MultiSteps`` would pair the last mini-step's ``q`` with an accumulated
+    gradient, and ``apply_if_finite`` cannot zero a :class:`GroupedGrads`).
+  * :func:`gradvar`'s ``axis_name`` averages only the measured norm; this one
+    averages the gradient.
 
   Args:
     base_optimizer: the optimizer whose step is scaled, e.g. ``optax.adam``.
@@ -268,6 +286,7 @@ def gns(
     Malladi, Lyu, Panigrahi and Arora, `On the SDEs and Scaling Rules for
     Adaptive Gradient Algorithms <https://arxiv.org/abs/2205.10287>`_, 2022.
   """
+  _require_base(base_optimizer, "gns")
   _validate(decay, power, warmup_steps, min_scale, max_scale)
   base_optimizer = optax.with_extra_args_support(base_optimizer)
 
@@ -277,7 +296,6 @@ def gns(
     return GNSState(
         count=jnp.zeros([], jnp.int32),
         skipped=jnp.zeros([], jnp.int32),
-        ema_weight=zero(),
         signal_ema=zero(),
         sq_norm_ema=zero(),
         noise_to_signal=zero(),
@@ -291,14 +309,14 @@ def gns(
     n = jnp.asarray(num_groups, jnp.float32)
     q = jnp.asarray(group_sq_norm, jnp.float32)
     signal = (n * sq_norm - q) / (n - 1)
-    ok = (n >= 2) & jnp.isfinite(q) & jnp.isfinite(sq_norm) & jnp.isfinite(signal)
+    ok = ((n >= 2) & jnp.isfinite(q) & (q >= 0) & jnp.isfinite(sq_norm)
+          & jnp.isfinite(signal))
     count = jnp.where(ok, optax.safe_increment(state.count), state.count)
     skipped = jnp.where(ok, state.skipped, optax.safe_increment(state.skipped))
 
     def ema(old, new):
       return jnp.where(ok, decay * old + (1 - decay) * new, old)
 
-    ema_weight = ema(state.ema_weight, 1.0)
     signal_ema = ema(state.signal_ema, signal)
     sq_norm_ema = ema(state.sq_norm_ema, sq_norm)
     phi = _signal_fraction(signal_ema, sq_norm_ema)
@@ -313,7 +331,6 @@ def gns(
     return state._replace(
         count=count,
         skipped=skipped,
-        ema_weight=f32(ema_weight),
         signal_ema=f32(signal_ema),
         sq_norm_ema=f32(sq_norm_ema),
         noise_to_signal=f32(jnp.where(ok, noise_to_signal, state.noise_to_signal)),
@@ -323,6 +340,13 @@ def gns(
 
   def update_fn(updates, state: GNSState, params=None, *, group_sq_norm=None,
                 num_groups=None, **extra_args):
+    if isinstance(updates, GroupedGrads):
+      if group_sq_norm is not None or num_groups is not None:
+        raise ValueError(
+            "gns: the gradients are a GroupedGrads, which carries its own "
+            "group_sq_norm and num_groups; do not pass them as well."
+        )
+      updates, group_sq_norm, num_groups = updates.grads, *updates.extra_args.values()
     if (group_sq_norm is None) != (num_groups is None):
       missing = "num_groups" if num_groups is None else "group_sq_norm"
       raise ValueError(
@@ -330,14 +354,19 @@ def gns(
       )
     if group_sq_norm is None and axis_name is None:
       raise ValueError(
-          "gns needs the gradients of N >= 2 groups of equal size. Either pass "
+          "gns needs the gradients of N >= 2 groups of equal size. Pass "
+          "update(g, state, params) with g = gradvar_optax.grouped_grad("
+          "loss_fn, N)(params, *batch), or "
           "update(grads, state, params, group_sq_norm=q, num_groups=N), with "
           "grads the mean gradient over the groups and q the mean over the "
           "groups of each group's squared gradient norm, or build "
           "gns(base, axis_name=...) and hand it each replica's un-averaged "
           "gradients under pmap or shard_map."
       )
+    if group_sq_norm is not None:
+      _check_scalar(group_sq_norm)
     if num_groups is not None:
+      _check_scalar(num_groups, "num_groups")
       n = _concrete(num_groups)
       if n is not None and not n >= 2:
         raise ValueError(f"gns: num_groups must be >= 2, got num_groups={num_groups!r}.")
@@ -371,110 +400,3 @@ def gns(
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
-
-def microbatch_grad(
-    loss_fn,
-    num_microbatches: int,
-    *,
-    has_aux: bool = False,
-    axis_name: Optional[str] = None,
-):
-  r"""Gradients of equal microbatches of one batch, ready for :func:`gns`.
-
-  The returned function splits every array of the batch along its leading
-  axis into ``num_microbatches`` equal microbatches, takes ``loss_fn``'s
-  gradient on each (a ``jax.vmap`` over the microbatches), and returns their
-  mean :math:`\bar g` and :math:`q = \mathrm{mean}_i |g_i|^2`, so that one
-  device supplies ``N = num_microbatches`` groups::
-
-    (grads, q) = microbatch_grad(loss_fn, 4)(params, x, y)
-    updates, state = opt.update(grads, state, params, group_sq_norm=q,
-                                num_groups=4)
-
-  When ``loss_fn`` is a mean over its examples, :math:`\bar g` is the plain
-  gradient of the whole batch's mean loss (to float tolerance).
-
-  **The model's computation.** ``axis_name`` names the microbatch axis of the
-  ``vmap``, for collectives in ``loss_fn``: ``jax.lax.axis_index(axis_name)``
-  gives microbatch ``i`` its own dropout key (``jax.random.fold_in(step_key,
-  i)``, as replica ``i`` draws its own).
-
-  **BatchNorm: one microbatch, one set of statistics.** The estimator needs
-  the microbatch gradients to be independent samples, so each microbatch must
-  be normalised over its own examples: leave the microbatch axis out of
-  BatchNorm's ``axis_name`` (as per-replica BatchNorm does under data
-  parallelism), and average the new running statistics over the microbatches.
-  With statistics over the whole batch (the microbatch axis in BatchNorm's
-  ``axis_name``), the mean gradient is the plain batch's but the microbatch
-  gradients are coupled: ``group_sq_norm`` is inflated, and the signal
-  estimate can stay negative. On the cpu-v2 benchmark's ResNet (Fashion-MNIST,
-  4 microbatches of 8) the noise-to-signal ratio then stayed at its floor and
-  ``gns`` never moved its scale.
-
-  **Memory.** The ``vmap`` holds every microbatch's gradient at once:
-  ``num_microbatches`` times the parameters' size, in their dtype, on top of the
-  plain step's activations (which are those of the whole batch, as before).
-
-  Args:
-    loss_fn: ``loss_fn(params, *batch)`` returning a scalar loss (or
-      ``(loss, aux)`` with ``has_aux``) for one microbatch.
-    num_microbatches: the number of groups ``N``, a Python int >= 2. Every
-      batch array's leading size must be a multiple of it: a last partial
-      batch must be dropped or padded first.
-    has_aux: whether ``loss_fn`` returns ``(loss, aux)``; ``aux`` comes back
-      stacked over the microbatches.
-    axis_name: the name of the microbatch axis, for collectives in
-      ``loss_fn``.
-
-  Returns:
-    A function ``(params, *batch)`` returning ``(grads, group_sq_norm)``, or
-    ``((grads, group_sq_norm), aux)`` with ``has_aux``: the mean gradient, in
-    the params' dtypes, and a float32 scalar.
-
-  Raises:
-    ValueError: if ``num_microbatches`` is not an int >= 2, or (when called)
-      a batch array's leading size is not a multiple of it, naming its path.
-
-  Example:
-    >>> import jax.numpy as jnp, gradvar_optax
-    >>> loss = lambda p, x: jnp.mean((x * p["w"]) ** 2) / 2
-    >>> grad_fn = gradvar_optax.microbatch_grad(loss, 2)
-    >>> grads, q = grad_fn({"w": jnp.ones(())}, jnp.array([1.0, 1.0, 2.0, 2.0]))
-    >>> # The microbatches' gradients are 1 and 4: their mean and mean square.
-    >>> float(grads["w"]), float(q)
-    (2.5, 8.5)
-  """
-  if (isinstance(num_microbatches, bool)
-      or not isinstance(num_microbatches, (int, np.integer)) or num_microbatches < 2):
-    raise ValueError(
-        f"num_microbatches must be a Python int >= 2, got {num_microbatches!r}."
-    )
-  m = int(num_microbatches)
-  grad = jax.grad(loss_fn, has_aux=has_aux)
-
-  def split(path, x):
-    x = jnp.asarray(x)
-    if x.ndim == 0 or x.shape[0] % m:
-      raise ValueError(
-          f"microbatch_grad: batch array {jax.tree_util.keystr(path)} has shape "
-          f"{x.shape}; its leading size must be a multiple of "
-          f"num_microbatches={m} (drop or pad a last partial batch)."
-      )
-    return x.reshape((m, x.shape[0] // m) + x.shape[1:])
-
-  def grad_fn(params, *batch):
-    micro = jax.tree_util.tree_map_with_path(split, batch)
-    out = jax.vmap(lambda b: grad(params, *b), axis_name=axis_name)(micro)
-    grads, aux = out if has_aux else (out, None)
-    leaves = jax.tree.leaves(grads)
-    per_group = sum(
-        jnp.sum(jnp.square(x.astype(jnp.float32)), axis=tuple(range(1, x.ndim)))
-        for x in leaves
-    ) if leaves else jnp.zeros([m], jnp.float32)
-    q = jnp.mean(per_group).astype(jnp.float32)
-    mean = jax.tree.map(
-        lambda x: jnp.mean(x.astype(jnp.float32), axis=0).astype(x.dtype), grads
-    )
-    return ((mean, q), aux) if has_aux else (mean, q)
-
-  return grad_fn

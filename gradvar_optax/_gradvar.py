@@ -51,6 +51,18 @@ def _concrete(value: Any) -> Optional[float]:
   return float(np.asarray(value))
 
 
+def _require_base(base_optimizer, name: str) -> None:
+  """A TypeError that shows the wrapper form, for `chain(gradvar(), adam())` and the like."""
+  if base_optimizer is None or not (hasattr(base_optimizer, "init")
+                                    and hasattr(base_optimizer, "update")):
+    raise TypeError(
+        f"{name}() wraps the optimizer whose step it scales: write "
+        f"{name}(optax.adam(1e-3)), not optax.chain({name}(), optax.adam(1e-3)); "
+        f"got base_optimizer={base_optimizer!r}. A scale chained before Adam would "
+        "cancel in Adam's normalisation (see the README)."
+    )
+
+
 def _validate(window, factor, min_scale, max_scale, tolerance, smoothing, eps):
   if isinstance(window, bool) or not isinstance(window, (int, np.integer)):
     raise ValueError(
@@ -93,7 +105,7 @@ def _global_norm(tree) -> jax.Array:
 
 
 def gradvar(
-    base_optimizer: optax.GradientTransformation,
+    base_optimizer: Optional[optax.GradientTransformation] = None,
     *,
     window: int = 5,
     factor: float = 0.1,
@@ -158,7 +170,9 @@ def gradvar(
       ``optax.contrib.reduce_on_plateau``) are passed through to it.
     window: number of finite steps per variability window, and the decision
       period (the seed's 5). A static Python int >= 2.
-    factor: relative size of each adjustment, in (0, 1).
+    factor: relative size of each adjustment, in (0, 1): ``0.1`` moves the
+      scale by x0.9 or x1.1. Not ``optax.contrib.reduce_on_plateau``'s
+      ``factor``, which multiplies the learning rate by itself (``0.1``: x0.1).
     min_scale: lower bound of the scale. The seed gives none; an unbounded
       scale either dies (about 22 net "rose" decisions take it below 0.1) or
       diverges. The default keeps it within one decade either side of the base
@@ -203,6 +217,7 @@ def gradvar(
     The seed experiment report of this project: learning rate adjusted every 5
     batches from the variability of the gradients, by a factor of 0.1.
   """
+  _require_base(base_optimizer, "gradvar")
   _validate(window, factor, min_scale, max_scale, tolerance, smoothing, eps)
   base_optimizer = optax.with_extra_args_support(base_optimizer)
 
@@ -287,6 +302,7 @@ def scale_by_gradvar(
 ) -> optax.GradientTransformationExtraArgs:
   """The chainable form: measures its input and scales it by the LR scale.
 
+  Before Adam it barely changes Adam's step: use ``gradvar(optax.adam(lr))``.
   It runs the same rule as :func:`gradvar` (see there for every argument) on
   whatever it receives, and multiplies that by ``lr_scale``.
 

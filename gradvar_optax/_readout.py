@@ -2,11 +2,12 @@
 # SPDX-License-Identifier: Apache-2.0
 """Reading the LR scale, the variability and the noise out of any optimizer state."""
 
+from collections.abc import Mapping
 from typing import Any
 
 import jax
 import jax.numpy as jnp
-import optax
+import numpy as np
 
 from gradvar_optax._gns import GNSState
 from gradvar_optax._gradvar import GradVarState
@@ -20,33 +21,68 @@ def _unwrap(value: Any) -> Any:
   return value
 
 
+def _required(kind) -> frozenset[str]:
+  # The fields that identify a state restored as a dict (orbax without a target, nnx.state):
+  # all but the inner state; GNSState's ema_weight, dropped in 0.3, may be there too.
+  return frozenset(kind._fields) - {"inner_state"}
+
+
+def _find(tree: Any, kinds) -> list[tuple[Any, Any, type]]:
+  """Every state of `kinds` in `tree`, as a NamedTuple or as a mapping of its fields."""
+  found = []
+
+  def visit(path, node):
+    if isinstance(node, kinds):
+      found.append((path, node, type(node)))
+      return
+    if isinstance(node, Mapping):
+      keys = {k for k in node.keys() if isinstance(k, str)}
+      kind = next((k for k in kinds if _required(k) <= keys), None)
+      if kind is not None:
+        found.append((path, node, kind))
+        return
+    children, _ = jax.tree_util.tree_flatten_with_path(node, is_leaf=lambda x: x is not node)
+    if len(children) == 1 and children[0][0] == () and children[0][1] is node:
+      return  # a leaf
+    for key, child in children:
+      visit(path + key, child)
+
+  visit((), tree)
+  return found
+
+
 def _field(opt_state: Any, name: str, kinds=(GradVarState,)) -> jax.Array:
   names = tuple(kind.__name__ for kind in kinds)
-  found = optax.tree_utils.tree_get_all_with_path(
-      opt_state,
-      name,
-      filtering=lambda path, _: path[-1].tuple_name in names,
-  )
+  found = _find(opt_state, kinds)
+  found = [(path, node, kind) for path, node, kind in found if name in kind._fields]
   if not found:
     builders = {GradVarState: "gradvar_optax.gradvar or scale_by_gradvar",
                 GNSState: "gradvar_optax.gns",
                 StationarityState: "gradvar_optax.reduce_on_stationarity"}
     raise ValueError(
         f"No {' or '.join(names)} in this optimizer state, so no {name!r} to "
-        f"read. Build the optimizer with {' or '.join(builders[k] for k in kinds)}."
+        f"read: expected an optimizer state (NamedTuples, or the dicts that orbax "
+        f"restores without a target and nnx.state gives) holding one. Build the "
+        f"optimizer with {' or '.join(builders[k] for k in kinds)}."
     )
   if len(found) > 1:
-    paths = ", ".join(jax.tree_util.keystr(path) for path, _ in found)
-    found_names = {path[-1].tuple_name for path, _ in found}
+    paths = ", ".join(jax.tree_util.keystr(path) for path, _, _ in found)
+    found_names = {kind.__name__ for _, _, kind in found}
     kind = f"{found_names.pop()}s" if len(found_names) == 1 else f"states with a {name!r}"
     raise ValueError(
         f"{len(found)} {kind} in this optimizer state ({paths}); read "
         "the one you want by passing that sub-state."
     )
-  value = _unwrap(found[0][1])
-  # A state replicated by pmap has a leading device axis; every replica holds
-  # the same value.
-  return value[0] if getattr(value, "ndim", 0) == 1 else value
+  path, node, _ = found[0]
+  value = _unwrap(node[name] if isinstance(node, Mapping) else getattr(node, name))
+  if not hasattr(value, "shape") and not isinstance(value, (int, float, np.number)):
+    raise ValueError(
+        f"{jax.tree_util.keystr(path)}.{name} is a {type(value).__name__}; expected an "
+        "array: pass the optimizer state itself."
+    )
+  # A state with leading axes (vmapped over runs, replicated by pmap) reads one value per
+  # element, never silently its first.
+  return jnp.asarray(value)
 
 
 def lr_scale(opt_state: Any) -> jax.Array:
@@ -55,16 +91,19 @@ def lr_scale(opt_state: Any) -> jax.Array:
   It reads the :class:`GradVarState` of :func:`gradvar`, the
   :class:`GNSState` of :func:`gns` or the :class:`StationarityState` of
   :func:`reduce_on_stationarity`. Works on any nesting (``chain``,
-  ``inject_hyperparams``, ``MultiSteps``, ``apply_if_finite``, ...), on states
-  replicated over a leading device axis, inside and outside ``jit``, and on
-  ``flax.nnx.Optimizer``'s wrapped state.
+  ``inject_hyperparams``, ``MultiSteps``, ``apply_if_finite``, ...), inside
+  and outside ``jit``, on ``flax.nnx.Optimizer``'s wrapped state, and on
+  dict-shaped states (orbax restored without a target, ``nnx.state``). A
+  state with leading axes (vmapped over runs, or replicated by ``pmap``) gives
+  one value per element: ``lr_scale(state)[0]`` reads one pmap replica.
 
   Args:
     opt_state: an optimizer state that contains exactly one
       :class:`GradVarState`, :class:`GNSState` or :class:`StationarityState`.
 
   Returns:
-    A float32 scalar: the factor the base optimizer's step is multiplied by.
+    A float32 scalar (an array over a batched state's leading axes): the
+    factor the base optimizer's step is multiplied by.
 
   Raises:
     ValueError: if the state holds none of them, or several.

@@ -70,7 +70,9 @@ def _run_pmap(xs, ys, **kw):
   scales = []
   for x, y in zip(xs, ys):
     params, state = step(params, state, x.reshape(N_DEV, -1, x.shape[-1]), y.reshape(N_DEV, -1))
-    scales.append(float(gradvar_optax.lr_scale(state)))
+    per_replica = np.asarray(gradvar_optax.lr_scale(state))  # one value per replica
+    assert per_replica.shape == (N_DEV,) and np.all(per_replica == per_replica[0])
+    scales.append(float(per_replica[0]))
   return params, state, scales
 
 
