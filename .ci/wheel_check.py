@@ -11,8 +11,14 @@
 4. There, in isolated mode (`python -I`, from a folder outside the checkout), the README's library
    example runs as the README writes it, then one jit-compiled update is compared with the eager
    one, and the scale over three windows with the rule in tests/gradvar_reference.py.
+5. `flax` and `orbax-checkpoint` join the venv (held to this environment's versions), and every
+   ```python block of the README's library sections (from `## The library` to `## Data`) runs
+   alone, as written, in a fresh isolated interpreter outside the checkout, with
+   XLA_FLAGS=--xla_force_host_platform_device_count=2 (for the pmap / shard_map blocks), in under
+   BLOCK_TIMEOUT_S seconds each.
 
-Every failure raises with what was found. It takes well under two minutes on 2 cores.
+Every failure raises with what was found. Steps 1-4 take about a minute on 2 cores; step 5 adds the
+install (local wheels) and a few seconds a block.
 """
 
 import argparse
@@ -34,6 +40,10 @@ README = ROOT / "README.md"
 REFERENCE = ROOT / "tests" / "gradvar_reference.py"
 # What the wheel may add to an environment besides its declared dependencies.
 INSTALLER_DISTS = {"pip", "setuptools", "wheel"}
+# What the README's library examples may use beyond the wheel (its Flax loops, orbax).
+EXAMPLE_DISTS = ("flax", "orbax-checkpoint")
+BLOCK_TIMEOUT_S = 120
+BLOCK_ENV = {"XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
 
 
 def readme_block(text: str, heading: str, language: str = "python") -> str:
@@ -43,6 +53,36 @@ def readme_block(text: str, heading: str, language: str = "python") -> str:
   if match is None:
     raise ValueError(f"README.md: no ```{language} block after {heading!r}")
   return match.group(1)
+
+
+def library_blocks(text: str) -> list[tuple[str, str]]:
+  """`(heading, code)` of every ```python block from `## The library` to `## Data`."""
+  start, end = text.index("\n## The library\n"), text.index("\n## Data\n")
+  blocks, heading = [], "## The library"
+  pattern = re.compile(r"^(#{2,4} [^\n]*)$|^```python\n(.*?)^```$", re.M | re.S)
+  for match in pattern.finditer(text, start, end):
+    if match.group(1):
+      heading = match.group(1)
+    else:
+      blocks.append((heading, match.group(2)))
+  return blocks
+
+
+def run_blocks(python, blocks, cwd, env, timeout=BLOCK_TIMEOUT_S) -> list[float]:
+  """Runs each block alone in `python -I -c`; raises with the block's heading if one fails."""
+  seconds = []
+  for i, (heading, code) in enumerate(blocks):
+    start = time.perf_counter()
+    try:
+      out = subprocess.run([str(python), "-I", "-c", code], cwd=cwd, env=env, timeout=timeout,
+                           capture_output=True, text=True)
+    except subprocess.TimeoutExpired:
+      raise AssertionError(f"README block {i} under {heading!r} ran past {timeout} s") from None
+    seconds.append(time.perf_counter() - start)
+    if out.returncode:
+      raise AssertionError(f"README block {i} under {heading!r} failed:\n{out.stderr[-3000:]}")
+    print(f"  README block {i} ({heading}): ok in {seconds[-1]:.0f} s", flush=True)
+  return seconds
 
 
 def _canonical(name: str) -> str:
@@ -203,6 +243,12 @@ def main(argv=None) -> int:
     print(f"  installed alone: {', '.join(check_installed(site_packages))}")
     run([python, "-I", pathlib.Path(__file__).resolve(), "--outside", README, REFERENCE],
         env=clean_environment(), cwd=work)
+    run([sys.executable, "-m", "pip", "--python", python, "install", "-q", "--no-compile",
+         "--disable-pip-version-check", "-c", work / "constraints.txt", *EXAMPLE_DISTS],
+        env=clean_environment(), cwd=work)
+    blocks = library_blocks(README.read_text(encoding="utf-8"))
+    seconds = run_blocks(python, blocks, work, {**clean_environment(), **BLOCK_ENV})
+    print(f"  {len(blocks)} README blocks ran alone in {sum(seconds):.0f} s")
   finally:
     if not args.keep:
       shutil.rmtree(work, ignore_errors=True)

@@ -256,8 +256,7 @@ def gns(
       ``update``, when no groups are supplied, saying how to supply them.
 
   Example:
-    >>> import jax, jax.numpy as jnp, optax
-    >>> import gradvar_optax
+    >>> import jax.numpy as jnp, optax, gradvar_optax
     >>> opt = gradvar_optax.gns(optax.adam(1e-3), warmup_steps=2)
     >>> params = {"w": jnp.ones(2)}
     >>> state = opt.init(params)
@@ -272,8 +271,6 @@ def gns(
     1.0
     >>> float(gradvar_optax.noise_scale(state, batch_size=64))  # r * 64
     64.0
-    >>> float(gradvar_optax.lr_scale(state))  # in the warmup
-    1.0
 
   References:
     McCandlish, Kaplan, Amodei and the OpenAI Dota Team, `An Empirical Model

@@ -100,7 +100,7 @@ def test_changelog_starts_at_0_1_0_and_its_latest_release_is_the_version():
   # Every public name is recorded in a release (or the Unreleased section) that adds it.
   for name in gradvar_optax.__all__:
     assert f"`{name}" in changelog, f"CHANGELOG.md does not mention {name}"
-  tomllib = pytest.importorskip("tomllib")  # Python >= 3.11; the library supports 3.10
+  import tomllib
   with open(ROOT / "pyproject.toml", "rb") as f:
     pyproject = tomllib.load(f)
   assert "version" in pyproject["project"]["dynamic"]

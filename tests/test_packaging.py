@@ -6,7 +6,9 @@ The check itself (build, clean venv, README example) runs in CI as `make wheel-c
 
 import importlib.util
 import io
+import os
 import pathlib
+import sys
 import tarfile
 import zipfile
 
@@ -97,3 +99,25 @@ def test_ci_runs_the_wheel_check_and_the_readmes_test_command():
               if line.strip() and not line.lstrip().startswith("#")]
   assert "make wheel-check" in commands and "make test" in commands
   assert "shared" not in script and "GRADVAR_DATA_DIR" not in script
+
+
+def test_the_check_runs_every_python_block_of_the_readmes_library_sections():
+  blocks = wheel_check.library_blocks((ROOT / "README.md").read_text(encoding="utf-8"))
+  headings = [heading for heading, _ in blocks]
+  assert len(blocks) >= 8 and headings[0] == "## The library"
+  text = "\n".join(code for _, code in blocks)
+  for used in ("grouped_grad", "train_state.TrainState", "nnx.Optimizer", "jax.shard_map",
+               "jax.pmap"):
+    assert used in text, used
+  # Standalone: every block imports what it uses rather than leaning on an earlier one.
+  for heading, code in blocks:
+    assert code.startswith("import "), f"a block under {heading!r} does not start with imports"
+
+
+def test_run_blocks_runs_each_block_alone_and_names_the_one_that_fails(tmp_path):
+  env = {**os.environ, **wheel_check.BLOCK_ENV}
+  ok = ("## A", "import os\nassert os.environ['XLA_FLAGS'].endswith('count=2')\n")
+  leaning = ("### B", "import os\nprint(x)\n")  # x was defined in no block of its own
+  assert len(wheel_check.run_blocks(sys.executable, [ok], tmp_path, env)) == 1
+  with pytest.raises(AssertionError, match=r"block 1 under '### B' failed:(.|\n)*NameError"):
+    wheel_check.run_blocks(sys.executable, [("## A", "x = 1\n"), leaning], tmp_path, env)
