@@ -139,25 +139,22 @@ def reduce_on_stationarity(
   over the params and the update per step.
 
   **The test.** The samples go into a leaky bucket that keeps the most recent
-  ``ceil(keep_fraction * t)`` of the ``t`` samples since the last drop. Every
-  ``test_every`` finite steps, once it keeps ``n >= min_samples``: the mean, a
-  batch-means variance (``b = floor(sqrt(n))`` samples per batch,
-  ``floor(n / b)`` batches from the oldest on; a shorter tail enters the mean
-  but no batch) and the two-sided t interval ``mean +- t * sqrt(var / n)``
-  with ``t`` the ``1 - significance / 2`` quantile at ``floor(n / b) - 1``
-  degrees of freedom (``statopt`` uses ``b - 1``, up to two fewer). The iterates count as stationary when the
-  interval contains 0 and the means of the bucket's older and newer halves
-  have the same sign. Before the first drop the test is stricter: each half's
-  mean, with the same half-width, must have an interval that contains 0 (and
-  the signs agree), which guards against the mean crossing 0 during the
-  transient. On a pass, ``lr_scale`` is multiplied by ``factor`` (floored at
-  ``min_scale``), ``drops`` grows by one and the bucket is emptied. With
-  ``keep_fraction = 1/8`` the first test comes after ``8 * min_samples``
-  steps at the earliest: size ``min_samples`` to the run. The batch means
-  assume samples of a steady spread: a noise-free geometric decay fast enough
-  that the bucket's first batch dominates can pass the test (on a quadratic
-  shrinking x by 10% a step, ``keep_fraction=0.5`` passed at step 209, with
-  ``|x|^2`` at 1e-17; 1/8 did not).
+  ``ceil(keep_fraction * t)`` of the ``t`` samples since the last drop. Every ``test_every``
+  finite steps, once it keeps ``n >= min_samples``: the mean, a batch-means variance (``b =
+  floor(sqrt(n))`` samples per batch, ``floor(n / b)`` batches from the oldest on; a shorter
+  tail enters the mean but no batch) and the two-sided t interval ``mean +- t * sqrt(var / n)``
+  with ``t`` the ``1 - significance / 2`` quantile at ``floor(n / b) - 1`` degrees of freedom
+  (``statopt`` uses ``b - 1``, up to two fewer). The iterates count as stationary when the
+  interval contains 0 and the means of the bucket's older and newer halves have the same sign.
+  Before the first drop the test is stricter: each half's mean, with the same half-width, must
+  have an interval that contains 0 (and the signs agree), which guards against the mean crossing
+  0 during the transient. On a pass, ``lr_scale`` is multiplied by ``factor`` (floored at
+  ``min_scale``), ``drops`` grows by one and the bucket is emptied. With ``keep_fraction = 1/8``
+  the first test comes after ``8 * min_samples`` steps at the earliest: size ``min_samples`` to
+  the run. The batch means assume samples of a steady spread: a noise-free geometric decay fast
+  enough that the bucket's first batch dominates can pass the test (on a quadratic shrinking x
+  by 10% a step, ``keep_fraction=0.5`` passed at step 209, with ``|x|^2`` at 1e-17; 1/8 did
+  not).
 
   **The bucket in a fixed shape.** A ``capacity``-slot ring buffer holds the
   last ``capacity`` samples and the test reads the newest ``n = min(ceil(
