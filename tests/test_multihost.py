@@ -19,6 +19,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
+import stacks
 
 from train import __main__ as cli
 from train import distributed
@@ -55,11 +56,20 @@ def _reserve_port() -> socket.socket:
 
 
 class _Run(list):
-  """Process 0 and 1 of a run (`Popen`s), and the socket that holds their coordinator's port."""
+  """Process 0 and 1 of a run (`Popen`s), the socket that holds their coordinator's port, and
+  the folder of their logs."""
 
-  def __init__(self, procs, port_holder: socket.socket):
+  def __init__(self, procs, port_holder: socket.socket, logs: pathlib.Path):
     super().__init__(procs)
     self.port_holder = port_holder
+    self.logs = logs
+
+  def stalled(self, problem: str) -> None:
+    """Dumps every thread's stack of both processes (kept under the logs), stops them, fails."""
+    where = stacks.dump_stacks(self, self.logs / "stacks")
+    self.stop()
+    pytest.fail(f"{problem}\n{where}\n{stacks.summarize(self.logs / 'stacks')}\n"
+                f"{_logs(self.logs)}")
 
   def stop(self) -> None:
     """Kills what still runs and releases the port."""
@@ -92,7 +102,7 @@ def _env(data_dir, jax_cache) -> dict:
       "JAX_COMPILATION_CACHE_DIR": str(jax_cache),
       "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
       "PYTHONUNBUFFERED": "1"})
-  return env
+  return stacks.child_env(env)
 
 
 def _launch(argv, workdir, env, logs: pathlib.Path) -> _Run:
@@ -107,7 +117,7 @@ def _launch(argv, workdir, env, logs: pathlib.Path) -> _Run:
            "--heartbeat-timeout", str(HEARTBEAT_S), "--init-timeout", "120"]
     procs.append(subprocess.Popen(cmd, cwd=REPO, env=env, stdout=open(logs / f"{i}.out", "w"),
                                   stderr=open(logs / f"{i}.err", "w")))
-  return _Run(procs, holder)
+  return _Run(procs, holder, logs)
 
 
 def _logs(logs: pathlib.Path) -> str:
@@ -122,9 +132,9 @@ def _finish(procs: _Run, logs: pathlib.Path, codes=(0, 0)) -> list[str]:
     for p in procs:
       p.wait(timeout=max(1.0, deadline - time.monotonic()))
   except subprocess.TimeoutExpired:
+    procs.stalled(f"the 2-process run did not finish in {RUN_TIMEOUT_S} s")
+  finally:
     procs.stop()
-    pytest.fail(f"the 2-process run did not finish in {RUN_TIMEOUT_S} s\n{_logs(logs)}")
-  procs.stop()
   got = tuple(p.returncode for p in procs)
   assert got == tuple(codes), f"exit codes {got}\n{_logs(logs)}"
   return [(logs / f"{i}.out").read_text() for i in range(2)]
@@ -137,8 +147,7 @@ def _wait_for(condition, procs: _Run, logs: pathlib.Path, what: str) -> None:
     problem = ("a process exited early" if any(p.poll() is not None for p in procs) else
                f"no {what} in {RUN_TIMEOUT_S} s" if time.monotonic() > deadline else None)
     if problem:
-      procs.stop()
-      pytest.fail(f"{problem}\n{_logs(logs)}")
+      procs.stalled(problem)
     time.sleep(0.2)
 
 
@@ -255,8 +264,7 @@ def test_a_lost_process_stops_the_other_within_a_bounded_time(shared, tmp_path):
     try:
       procs[0].wait(timeout=LOST_PEER_GUARD_S)
     except subprocess.TimeoutExpired:
-      pytest.fail(f"process 0 still runs {LOST_PEER_GUARD_S} s after its peer died\n"
-                  f"{_logs(logs)}")
+      procs.stalled(f"process 0 still runs {LOST_PEER_GUARD_S} s after its peer died")
   finally:
     procs.stop()
   assert procs[0].returncode != 0, _logs(logs)
