@@ -50,10 +50,9 @@ test-fast: $(STAMP)
 # The main job: a slice of the cpu-v2 comparison (benchmarks/suites/demo.toml): fixed Adam, gradvar
 # and gns at cpu-v2's tuned LRs on rt_sentiment (full split) and Fashion-MNIST (5,000), one seed;
 # prints the comparison table and writes REPORT.md and plots under runs/demo. The data is the
-# project's data/ (GRADVAR_DATA_DIR overrides it). The preflight stops it, in one message, when
-# something it needs is missing, before any run starts.
+# project's data/ (GRADVAR_DATA_DIR overrides it). `compare`'s preflight (benchmarks/preflight.py)
+# stops it, in one message, when something it needs is missing, before any run starts.
 demo: $(STAMP)
-	$(BIN)/python -m benchmarks.preflight --suite demo --out runs/demo
 	$(BIN)/python -m benchmarks compare --suite demo --out runs/demo
 
 # Builds the sdist and the wheel, checks what they hold, installs the wheel alone into a new venv
