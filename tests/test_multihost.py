@@ -9,6 +9,7 @@ preempted two-process run must save on both and resume exactly.
 import json
 import os
 import pathlib
+import re
 import signal
 import socket
 import subprocess
@@ -24,6 +25,7 @@ import stacks
 from train import __main__ as cli
 from train import distributed
 from train import step as step_lib
+from train import watchdog
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 # 96 examples in batches of 8: 12 steps an epoch, so gradvar (window 5, every 5 steps) decides at
@@ -105,8 +107,9 @@ def _env(data_dir, jax_cache) -> dict:
   return stacks.child_env(env)
 
 
-def _launch(argv, workdir, env, logs: pathlib.Path) -> _Run:
-  """Starts process 0 and 1 of a run (stdout/stderr to files: pipes could fill and block)."""
+def _launch(argv, workdir, env, logs: pathlib.Path, extra=((), ())) -> _Run:
+  """Starts process 0 and 1 of a run (stdout/stderr to files: pipes could fill and block);
+  `extra[i]`: more flags for process i."""
   holder = _reserve_port()
   port = holder.getsockname()[1]
   logs.mkdir(parents=True, exist_ok=True)
@@ -114,7 +117,7 @@ def _launch(argv, workdir, env, logs: pathlib.Path) -> _Run:
   for i in range(2):
     cmd = [sys.executable, "-m", "train", *argv, "--workdir", str(workdir), "--distributed",
            "--coordinator", f"127.0.0.1:{port}", "--num-processes", "2", "--process-id", str(i),
-           "--heartbeat-timeout", str(HEARTBEAT_S), "--init-timeout", "120"]
+           "--heartbeat-timeout", str(HEARTBEAT_S), "--init-timeout", "120", *extra[i]]
     procs.append(subprocess.Popen(cmd, cwd=REPO, env=env, stdout=open(logs / f"{i}.out", "w"),
                                   stderr=open(logs / f"{i}.err", "w")))
   return _Run(procs, holder, logs)
@@ -270,6 +273,43 @@ def test_a_lost_process_stops_the_other_within_a_bounded_time(shared, tmp_path):
   assert procs[0].returncode != 0, _logs(logs)
   assert not (workdir / "run.json").exists() or json.loads(
       (workdir / "run.json").read_text())["end"] is None
+
+
+@pytest.mark.slow
+@pytest.mark.multiprocess
+@pytest.mark.timeout(TEST_TIMEOUT_S)
+def test_a_collective_stuck_among_live_processes_ends_with_the_watchdogs_error(shared, tmp_path):
+  # Process 1 blocks after step 3 (GRADVAR_TEST_STALL), alive: its heartbeats go on, so only the
+  # watchdog can tell. Process 0 then waits in the step-4 all-reduce that process 1 never joins.
+  # Process 1's own watchdog is set later, so that process 0's is the one seen to fire.
+  workdir, logs = tmp_path / "run", tmp_path / "logs"
+  env = {**shared["env"], "GRADVAR_TEST_STALL": "1@3"}
+  argv = [*shared["base"], "--parallel", "shard_map"]
+  procs = _launch(argv, workdir, env, logs,
+                  extra=(["--collective-timeout", "10"], ["--collective-timeout", "60"]))
+  start = time.monotonic()
+  try:
+    procs[0].wait(timeout=RUN_TIMEOUT_S)
+  except subprocess.TimeoutExpired:
+    procs.stalled(f"process 0 still runs {RUN_TIMEOUT_S} s after its peer stalled")
+  try:  # Process 1 ends too: its peer's heartbeats stop, or its own watchdog fires.
+    procs[1].wait(timeout=HEARTBEAT_S + 120)
+  except subprocess.TimeoutExpired:
+    procs.stalled("process 1 still runs after process 0 ended")
+  finally:
+    procs.stop()
+  err = (logs / "0.err").read_text()
+  assert procs[0].returncode == watchdog.EXIT_CODE, _logs(logs)
+  assert procs[1].returncode != 0, _logs(logs)
+  # The step, the bound and the operation: where process 0's main thread waits, in the loop.
+  # Steps are dispatched ahead of the host, up to its next sync (at the latest, the epoch's last
+  # step, 12): the step named is the last one dispatched, after the stuck step 4.
+  found = re.search(r"error: collective timeout: process 0 made no progress for 10 s since it "
+                    r"dispatched step (\d+)", err)
+  assert found, err[-3000:]
+  assert 4 <= int(found.group(1)) <= 12
+  assert "its main thread waits in train/" in err
+  assert time.monotonic() - start < RUN_TIMEOUT_S
 
 
 # --- Flags and the launcher's host copies, in this process ------------------------------------

@@ -98,6 +98,11 @@ class Config:
   skip_nonfinite: bool = _field(
       False, help="skip steps with a non-finite gradient (optax.apply_if_finite) and count them, "
                   "instead of stopping", trajectory=False)
+  collective_timeout_s: Optional[int] = _field(
+      None, help="end the run with an error when a step makes no progress for S seconds (a "
+                 "collective stuck on a multi-host run, any stall on one host); it must exceed "
+                 "the longest step, evaluation and checkpoint save (default: no limit)",
+      trajectory=False, records=False, flag="--collective-timeout", metavar="S")
   model: dict = _field(
       help="model options: `checkpoint` (pretrained weights) and any field of the model's "
            "config (--set model.X=V)", default_factory=dict, flag=None)
@@ -281,7 +286,7 @@ def validate(config: Config) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
       fail(name, f"must be a positive int, got {value!r}")
   for name in ("num_devices", "train_examples", "eval_examples", "eval_batch_size",
-               "checkpoint_every_steps", "eval_every_steps"):
+               "checkpoint_every_steps", "eval_every_steps", "collective_timeout_s"):
     value = getattr(config, name)
     if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
       fail(name, f"must be a positive int or None, got {value!r}")
