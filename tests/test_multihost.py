@@ -37,6 +37,10 @@ RUN = ["--task", "rt_sentiment", "--strategy", "gradvar", "--model-size", "tiny"
 HEARTBEAT_S = 5
 # Generous: two processes share two busy cores with the rest of the suite.
 RUN_TIMEOUT_S = 420
+# The watchdog's bound (--collective-timeout): a run whose steps make no progress for this long
+# ends with an error naming the step and where it waits, well before RUN_TIMEOUT_S. Above the
+# longest step, evaluation (its first call compiles) and save on busy cores.
+COLLECTIVE_TIMEOUT_S = 180
 # How long process 0 may go on after its peer was killed before the test calls it a hang.
 LOST_PEER_GUARD_S = 300
 # pytest-timeout's bound for the tests that start runs: above their own waits (the first test of
@@ -117,7 +121,8 @@ def _launch(argv, workdir, env, logs: pathlib.Path, extra=((), ())) -> _Run:
   for i in range(2):
     cmd = [sys.executable, "-m", "train", *argv, "--workdir", str(workdir), "--distributed",
            "--coordinator", f"127.0.0.1:{port}", "--num-processes", "2", "--process-id", str(i),
-           "--heartbeat-timeout", str(HEARTBEAT_S), "--init-timeout", "120", *extra[i]]
+           "--heartbeat-timeout", str(HEARTBEAT_S), "--init-timeout", "120",
+           "--collective-timeout", str(COLLECTIVE_TIMEOUT_S), *extra[i]]
     procs.append(subprocess.Popen(cmd, cwd=REPO, env=env, stdout=open(logs / f"{i}.out", "w"),
                                   stderr=open(logs / f"{i}.err", "w")))
   return _Run(procs, holder, logs)
