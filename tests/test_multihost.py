@@ -117,6 +117,8 @@ def _launch(argv, workdir, env, logs: pathlib.Path, extra=((), ())) -> _Run:
   holder = _reserve_port()
   port = holder.getsockname()[1]
   logs.mkdir(parents=True, exist_ok=True)
+  # A process that the watchdog ends leaves its native stacks there too.
+  env = {**env, watchdog.DUMP_DIR_ENV: str(logs / "stacks")}
   procs = []
   for i in range(2):
     cmd = [sys.executable, "-m", "train", *argv, "--workdir", str(workdir), "--distributed",

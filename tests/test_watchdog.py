@@ -115,3 +115,19 @@ def test_the_flag_sets_the_field():
   assert cli.config_from_args(args).collective_timeout_s == 30
   field = config_lib.FIELDS["collective_timeout_s"]
   assert not field.metadata["trajectory"] and not field.metadata["records"]
+
+
+def test_native_stacks_of_a_process_name_its_frames(tmp_path):
+  import subprocess
+  import sys
+  proc = subprocess.Popen([sys.executable, "-c", "import time\ndef parked():\n  time.sleep(60)\n"
+                           "parked()"])
+  try:
+    time.sleep(2)
+    files = watchdog.native_stacks({"child": proc.pid}, str(tmp_path))
+  finally:
+    proc.kill()
+    proc.wait()
+  spied = tmp_path / "child.py-spy.txt"
+  assert str(spied) in files  # py-spy comes with the test extra
+  assert "parked" in spied.read_text()

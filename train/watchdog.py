@@ -21,6 +21,8 @@ before it.
 import contextlib
 import faulthandler
 import os
+import shutil
+import subprocess
 import sys
 import threading
 import time
@@ -28,6 +30,10 @@ import traceback
 
 # The exit status of a process that the watchdog ended (EX_SOFTWARE).
 EXIT_CODE = 70
+# A folder: before it exits, the watchdog also writes the native stacks of every thread of this
+# process there (`native_stacks`: py-spy and gdb, where installed), C++ frames of XLA and gloo
+# included, which faulthandler's Python stacks do not show.
+DUMP_DIR_ENV = "GRADVAR_STALL_DUMP_DIR"
 # Test-only: "PROCESS@STEP": that process blocks (in Python, forever) after that step's beat, as a
 # peer stuck elsewhere would, so that the other processes wait in their next collective.
 TEST_STALL_ENV = "GRADVAR_TEST_STALL"
@@ -112,8 +118,48 @@ def operation(frame) -> str:
   return short(stack[-1])
 
 
+def native_stacks(pids: dict[str, int], folder: str) -> list[str]:
+  """Every thread's native stack of each process `pids[name]`, into `folder`: `NAME.py-spy.txt`
+  (`py-spy dump --native`: the Python threads, with their C++ frames) and `NAME.gdb.txt` (gdb's
+  `thread apply all bt`: every thread, XLA's and gloo's too), for the tools installed. The
+  processes are dumped at once: each is paused while dumped, and a coordinator paused for longer
+  than the heartbeat timeout ends the run. Returns the files written."""
+  tools = {}
+  spy = os.path.join(os.path.dirname(sys.executable), "py-spy")
+  spy = spy if os.path.exists(spy) else shutil.which("py-spy")
+  if spy:
+    tools["py-spy"] = lambda pid: [spy, "dump", "--native", "--pid", str(pid)]
+  gdb = shutil.which("gdb")
+  if gdb:
+    tools["gdb"] = lambda pid: [gdb, "-p", str(pid), "-batch", "-nx", "-ex",
+                                "thread apply all bt"]
+  os.makedirs(folder, exist_ok=True)
+  running, written = [], []
+  for tool, argv in tools.items():
+    for name, pid in pids.items():
+      path = os.path.join(folder, f"{name}.{tool}.txt")
+      out = open(path, "w")  # noqa: SIM115 - closed below, once the dump is done
+      running.append((subprocess.Popen(argv(pid), stdout=out, stderr=subprocess.STDOUT,
+                                       stdin=subprocess.DEVNULL), out, path))
+    for proc, out, path in running:
+      try:
+        proc.wait(timeout=90)
+      except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+      out.close()
+      written.append(path)
+    running = []
+  return written
+
+
 def _end_process(message: str) -> None:
   print(message, file=sys.stderr, flush=True)
+  folder = os.environ.get(DUMP_DIR_ENV)
+  if folder:
+    files = native_stacks({f"process{os.getpid()}": os.getpid()}, folder)
+    print(f"native stacks: {', '.join(files) or 'none (neither py-spy nor gdb is installed)'}",
+          file=sys.stderr, flush=True)
   faulthandler.dump_traceback(file=sys.stderr, all_threads=True)
   sys.stdout.flush()
   sys.stderr.flush()
