@@ -45,8 +45,9 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -q $(PYTEST_XDIST) $(PYTEST_DURATIONS) $(PYTEST_ARGS)
 	$(MAKE) gpu-rehearsal
 
-# benchmarks/gpu_check.sh on the CPU: the same steps with tiny presets and a few steps (about 20
-# CPU-seconds; limits of 3.5 minutes in all), into runs/gpu_check_rehearsal.
+# benchmarks/gpu_check.sh on the CPU: the same steps with tiny presets and a few steps, into
+# runs/gpu_check_rehearsal (117 CPU-seconds in all on this project's 2-core machine; its parts'
+# limits add up to 4 minutes).
 gpu-rehearsal: $(STAMP)
 	rm -rf runs/gpu_check_rehearsal
 	PYTHON=$(BIN)/python bash benchmarks/gpu_check.sh --rehearse runs/gpu_check_rehearsal
