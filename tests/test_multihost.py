@@ -111,14 +111,15 @@ def _env(data_dir, jax_cache) -> dict:
   return stacks.child_env(env)
 
 
-def _launch(argv, workdir, env, logs: pathlib.Path, extra=((), ())) -> _Run:
+def _launch(argv, workdir, env, logs: pathlib.Path, extra=((), ()), native_dumps=True) -> _Run:
   """Starts process 0 and 1 of a run (stdout/stderr to files: pipes could fill and block);
-  `extra[i]`: more flags for process i."""
+  `extra[i]`: more flags for process i. With `native_dumps`, a process that the watchdog ends
+  dumps its native stacks under the logs first (which pauses it: see train/watchdog.py)."""
   holder = _reserve_port()
   port = holder.getsockname()[1]
   logs.mkdir(parents=True, exist_ok=True)
-  # A process that the watchdog ends leaves its native stacks there too.
-  env = {**env, watchdog.DUMP_DIR_ENV: str(logs / "stacks")}
+  if native_dumps:
+    env = {**env, watchdog.DUMP_DIR_ENV: str(logs / "stacks")}
   procs = []
   for i in range(2):
     cmd = [sys.executable, "-m", "train", *argv, "--workdir", str(workdir), "--distributed",
@@ -288,12 +289,13 @@ def test_a_lost_process_stops_the_other_within_a_bounded_time(shared, tmp_path):
 def test_a_collective_stuck_among_live_processes_ends_with_the_watchdogs_error(shared, tmp_path):
   # Process 1 blocks after step 3 (GRADVAR_TEST_STALL), alive: its heartbeats go on, so only the
   # watchdog can tell. Process 0 then waits in the step-4 all-reduce that process 1 never joins.
-  # Process 1's own watchdog is set later, so that process 0's is the one seen to fire.
+  # Process 1's own watchdog is set later, so that process 0's is the one seen to fire. 60 s:
+  # above the first calls' compiles on busy cores (a 10 s bound fired in the first `_accumulate`).
   workdir, logs = tmp_path / "run", tmp_path / "logs"
   env = {**shared["env"], "GRADVAR_TEST_STALL": "1@3"}
   argv = [*shared["base"], "--parallel", "shard_map"]
-  procs = _launch(argv, workdir, env, logs,
-                  extra=(["--collective-timeout", "10"], ["--collective-timeout", "60"]))
+  procs = _launch(argv, workdir, env, logs, native_dumps=False,
+                  extra=(["--collective-timeout", "60"], ["--collective-timeout", "240"]))
   start = time.monotonic()
   try:
     procs[0].wait(timeout=RUN_TIMEOUT_S)
@@ -311,7 +313,7 @@ def test_a_collective_stuck_among_live_processes_ends_with_the_watchdogs_error(s
   # The step, the bound and the operation: where process 0's main thread waits, in the loop.
   # Steps are dispatched ahead of the host, up to its next sync (at the latest, the epoch's last
   # step, 12): the step named is the last one dispatched, after the stuck step 4.
-  found = re.search(r"error: collective timeout: process 0 made no progress for 10 s since it "
+  found = re.search(r"error: collective timeout: process 0 made no progress for 60 s since it "
                     r"dispatched step (\d+)", err)
   assert found, err[-3000:]
   assert 4 <= int(found.group(1)) <= 12

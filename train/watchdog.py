@@ -155,12 +155,14 @@ def native_stacks(pids: dict[str, int], folder: str) -> list[str]:
 
 def _end_process(message: str) -> None:
   print(message, file=sys.stderr, flush=True)
+  faulthandler.dump_traceback(file=sys.stderr, all_threads=True)
   folder = os.environ.get(DUMP_DIR_ENV)
   if folder:
+    # Last: a dump pauses this process, and if it hosts the coordinator for longer than the
+    # heartbeat timeout, jax's error handler may end the run (SIGABRT) before the exit below.
     files = native_stacks({f"process{os.getpid()}": os.getpid()}, folder)
     print(f"native stacks: {', '.join(files) or 'none (neither py-spy nor gdb is installed)'}",
           file=sys.stderr, flush=True)
-  faulthandler.dump_traceback(file=sys.stderr, all_threads=True)
   sys.stdout.flush()
   sys.stderr.flush()
   os._exit(EXIT_CODE)
