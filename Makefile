@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: install test test-fast lint demo overhead gpu-wheels wheel-check clean
+.PHONY: install test test-fast lint demo overhead gpu-wheels gpu-rehearsal wheel-check clean
 
 # The suite needs Python >= 3.11 (tomllib) and the venv module; say so before anything is made.
 $(STAMP): pyproject.toml
@@ -36,13 +36,21 @@ PYTEST_XDIST := -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder --max-
 # The 25 slowest tests at the end of the log, to see what to mark slow or shrink.
 PYTEST_DURATIONS := --durations=25
 
-# All tests, slow ones included (this is what CI runs). The multi-process tests (jax.distributed
-# over gloo on 127.0.0.1, marked `multiprocess`) run after the rest, alone: beside the other xdist
-# worker's tests a 2-process shard_map run stalled past 420 s in 2 of 2 full runs on an AMD family
-# 25 model 17 (cause not found), and passed in each of 6 runs alone or beside a part of the suite.
+# All tests, slow ones included (this is what CI runs), then the GPU check rehearsed on the CPU
+# (gpu-rehearsal). The multi-process tests (jax.distributed over gloo on 127.0.0.1, marked
+# `multiprocess`) run with the rest; a run that stalls has every thread's stack of its processes
+# dumped under its logs before it is killed (tests/stacks.py), and a collective that makes no
+# progress ends the run with an error (--collective-timeout, train/watchdog.py).
 test: $(STAMP)
-	$(BIN)/python -m pytest -q $(PYTEST_XDIST) $(PYTEST_DURATIONS) -m 'not multiprocess' $(PYTEST_ARGS)
-	$(BIN)/python -m pytest -q $(PYTEST_DURATIONS) -m multiprocess $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q $(PYTEST_XDIST) $(PYTEST_DURATIONS) $(PYTEST_ARGS)
+	$(MAKE) gpu-rehearsal
+
+# benchmarks/gpu_check.sh on the CPU: the same steps with tiny presets and a few steps, into
+# runs/gpu_check_rehearsal (117 CPU-seconds in all on this project's 2-core machine; its parts'
+# limits add up to 4 minutes).
+gpu-rehearsal: $(STAMP)
+	rm -rf runs/gpu_check_rehearsal
+	PYTHON=$(BIN)/python bash benchmarks/gpu_check.sh --rehearse runs/gpu_check_rehearsal
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m 'not slow' $(PYTEST_XDIST) $(PYTEST_DURATIONS) $(PYTEST_ARGS)
@@ -50,10 +58,9 @@ test-fast: $(STAMP)
 # The main job: a slice of the cpu-v2 comparison (benchmarks/suites/demo.toml): fixed Adam, gradvar
 # and gns at cpu-v2's tuned LRs on rt_sentiment (full split) and Fashion-MNIST (5,000), one seed;
 # prints the comparison table and writes REPORT.md and plots under runs/demo. The data is the
-# project's data/ (GRADVAR_DATA_DIR overrides it). The preflight stops it, in one message, when
-# something it needs is missing, before any run starts.
+# project's data/ (GRADVAR_DATA_DIR overrides it). `compare`'s preflight (benchmarks/preflight.py)
+# stops it, in one message, when something it needs is missing, before any run starts.
 demo: $(STAMP)
-	$(BIN)/python -m benchmarks.preflight --suite demo --out runs/demo
 	$(BIN)/python -m benchmarks compare --suite demo --out runs/demo
 
 # Builds the sdist and the wheel, checks what they hold, installs the wheel alone into a new venv

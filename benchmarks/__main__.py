@@ -14,10 +14,12 @@ points added beyond an edge pick), `calibrate` (targets from the tuned reference
 commit the suite file, then `compare --tune` (the evaluation runs at the tuned LRs, the controls
 after their adaptive strategies).
 
-`compare` trains every task x strategy x seed of a suite (skipping finished runs, resuming
-interrupted ones), then writes DIR/REPORT.md, DIR/results.json and DIR/plots/ and prints the
-summary. `calibrate` runs the baseline on the reference seeds and writes the validation-loss
-thresholds into the suite file. `report` rewrites the report of an existing DIR without training.
+`compare` checks first that the suite can start here (`benchmarks.preflight`: packages, configs,
+data, output folder), and stops with one message if not; then it trains every task x strategy x
+seed of a suite (skipping finished runs, resuming interrupted ones), then writes DIR/REPORT.md,
+DIR/results.json and DIR/plots/ and prints the summary. `calibrate` runs the baseline on the
+reference seeds and writes the validation-loss thresholds into the suite file. `report` rewrites
+the report of an existing DIR without training.
 DIR defaults to benchmarks/results/<suite name>.
 """
 
@@ -107,6 +109,10 @@ def main(argv=None) -> int:
       return 1 if outcome.failed else 0
     narrowed = suite.narrow(_names(args.tasks), _names(args.strategies), args.seeds,
                            args.only_seeds)
+    # One message for what would stop every run (packages, configs, data, the output folder).
+    from benchmarks import preflight
+    if not preflight.check(narrowed, out, args.data_dir):
+      return 2
     return compare_lib.compare(narrowed, out, argv, tune=args.tune, data_dir=args.data_dir,
                                progress=not args.no_progress, write_report=not args.no_report)
   except ValueError as e:

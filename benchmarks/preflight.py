@@ -6,9 +6,9 @@ It checks that this Python has the packages of the `suite` extra at the versions
 pyproject.toml asks for and that the suite's code imports, that the suite file loads and every
 run's config is valid, that every task's data can be read (the stand-ins from `--data-dir`, else
 $GRADVAR_DATA_DIR, else the project's data/; TFDS sets from their prepared folder), and that the
-output folder can be written. `make demo` calls it first, so that a missing data folder or a broken
-venv ends in one message that says what to do, not in one failed run per task and strategy and an
-empty table. Exit status 0 when all is well, 2 otherwise.
+output folder can be written. `python -m benchmarks compare` runs it first (`check`), so that a
+missing data folder or a broken venv ends in one message that says what to do, not in one failed
+run per task and strategy and an empty table. Exit status 0 when all is well, 2 otherwise.
 """
 
 import argparse
@@ -68,12 +68,13 @@ def _writable(folder: pathlib.Path) -> str | None:
   return None
 
 
-def problems(suite_name: str, out: pathlib.Path | None = None, data_dir: str | None = None,
+def problems(suite_name, out: pathlib.Path | None = None, data_dir: str | None = None,
              wanted: list[str] | None = None) -> list[str]:
   """Everything that would stop the suite `suite_name`, each as one sentence; [] when none.
 
   Args:
-    suite_name: a name under benchmarks/suites/ or a path to a .toml file.
+    suite_name: a name under benchmarks/suites/ or a path to a .toml file, or a loaded
+      (possibly narrowed) `benchmarks.suite.Suite`, whose runs alone are checked.
     out: the output folder (default: benchmarks/results/<suite name>, as `compare`'s).
     data_dir: the stand-ins' folder, as `compare --data-dir` takes it.
     wanted: the requirement strings to check (default: the library's and the `suite` extra's).
@@ -94,7 +95,8 @@ def problems(suite_name: str, out: pathlib.Path | None = None, data_dir: str | N
     return [f"the suite's code does not import in {sys.executable}: {type(e).__name__}: {e}. "
             "`make clean install` rebuilds .venv."]
   try:
-    suite = suite_lib.load(suite_name)
+    named = isinstance(suite_name, (str, os.PathLike))
+    suite = suite_lib.load(suite_name) if named else suite_name
   except ValueError as e:
     return [str(e)]
   found = []
@@ -123,6 +125,20 @@ def problems(suite_name: str, out: pathlib.Path | None = None, data_dir: str | N
   return found
 
 
+def check(suite, out: pathlib.Path | None = None, data_dir: str | None = None) -> bool:
+  """`problems`, printed as one error message on stderr; True when the suite can start."""
+  found = problems(suite, out, data_dir)
+  name = suite if isinstance(suite, (str, os.PathLike)) else suite.name
+  if found:
+    lines = "\n".join(f"  - {x}" for x in found)
+    print(f"error: the {str(name)!r} suite cannot start here; nothing was trained.\n{lines}",
+          file=sys.stderr)
+    return False
+  print(f"preflight: the {str(name)!r} suite can start (packages, configs, data and output "
+        "folder checked)", file=sys.stderr)
+  return True
+
+
 def main(argv=None) -> int:
   p = argparse.ArgumentParser(prog="python -m benchmarks.preflight", description=__doc__,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -133,15 +149,7 @@ def main(argv=None) -> int:
                                     "$GRADVAR_DATA_DIR, else the project's data/)")
   args = p.parse_args(argv)
   out = pathlib.Path(args.out).resolve() if args.out else None
-  found = problems(args.suite, out, args.data_dir)
-  if found:
-    lines = "\n".join(f"  - {x}" for x in found)
-    print(f"error: the {args.suite!r} suite cannot start here; nothing was trained.\n{lines}",
-          file=sys.stderr)
-    return 2
-  print(f"preflight: the {args.suite!r} suite can start (packages, configs, data and output "
-        "folder checked)", file=sys.stderr)
-  return 0
+  return 0 if check(args.suite, out, args.data_dir) else 2
 
 
 if __name__ == "__main__":

@@ -38,6 +38,7 @@ from typing import Optional
 
 from tqdm import tqdm
 
+from benchmarks import children
 from benchmarks import runs as runs_lib
 from benchmarks import suite as suite_lib
 from train import config as config_lib
@@ -147,8 +148,10 @@ def execute(run: suite_lib.Run, out: pathlib.Path, data_dir: Optional[str]) -> i
     with open(workdir / runs_lib.LOG, "a") as log:
       log.write(f"# {attempt['start']} {' '.join(cmd[1:])}\n")
       log.flush()
-      proc = subprocess.Popen(cmd, cwd=REPO_ROOT, env=environment(out), stdout=log,
-                              stderr=subprocess.STDOUT)
+      env = environment(out)
+      with children.deferred_signals():  # `proc` is set before a stop's exception comes
+        proc = subprocess.Popen(cmd, cwd=REPO_ROOT, env=env, stdout=log,
+                                stderr=subprocess.STDOUT)
       _, wait_status, usage = os.wait4(proc.pid, 0)
       rc = os.waitstatus_to_exitcode(wait_status)
       proc.returncode = rc

@@ -16,6 +16,11 @@ from _pytest import _io  # noqa: E402
 import hypothesis  # noqa: E402
 import pytest  # noqa: E402
 
+# pytest-timeout's signal method, with a backstop for a stall that never returns to Python.
+from timeout_backstop import pytest_addoption  # noqa: E402, F401
+from timeout_backstop import pytest_timeout_cancel_timer  # noqa: E402, F401
+from timeout_backstop import pytest_timeout_set_timer  # noqa: E402, F401
+
 # Hypothesis draws the same examples on every run, so a failure reproduces; no example database
 # carries failures over between runs either. HYPOTHESIS_PROFILE=explore draws fresh ones.
 hypothesis.settings.register_profile("derandomized", derandomize=True, database=None,
@@ -70,10 +75,10 @@ def pytest_collection_modifyitems(config, items):
 @pytest.hookimpl(trylast=True)
 def pytest_configure(config):
   # In a pytest-xdist worker (`make test`) stdout is /dev/null: pytest-timeout would write its
-  # report of a stalled test (the captured output and every thread's stack) there, and the worker
-  # would just vanish. The worker's stderr is the console's. (The Makefile's --max-worker-restart=0
-  # then ends the run, as a timeout does without xdist: under --dist loadfile, xdist 3.8 would
-  # rerun the stalled test in each replacement worker.)
+  # report of a stalled test (every thread's stack) there. The worker's stderr is the console's.
+  # The signal method fails the stalled test alone; only the backstop (tests/timeout_backstop.py)
+  # ends a worker, and the Makefile's --max-worker-restart=0 then ends the run (under --dist
+  # loadfile, xdist 3.8 would rerun the stalled test in each replacement worker).
   if hasattr(config, "workerinput"):
     console = _io.TerminalWriter(sys.__stderr__)
     config.get_terminal_writer = lambda: console

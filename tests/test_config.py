@@ -25,9 +25,10 @@ def test_roles_give_the_sets_that_the_runner_and_the_resume_check_use():
   # The three sets were written out by hand before; they are derived from the roles now.
   assert checkpoint.HARMLESS_FIELDS == {
       "workdir", "quiet", "cache_dir", "data_dir", "tfds_data_dir", "log_every",
-      "checkpoint_every_steps", "keep_checkpoints", "eval_batch_size", "skip_nonfinite"}
+      "checkpoint_every_steps", "keep_checkpoints", "eval_batch_size", "skip_nonfinite",
+      "collective_timeout_s"}
   assert runner._IGNORED_FIELDS == {
-      "workdir", "quiet", "data_dir", "tfds_data_dir", "cache_dir"}
+      "workdir", "quiet", "data_dir", "tfds_data_dir", "cache_dir", "collective_timeout_s"}
   # replay_from: the runner points a replay-X run at X's run on another seed; no suite sets it.
   assert suite_lib._RESERVED == {
       "task", "strategy", "seed", "workdir", "cache_dir", "data_dir", "quiet", "replay_from"}

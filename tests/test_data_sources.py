@@ -155,6 +155,22 @@ def test_tfds_data_not_prepared_says_how_to_prepare(tmp_path):
   assert "TFDS_DATA_DIR" in message
 
 
+def test_tfds_folder_with_metadata_and_no_splits_says_how_to_prepare(tmp_path):
+  # What an interrupted `tfds build` leaves: dataset_info.json (array_record) and no split
+  # files. TFDS then raises a KeyError from its split dict, which must not escape as such.
+  from train.data import tfds_source
+  builder = tfds_source._builder("cifar10", str(tmp_path))
+  pathlib.Path(builder.data_dir).mkdir(parents=True)
+  builder.info.as_proto.file_format = "array_record"
+  builder.info.write_to_directory(builder.data_dir)
+  with pytest.raises(FileNotFoundError) as info:
+    data.get_source("cifar10", tfds_data_dir=tmp_path)
+  message = str(info.value)
+  assert f"the copy in {builder.data_dir} has no prepared split 'train'" in message
+  assert "tfds build cifar10 --file_format=array_record --data_dir DIR" in message
+  assert isinstance(info.value.__cause__, KeyError)
+
+
 def test_unknown_names_list_the_known_ones():
   with pytest.raises(ValueError) as info:
     data.get_source("cifar11")

@@ -10,6 +10,7 @@ import re
 import socket
 import subprocess
 import sys
+import time
 
 import gns_reference
 from gns_reference import Reference
@@ -28,6 +29,7 @@ import numpy as np
 import optax
 import orbax.checkpoint as ocp
 import pytest
+import stacks
 
 import gradvar_optax
 from gradvar_optax import _gns
@@ -784,7 +786,7 @@ def _worker_env(devices):
   env.update({"XLA_FLAGS": f"--xla_force_host_platform_device_count={devices} "
                            "--xla_cpu_multi_thread_eigen=false",
               "JAX_PLATFORMS": "cpu", "PYTHONUNBUFFERED": "1"})
-  return env
+  return stacks.child_env(env)
 
 
 @pytest.mark.slow  # three processes start JAX and join a jax.distributed run
@@ -808,7 +810,13 @@ def test_two_processes_of_two_devices_equal_one_process_of_four(tmp_path):
   coordinator = f"127.0.0.1:{holder.getsockname()[1]}"
   procs = [start("one", 4)] + [start(f"two{i}", 2, coordinator, "2", str(i)) for i in range(2)]
   try:
-    codes = [p.wait(timeout=600) for p in procs]
+    deadline = time.monotonic() + 600
+    codes = [p.wait(timeout=max(1.0, deadline - time.monotonic())) for p in procs]
+  except subprocess.TimeoutExpired:
+    where = stacks.dump_stacks(procs, tmp_path / "stacks")
+    pytest.fail(f"the runs did not finish in 600 s\n{where}\n"
+                f"{stacks.summarize(tmp_path / 'stacks')}" +
+                "".join(f"\n--- {log.name}\n{log.read_text()[-3000:]}" for log in logs))
   finally:
     for p in procs:
       if p.poll() is None:

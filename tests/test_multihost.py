@@ -9,6 +9,7 @@ preempted two-process run must save on both and resume exactly.
 import json
 import os
 import pathlib
+import re
 import signal
 import socket
 import subprocess
@@ -19,10 +20,12 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
+import stacks
 
 from train import __main__ as cli
 from train import distributed
 from train import step as step_lib
+from train import watchdog
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 # 96 examples in batches of 8: 12 steps an epoch, so gradvar (window 5, every 5 steps) decides at
@@ -34,6 +37,10 @@ RUN = ["--task", "rt_sentiment", "--strategy", "gradvar", "--model-size", "tiny"
 HEARTBEAT_S = 5
 # Generous: two processes share two busy cores with the rest of the suite.
 RUN_TIMEOUT_S = 420
+# The watchdog's bound (--collective-timeout): a run whose steps make no progress for this long
+# ends with an error naming the step and where it waits, well before RUN_TIMEOUT_S. Above the
+# longest step, evaluation (its first call compiles) and save on busy cores.
+COLLECTIVE_TIMEOUT_S = 180
 # How long process 0 may go on after its peer was killed before the test calls it a hang.
 LOST_PEER_GUARD_S = 300
 # pytest-timeout's bound for the tests that start runs: above their own waits (the first test of
@@ -55,11 +62,20 @@ def _reserve_port() -> socket.socket:
 
 
 class _Run(list):
-  """Process 0 and 1 of a run (`Popen`s), and the socket that holds their coordinator's port."""
+  """Process 0 and 1 of a run (`Popen`s), the socket that holds their coordinator's port, and
+  the folder of their logs."""
 
-  def __init__(self, procs, port_holder: socket.socket):
+  def __init__(self, procs, port_holder: socket.socket, logs: pathlib.Path):
     super().__init__(procs)
     self.port_holder = port_holder
+    self.logs = logs
+
+  def stalled(self, problem: str) -> None:
+    """Dumps every thread's stack of both processes (kept under the logs), stops them, fails."""
+    where = stacks.dump_stacks(self, self.logs / "stacks")
+    self.stop()
+    pytest.fail(f"{problem}\n{where}\n{stacks.summarize(self.logs / 'stacks')}\n"
+                f"{_logs(self.logs)}")
 
   def stop(self) -> None:
     """Kills what still runs and releases the port."""
@@ -92,22 +108,27 @@ def _env(data_dir, jax_cache) -> dict:
       "JAX_COMPILATION_CACHE_DIR": str(jax_cache),
       "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
       "PYTHONUNBUFFERED": "1"})
-  return env
+  return stacks.child_env(env)
 
 
-def _launch(argv, workdir, env, logs: pathlib.Path) -> _Run:
-  """Starts process 0 and 1 of a run (stdout/stderr to files: pipes could fill and block)."""
+def _launch(argv, workdir, env, logs: pathlib.Path, extra=((), ()), native_dumps=True) -> _Run:
+  """Starts process 0 and 1 of a run (stdout/stderr to files: pipes could fill and block);
+  `extra[i]`: more flags for process i. With `native_dumps`, a process that the watchdog ends
+  dumps its native stacks under the logs first (which pauses it: see train/watchdog.py)."""
   holder = _reserve_port()
   port = holder.getsockname()[1]
   logs.mkdir(parents=True, exist_ok=True)
+  if native_dumps:
+    env = {**env, watchdog.DUMP_DIR_ENV: str(logs / "stacks")}
   procs = []
   for i in range(2):
     cmd = [sys.executable, "-m", "train", *argv, "--workdir", str(workdir), "--distributed",
            "--coordinator", f"127.0.0.1:{port}", "--num-processes", "2", "--process-id", str(i),
-           "--heartbeat-timeout", str(HEARTBEAT_S), "--init-timeout", "120"]
+           "--heartbeat-timeout", str(HEARTBEAT_S), "--init-timeout", "120",
+           "--collective-timeout", str(COLLECTIVE_TIMEOUT_S), *extra[i]]
     procs.append(subprocess.Popen(cmd, cwd=REPO, env=env, stdout=open(logs / f"{i}.out", "w"),
                                   stderr=open(logs / f"{i}.err", "w")))
-  return _Run(procs, holder)
+  return _Run(procs, holder, logs)
 
 
 def _logs(logs: pathlib.Path) -> str:
@@ -122,9 +143,9 @@ def _finish(procs: _Run, logs: pathlib.Path, codes=(0, 0)) -> list[str]:
     for p in procs:
       p.wait(timeout=max(1.0, deadline - time.monotonic()))
   except subprocess.TimeoutExpired:
+    procs.stalled(f"the 2-process run did not finish in {RUN_TIMEOUT_S} s")
+  finally:
     procs.stop()
-    pytest.fail(f"the 2-process run did not finish in {RUN_TIMEOUT_S} s\n{_logs(logs)}")
-  procs.stop()
   got = tuple(p.returncode for p in procs)
   assert got == tuple(codes), f"exit codes {got}\n{_logs(logs)}"
   return [(logs / f"{i}.out").read_text() for i in range(2)]
@@ -137,8 +158,7 @@ def _wait_for(condition, procs: _Run, logs: pathlib.Path, what: str) -> None:
     problem = ("a process exited early" if any(p.poll() is not None for p in procs) else
                f"no {what} in {RUN_TIMEOUT_S} s" if time.monotonic() > deadline else None)
     if problem:
-      procs.stop()
-      pytest.fail(f"{problem}\n{_logs(logs)}")
+      procs.stalled(problem)
     time.sleep(0.2)
 
 
@@ -255,13 +275,50 @@ def test_a_lost_process_stops_the_other_within_a_bounded_time(shared, tmp_path):
     try:
       procs[0].wait(timeout=LOST_PEER_GUARD_S)
     except subprocess.TimeoutExpired:
-      pytest.fail(f"process 0 still runs {LOST_PEER_GUARD_S} s after its peer died\n"
-                  f"{_logs(logs)}")
+      procs.stalled(f"process 0 still runs {LOST_PEER_GUARD_S} s after its peer died")
   finally:
     procs.stop()
   assert procs[0].returncode != 0, _logs(logs)
   assert not (workdir / "run.json").exists() or json.loads(
       (workdir / "run.json").read_text())["end"] is None
+
+
+@pytest.mark.slow
+@pytest.mark.multiprocess
+@pytest.mark.timeout(TEST_TIMEOUT_S)
+def test_a_collective_stuck_among_live_processes_ends_with_the_watchdogs_error(shared, tmp_path):
+  # Process 1 blocks after step 3 (GRADVAR_TEST_STALL), alive: its heartbeats go on, so only the
+  # watchdog can tell. Process 0 then waits in the step-4 all-reduce that process 1 never joins.
+  # Process 1's own watchdog is set later, so that process 0's is the one seen to fire. 60 s:
+  # above the first calls' compiles on busy cores (a 10 s bound fired in the first `_accumulate`).
+  workdir, logs = tmp_path / "run", tmp_path / "logs"
+  env = {**shared["env"], "GRADVAR_TEST_STALL": "1@3"}
+  argv = [*shared["base"], "--parallel", "shard_map"]
+  procs = _launch(argv, workdir, env, logs, native_dumps=False,
+                  extra=(["--collective-timeout", "60"], ["--collective-timeout", "240"]))
+  start = time.monotonic()
+  try:
+    procs[0].wait(timeout=RUN_TIMEOUT_S)
+  except subprocess.TimeoutExpired:
+    procs.stalled(f"process 0 still runs {RUN_TIMEOUT_S} s after its peer stalled")
+  try:  # Process 1 ends too: its peer's heartbeats stop, or its own watchdog fires.
+    procs[1].wait(timeout=HEARTBEAT_S + 120)
+  except subprocess.TimeoutExpired:
+    procs.stalled("process 1 still runs after process 0 ended")
+  finally:
+    procs.stop()
+  err = (logs / "0.err").read_text()
+  assert procs[0].returncode == watchdog.EXIT_CODE, _logs(logs)
+  assert procs[1].returncode != 0, _logs(logs)
+  # The step, the bound and the operation: where process 0's main thread waits, in the loop.
+  # Steps are dispatched ahead of the host, up to its next sync (at the latest, the epoch's last
+  # step, 12): the step named is the last one dispatched, after the stuck step 4.
+  found = re.search(r"error: collective timeout: process 0 made no progress for 60 s since it "
+                    r"dispatched step (\d+)", err)
+  assert found, err[-3000:]
+  assert 4 <= int(found.group(1)) <= 12
+  assert "its main thread waits in train/" in err
+  assert time.monotonic() - start < RUN_TIMEOUT_S
 
 
 # --- Flags and the launcher's host copies, in this process ------------------------------------

@@ -61,11 +61,29 @@ def test_an_unknown_suite_or_an_unwritable_output_is_reported(tmp_path, data_dir
       f"the output folder {blocker} exists and is not a folder"]
 
 
-def test_make_demo_runs_the_preflight_before_training():
+def test_make_demo_is_compare_which_runs_the_preflight_itself():
   # `make -n` prints the recipe without running it (nor the venv install it depends on).
   lines = subprocess.run(["make", "-n", "demo"], cwd=ROOT, capture_output=True, text=True,
                          check=True).stdout.splitlines()
-  pre = [i for i, line in enumerate(lines) if "-m benchmarks.preflight --suite demo" in line]
-  run = [i for i, line in enumerate(lines) if "-m benchmarks compare --suite demo" in line]
-  assert pre and run and pre[0] < run[0]
+  assert any("-m benchmarks compare --suite demo" in line for line in lines)
   assert "GRADVAR_DATA_DIR" not in "\n".join(lines)
+
+
+def test_compare_runs_the_preflight_before_training(tmp_path, capsys, monkeypatch, data_dir):
+  from benchmarks import __main__ as cli
+  from benchmarks import compare
+  trained = []
+  monkeypatch.setattr(compare, "compare", lambda *a, **k: trained.append(a) or 0)
+  out = tmp_path / "out"
+  rc = cli.main(["compare", "--suite", "demo", "--tasks", "fashion_mnist", "--data-dir",
+                 str(tmp_path / "none"), "--out", str(out), "--no-progress"])
+  assert rc == 2 and trained == [] and not out.exists()
+  err = capsys.readouterr().err
+  assert err.count("error:") == 1 and "'demo' suite cannot start here" in err
+  # Only the narrowed suite's tasks are checked.
+  assert f"task fashion_mnist: {tmp_path / 'none' / 'fashion_mnist'}: no such folder" in err
+  assert "rt_sentiment" not in err
+  # With the data there, it goes on to train.
+  assert cli.main(["compare", "--suite", "demo", "--tasks", "fashion_mnist", "--data-dir",
+                   str(data_dir), "--out", str(out), "--no-progress"]) == 0
+  assert len(trained) == 1

@@ -103,6 +103,12 @@ class Config:
   skip_nonfinite: bool = _field(
       False, help="skip steps with a non-finite gradient (optax.apply_if_finite) and count them, "
                   "instead of stopping", trajectory=False)
+  collective_timeout_s: Optional[int] = _field(
+      None, help="end the run with an error when a step makes no progress for S seconds (a "
+                 "collective stuck on a multi-host run, any stall on one host); it must exceed "
+                 "the longest step, evaluation and checkpoint save (default: no limit)",
+      trajectory=False, records=False, flag="--collective-timeout", metavar="S",
+      check="positive_int")
   model: dict = _field(
       help="model options: `checkpoint` (pretrained weights) and any field of the model's "
            "config (--set model.X=V)", default_factory=dict, flag=None)

@@ -31,6 +31,7 @@ from train import checkpoint as checkpoint_lib
 from train import clock as clock_lib
 from train import records
 from train import step as step_lib
+from train import watchdog
 
 # With `skip_nonfinite`, optax.apply_if_finite skips this many non-finite steps in a row, then
 # gives up (applies one) and the run stops: a fault that persists is not a glitch to step over.
@@ -328,6 +329,7 @@ def _steps(run: Run, epoch: int) -> tuple[Any, str | None]:
   for i in bar:
     run.state, metrics = run.p_train(run.state, next(run.batches), run.rng)
     run.step += 1
+    watchdog.beat(run.step)  # --collective-timeout
     run.sums.add(metrics, run.step)
     for signum in run.signals.get(run.step, ()):
       signal.raise_signal(signum)  # the handlers run here, as for a signal from outside

@@ -58,6 +58,7 @@ from train import records
 from train import step as step_lib
 from train import strategies
 from train import tasks
+from train import watchdog
 from train.data import pipeline as pipeline_lib
 
 # Seeds the fixed choice of a training subset; independent of the run's seed, so every strategy
@@ -465,8 +466,9 @@ def _train(s: Setup, workdir: pathlib.Path, ckpts: checkpoint_lib.Checkpoints, s
       last_row=position.last_row, signals=signals, eval_view=eval_view(s, place),
       observe_eval=epoch_lib.observer(s.launcher, s.strategy.observe_eval))
   try:
-    with run.watch, s.pipeline.train_iterator(state=position.data, place=place,
-                                              num_epochs=config.epochs) as run.data:
+    with run.watch, watchdog.watch(config.collective_timeout_s, jax.process_index()), \
+        s.pipeline.train_iterator(state=position.data, place=place,
+                                  num_epochs=config.epochs) as run.data:
       compile_s = run.compile()
       if compile_s is not None:
         run_info["compile_s"] = compile_s

@@ -298,6 +298,20 @@ def main(argv: list[str] | None = None) -> int:
   print(HEADER)
   bar = _progress(len(cases))
   results = []
+
+  def write(complete: bool) -> None:
+    # After every configuration too, so that a run stopped at a time limit keeps what it measured.
+    if not args.out:
+      return
+    record = {"command": command, "git_commit": _git_commit(), "hardware": info,
+              "steps": args.steps, "warmup": args.warmup, "isolated": not args.in_process,
+              "results": results, "microbatch_ratios": microbatch_ratios(results),
+              "complete": complete, "configurations": len(cases)}
+    tmp = f"{args.out}.tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+      json.dump(record, f, indent=2)
+    os.replace(tmp, args.out)
+
   for case in cases:
     if bar is not None:
       bar.set_postfix_str(f"{case.model}/{case.size}/b{case.batch_size}/{case.dtype}")
@@ -309,6 +323,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
       result = _run_isolated(case, args.steps, args.warmup)
     results.append(result)
+    write(complete=False)
     (bar.write if bar is not None else print)(_row(result))
     if bar is not None:
       bar.update()
@@ -322,11 +337,7 @@ def main(argv: list[str] | None = None) -> int:
       print(f'  {r["model"]:<15}{r["size"]:<7}{r["batch_size"]:>6} {r["dtype"]:<9}'
             f'mb{r["microbatches"]}: {r["ratio"]:.2f}x')
   if args.out:
-    record = {"command": command, "git_commit": _git_commit(), "hardware": info,
-              "steps": args.steps, "warmup": args.warmup, "isolated": not args.in_process,
-              "results": results, "microbatch_ratios": ratios}
-    with open(args.out, "w", encoding="utf-8") as f:
-      json.dump(record, f, indent=2)
+    write(complete=True)
     print(f"wrote {args.out}")
   return 1 if any("error" in r for r in results) else 0
 

@@ -27,8 +27,8 @@ from typing import Any
 
 import numpy as np
 
-from train.data import labels as labels_lib
 from train.data import examples
+from train.data import labels as labels_lib
 from train.data import splits
 
 
@@ -108,9 +108,12 @@ def _open_split(name: str, split: str, data_dir: str | None, prepared_dir: str):
   tfds = _tfds()
   try:
     return tfds.data_source(name, split=split, data_dir=data_dir, download=False, try_gcs=False)
-  except (NotImplementedError, ValueError, OSError, AssertionError) as e:
+  except (NotImplementedError, ValueError, OSError, AssertionError, KeyError) as e:
     if not os.path.isdir(prepared_dir):
       problem = f"not prepared: there is no {prepared_dir}"
+    elif isinstance(e, KeyError):
+      # A folder with the metadata and no split of that name: an unfinished or partial prepare.
+      problem = f"the copy in {prepared_dir} has no prepared split {split!r} ({e.args[0]})"
     else:
       problem = f"the copy in {prepared_dir} is not readable ({e})"
     raise FileNotFoundError(f"TFDS data set {name!r}, split {split!r}: {problem}. "
