@@ -23,6 +23,7 @@ import numpy as np
 import optax
 
 import gradvar_optax
+from gradvar_optax import _numerics
 
 AXIS = "batch"
 # The microbatch axis of a grouped step (`make_train_step(microbatches=...)`).
@@ -66,10 +67,8 @@ def model_axis_name(grouped: bool) -> str | None:
   return None if grouped else AXIS
 
 
-def _sq_norm(tree) -> jax.Array:
-  """The float32 squared L2 norm of a gradient, whatever its dtype."""
-  return sum((jnp.sum(jnp.square(x.astype(jnp.float32))) for x in jax.tree.leaves(tree)),
-             jnp.zeros((), jnp.float32))
+# The float32 squared norm that the library measures with (`gradvar_optax._numerics`).
+_sq_norm = _numerics.sq_norm
 
 
 def make_train_step(model, input_names, optimizer, effective_lr,
