@@ -79,20 +79,15 @@ METRICS = ("steps_to_target",)
 DEFAULT_ALPHA = 0.05
 DEFAULT_PERMUTATIONS = 10000
 DEFAULT_BOOTSTRAP = 10000
-# The adaptive strategies and their controls (never tuned: each runs at the LR its adaptive
-# strategy was tuned to). `gradvar-null` is gradvar's; `matched-X` and `replay-X` exist for any X.
-NULL_CONTROLS = {"gradvar-null": "gradvar"}
 _PRIMARY = re.compile(r"^\s*([A-Za-z0-9_.-]+)\s*:\s*(\S+)\s+vs\s+(\S+)\s*$")
 
 
 def control_of(strategy: str) -> Optional[tuple[str, str]]:
-  """('null' | 'matched' | 'replay', X) for a control strategy's name, else None."""
-  if strategy in NULL_CONTROLS:
-    return "null", NULL_CONTROLS[strategy]
-  for kind in ("matched", "replay"):
-    if strategy.startswith(kind + "-") and len(strategy) > len(kind) + 1:
-      return kind, strategy[len(kind) + 1:]
-  return None
+  """(kind, X) for a control strategy's name, else None: the strategy registry's declaration
+  (`train.strategies.control_of`; the kinds are `train.control_kinds`'). Controls are never
+  tuned: each runs at the LR its adaptive strategy was tuned to."""
+  from train import strategies
+  return strategies.control_of(strategy)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -558,16 +553,18 @@ def _parse_arms(fail, task, raw, strategy_names, seeds) -> dict:
     control = control_of(strategy)
     if control is None:
       continue
+    from train import control_kinds
     kind, source = control
+    kind = control_kinds.get(kind)
     if source not in raw:
       fail(f"{where}.{strategy}", f"is a control of {source!r}, which must also be an arm "
                                   "of the task (the control runs from its runs)")
-    if kind != "null" and n > raw[source]:
+    if kind.follows_source_run and n > raw[source]:
       fail(f"{where}.{strategy}", f"has {n} seeds, more than its source {source!r} ({raw[source]})"
-                                  "; a matched or replay run follows a run of its source")
-    if kind == "replay" and raw[source] < 2:
-      fail(f"{where}.{source}", f"needs at least 2 seeds for {strategy!r} (a run replays "
-                                "another seed's path)")
+                                  f"; a {kind.name} run follows a run of its source")
+    if raw[source] < kind.min_source_seeds:
+      fail(f"{where}.{source}", f"needs at least {kind.min_source_seeds} seeds for {strategy!r} "
+                                f"(a {kind.name} run follows another seed's run)")
   return dict(raw)
 
 

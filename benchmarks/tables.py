@@ -326,6 +326,12 @@ def _comparison_row(c: dict) -> list[str]:
           f"{_time(c['time_to_target']['b'], ratios)}"]
 
 
+def _kinds_text() -> str:
+  """What each control kind is, in its own words (`train.control_kinds`)."""
+  from train import control_kinds
+  return "; ".join(kind.description for kind in control_kinds.kinds())
+
+
 def controls_section(results: dict) -> list[str]:
   """Each adaptive strategy against its controls, on the primaries' test, uncorrected."""
   rows = [_comparison_row(c) + ["yes" if c["primary"] else "no"]
@@ -335,10 +341,8 @@ def controls_section(results: dict) -> list[str]:
   conf = round(100 * (1 - results["analysis"]["alpha"]))
   return ["## Adaptive strategies against their controls", "",
           "Steps to the target, X − control per seed (negative: the adaptive strategy needs "
-          "fewer steps), with the primaries' test and intervals. `X-null` moves the scale at "
-          "random on X's cadence; `matched-X` is fixed Adam at X's mean effective LR; "
-          "`replay-X` follows another seed's recorded LR path, so it has X's schedule without "
-          "X's reaction to its own gradients. Uncorrected p-values: secondary, except where "
+          "fewer steps), with the primaries' test and intervals. " + _kinds_text() + ". "
+          "Uncorrected p-values: secondary, except where "
           "the pair is also a primary (its Holm-adjusted p is above).", "",
           _table(["task", "X − control", "setting", "seeds", "X reached", "control reached",
                   "median diff (steps)", f"{conf}% bootstrap", f"mean diff ± {conf}% t",

@@ -138,14 +138,12 @@ def epoch_row(epoch: int, step: int, totals: EpochTotals, last: dict[str, Any],
       train_loss=means["loss"], train_accuracy=means["accuracy"],
       val_loss=evaluation["validation_loss"], val_accuracy=evaluation["validation_accuracy"],
       effective_lr=float(last["effective_lr"]), effective_lr_mean=means["effective_lr"],
-      lr_scale=float(last["lr_scale"]), lr_scale_mean=means["lr_scale"],
-      variability_mean=means["variability"],
       train_time_s=times.train_s, train_time_total_s=times.train_total_s,
       elapsed_s=times.elapsed_s, cpu_time_s=times.cpu_s,
       examples_per_s=examples / times.train_s,
       peak_rss_mb=records.peak_rss_mb(), device_memory_mb=records.device_memory_mb(devices),
       nonfinite_steps=totals.nonfinite_steps if count_nonfinite else None,
-      noise_to_signal_mean=means["noise_to_signal"])
+      readout_means={k: v for k, v in means.items() if k not in records.STEP_METRICS})
 
 
 def on_replicas(launcher: step_lib.Launcher, fn: Callable) -> Callable:
@@ -294,8 +292,8 @@ class Run:
           train_time_s=clock.train_time_total + clock.epoch_train(),
           val_loss=evaluation["validation_loss"],
           val_accuracy=evaluation["validation_accuracy"],
-          effective_lr=_metric(last, "effective_lr"), lr_scale=_metric(last, "lr_scale"),
-          noise_to_signal=_metric(last, "noise_to_signal")))
+          effective_lr=_metric(last, "effective_lr"),
+          readouts={k: _metric(last, k) for k in self.s.strategy.spec.eval_readouts()}))
     if self.observe_eval is not None and (due or every is None):
       self.state = self.observe_eval(self.state, evaluation["validation_loss"])
 

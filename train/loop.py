@@ -291,7 +291,9 @@ def train_step(s: Setup):
   # BatchNorm model get the same groups' statistics and one gradient (`Strategy`).
   return s.launcher.train(step_lib.make_train_step(
       s.model, s.model_spec.input_names, s.strategy.optimizer, s.strategy.effective_lr,
-      microbatches=s.microbatches, group_grads=s.strategy.uses_groups))
+      microbatches=s.microbatches, group_grads=s.strategy.uses_groups,
+      readouts={k: r.read for k, r in s.strategy.spec.readouts.items()},
+      update_args=s.strategy.spec.update_args))
 
 
 RESUME_MODES = ("latest", "allow-fresh")

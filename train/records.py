@@ -8,8 +8,10 @@
   of K steps (steps and examples to a target are read from these).
 - `tb/`: TensorBoard event files with the same scalars (tensorboardX: no TensorFlow needed).
 
-Non-finite floats are written as JSON `null` (e.g. `lr_scale` of a strategy without gradvar);
-an optional field that is None or NaN is left out (`noise_to_signal` of a strategy without gns).
+Non-finite floats are written as JSON `null`; an optional field that is None or NaN is left out.
+A strategy's readouts (`lr_scale`, `variability`, `noise_to_signal`, ...: readings of its optimizer
+state that it declares, `train.strategies`) are one mapping per row, `readouts` (`readout_means` in
+an epoch row), holding only those it declares and that have a value.
 
 The rows are typed: `StepRow`, `EpochRow` and `EvalRow` are the schema of the JSONL files, the
 `Recorder` writes them and `read_steps`/`read_epochs`/`read_evals` read them back. A row with a
@@ -148,7 +150,11 @@ def now() -> str:
 # default, so that the rows written before it still read.
 #
 # 2: `noise_to_signal` in StepRow and `noise_to_signal_mean` in EpochRow (the gns strategy's).
-SCHEMA_VERSION = 2
+# 3: the readouts in one mapping: `readouts` in StepRow and EvalRow, `readout_means` in EpochRow,
+#    in place of `lr_scale`, `variability`, `noise_to_signal` and their `_mean`s; the epoch's last
+#    `lr_scale` is no longer kept (steps.jsonl has it). Rows of 1 and 2 read as rows of 3
+#    (`_Row.LEGACY`), so that the rows of one run compare equal whichever schema wrote them.
+SCHEMA_VERSION = 3
 SCHEMA_KEY = "records_schema"
 RUN_INFO = "run.json"
 
@@ -165,6 +171,8 @@ def schema_version(info: Mapping[str, Any], where: Any = RUN_INFO) -> int:
 
 def _allowed(hint) -> tuple[type, ...]:
   """The Python types a field's value may have; an int is a float (JSON keeps no difference)."""
+  if typing.get_origin(hint) is dict:
+    return (dict,)
   union = typing.get_origin(hint) in (Union, types.UnionType)
   out = []
   for t in typing.get_args(hint) if union else (hint,):
@@ -185,9 +193,29 @@ def _schema(cls) -> tuple[dict[str, tuple[type, ...]], tuple[str, ...]]:
           tuple(f.name for f in fields if f.default is dataclasses.MISSING))
 
 
+def _readouts(name: str, value: Any) -> dict[str, float]:
+  """A readouts mapping, checked, without the readouts that have no value (None or NaN)."""
+  if not isinstance(value, Mapping):
+    raise ValueError(f"{name} must be a mapping of readout names to numbers, got {value!r}")
+  out = {}
+  for key, v in value.items():
+    if not isinstance(key, str) or isinstance(v, bool) or not isinstance(v, (int, float,
+                                                                             type(None))):
+      raise ValueError(f"{name}[{key!r}] must be a number or None, got {v!r}")
+    if not _absent(v):
+      out[key] = v
+  return out
+
+
 class _Row:
   """A record row: typed fields, one JSON object per line. Non-finite floats are `None` when
-  read back (JSON `null`); in memory, before writing, they may be NaN or inf."""
+  read back (JSON `null`); in memory, before writing, they may be NaN or inf.
+
+  `READOUTS` names the row's readouts mapping; `LEGACY` maps the fields of rows of schema 1 and
+  2 to the readouts they became (a field mapped to None is dropped when read).
+  """
+  READOUTS = "readouts"
+  LEGACY: Mapping[str, str | None] = {}
 
   def __post_init__(self):
     for name, allowed in _schema(type(self))[0].items():
@@ -195,6 +223,22 @@ class _Row:
       if isinstance(value, bool) or not isinstance(value, allowed):
         kinds = " or ".join("None" if t is type(None) else t.__name__ for t in allowed)
         raise ValueError(f"{type(self).__name__}.{name} must be {kinds}, got {value!r}")
+      if name == self.READOUTS:
+        object.__setattr__(self, name, _readouts(f"{type(self).__name__}.{name}", value))
+
+  def readout(self, name: str) -> float | None:
+    """The row's value of a readout; None where it has none."""
+    return getattr(self, self.READOUTS).get(name)
+
+  @classmethod
+  def _upgrade(cls, row: Mapping[str, Any]) -> Mapping[str, Any]:
+    """A row of schema 1 or 2 (it has a `LEGACY` field) as a row of this schema."""
+    if not any(k in row for k in cls.LEGACY):
+      return row
+    out = {k: v for k, v in row.items() if k not in cls.LEGACY}
+    legacy = {cls.LEGACY[k]: v for k, v in row.items() if k in cls.LEGACY and cls.LEGACY[k]}
+    out[cls.READOUTS] = {**legacy, **dict(row.get(cls.READOUTS) or {})}
+    return out
 
   @classmethod
   def from_json(cls, row: Mapping[str, Any], where: Any = None):
@@ -203,6 +247,7 @@ class _Row:
     where = where or cls.__name__
     if not isinstance(row, Mapping):
       raise ValueError(f"{where}: a {cls.__name__} is a JSON object, got {row!r}")
+    row = cls._upgrade(row)
     kinds, required = _schema(cls)
     missing = [name for name in required if name not in row]
     if missing:
@@ -228,41 +273,55 @@ class _Row:
     """
     required = _schema(type(self))[1]
     return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
-            if f.name in required or not _absent(getattr(self, f.name))}
+            if f.name in required or not _empty(getattr(self, f.name))}
+
+
+def _empty(value: Any) -> bool:
+  return _absent(value) or (isinstance(value, dict) and not value)
+
+
+# The step's own metrics; every other metric of a step is a readout of its strategy.
+STEP_METRICS = ("accuracy", "effective_lr", "grad_norm", "loss")
+
+
+def _mapping():
+  return dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass(frozen=True)
 class StepRow(_Row):
-  """A row of steps.jsonl: the train step's metrics (`train.step`) at one step.
+  """A row of steps.jsonl: the train step's metrics (`train.step`) at one step."""
+  LEGACY = {"lr_scale": "lr_scale", "variability": "variability",
+            "noise_to_signal": "noise_to_signal"}
 
-  The metrics come in the order of their names, as the host copy of the step's metrics dict
-  has them (and so TensorBoard gets them as before the rows were typed); `noise_to_signal`,
-  added later with a default, comes last.
-  """
   step: int  # optimizer updates done, 1-based
   epoch: int  # 1-based
   accuracy: float | None
   effective_lr: float | None
   grad_norm: float | None
   loss: float | None
-  lr_scale: float | None  # None for strategies without gradvar or gns
-  variability: float | None  # None for strategies without gradvar
-  noise_to_signal: float | None = None  # gns's smoothed r; absent for the other strategies
+  readouts: dict[str, float] = _mapping()  # the strategy's readouts (`train.strategies`)
 
   @classmethod
   def from_metrics(cls, step: int, epoch: int, metrics: Mapping[str, Any]) -> "StepRow":
-    """The row of one step's metrics (host scalars); their names must be the row's fields."""
+    """The row of one step's metrics (host scalars): `STEP_METRICS`, and readouts."""
+    values = {k: float(v) for k, v in metrics.items()}
     return cls.from_json({"step": step, "epoch": epoch,
-                          **{k: float(v) for k, v in metrics.items()}}, "train step metrics")
+                          **{k: values.pop(k) for k in STEP_METRICS if k in values},
+                          "readouts": values}, "train step metrics")
 
 
 @dataclasses.dataclass(frozen=True)
 class EpochRow(_Row):
   """A row of epochs.jsonl: one epoch's deterministic metrics, then its measured resources.
 
-  The means are over the epoch's steps with a finite loss and gradient; `effective_lr` and
-  `lr_scale` are the epoch's last step's.
+  The means are over the epoch's steps with a finite loss and gradient; `effective_lr` is the
+  epoch's last step's. `readout_means` holds the means of the strategy's readouts.
   """
+  READOUTS = "readout_means"
+  LEGACY = {"lr_scale": None, "lr_scale_mean": "lr_scale", "variability_mean": "variability",
+            "noise_to_signal_mean": "noise_to_signal"}
+
   epoch: int  # 1-based
   step: int  # optimizer updates at the epoch's end
   train_loss: float | None
@@ -271,9 +330,6 @@ class EpochRow(_Row):
   val_accuracy: float | None
   effective_lr: float | None
   effective_lr_mean: float | None
-  lr_scale: float | None
-  lr_scale_mean: float | None
-  variability_mean: float | None
   train_time_s: float | None  # the epoch's training clock (evaluation and writing excluded)
   train_time_total_s: float | None  # the training clock up to the epoch's end
   elapsed_s: float | None  # wall time since the start, compilation and evaluation included
@@ -282,7 +338,7 @@ class EpochRow(_Row):
   peak_rss_mb: float | None
   device_memory_mb: float | None  # None where the backend does not report it (CPU)
   nonfinite_steps: int | None = None  # only with skip_nonfinite: the steps it skipped
-  noise_to_signal_mean: float | None = None  # only with gns: the mean of its steps' r
+  readout_means: dict[str, float] = _mapping()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -290,9 +346,11 @@ class EvalRow(_Row):
   """A row of evals.jsonl: a validation evaluation at a multiple of `eval_every_steps`.
 
   At an epoch's last step it is that epoch's evaluation (the `EpochRow`'s val_loss and
-  val_accuracy). `effective_lr`, `lr_scale` and `noise_to_signal` are the metrics of the step
-  just taken (None where the strategy has no such reading).
+  val_accuracy). `effective_lr` and `readouts` are the step's just taken (the readouts that the
+  strategy declares `at_evals`).
   """
+  LEGACY = {"lr_scale": "lr_scale", "noise_to_signal": "noise_to_signal"}
+
   step: int  # optimizer updates done, 1-based
   epoch: int  # 1-based, the epoch that step belongs to
   examples: int  # training examples seen: step x the global batch
@@ -300,8 +358,15 @@ class EvalRow(_Row):
   val_loss: float | None
   val_accuracy: float | None
   effective_lr: float | None
-  lr_scale: float | None
-  noise_to_signal: float | None = None  # gns's reading; absent where the step has none
+  readouts: dict[str, float] = _mapping()
+
+
+# Rows read by their schema-1 and -2 names: `row.lr_scale` is `row.readout("lr_scale")`, and an
+# epoch row's `lr_scale_mean` its `readout_means["lr_scale"]`.
+for _cls in (StepRow, EpochRow, EvalRow):
+  for _old, _new in _cls.LEGACY.items():
+    if _new is not None:
+      setattr(_cls, _old, property(lambda self, _new=_new: self.readout(_new)))
 
 
 def _read_rows(cls, path: pathlib.Path, missing_ok: bool) -> list:
@@ -348,6 +413,14 @@ def _as_row(cls, row, where: str):
   raise ValueError(f"{where}: expected a {cls.__name__} or a dict, got {type(row).__name__}")
 
 
+def _scalars(row: dict[str, Any], readouts: str, suffix: str):
+  """A row's finite numbers as (tag, value), its readouts tagged `<name><suffix>`."""
+  items = [(k, v) for k, v in row.items() if k != readouts]
+  items += [(k + suffix, v) for k, v in row.get(readouts, {}).items()]
+  return [(k, v) for k, v in items
+          if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)]
+
+
 class Recorder:
   """Writes the run's records; only the main process writes (`enabled`)."""
 
@@ -383,8 +456,8 @@ class Recorder:
     self._append("steps.jsonl", rows)
     if self._tb is not None:
       for row in rows:
-        for key, value in row.items():
-          if key not in ("step", "epoch") and value is not None and math.isfinite(value):
+        for key, value in _scalars(row, "readouts", ""):
+          if key not in ("step", "epoch"):
             self._tb.add_scalar(f"step/{key}", value, row["step"])
 
   def epoch(self, row: EpochRow | Mapping[str, Any]) -> None:
@@ -392,8 +465,8 @@ class Recorder:
     row = _as_row(EpochRow, row, "Recorder.epoch").as_dict()
     self._append("epochs.jsonl", [row])
     if self._tb is not None:
-      for key, value in row.items():
-        if key != "epoch" and isinstance(value, (int, float)) and math.isfinite(value):
+      for key, value in _scalars(row, "readout_means", "_mean"):
+        if key != "epoch":
           self._tb.add_scalar(f"epoch/{key}", value, row["epoch"])
       self._tb.flush()
 
@@ -402,8 +475,8 @@ class Recorder:
     row = _as_row(EvalRow, row, "Recorder.eval").as_dict()
     self._append("evals.jsonl", [row])
     if self._tb is not None:
-      for key, value in row.items():
-        if key not in ("step", "epoch") and value is not None and math.isfinite(value):
+      for key, value in _scalars(row, "readouts", ""):
+        if key not in ("step", "epoch"):
           self._tb.add_scalar(f"eval/{key}", value, row["step"])
       self._tb.flush()
 
