@@ -159,15 +159,18 @@ def test_batch_stats_step_gives_the_batchs_statistics_whatever_the_running_avera
 
 def test_eval_row_reads_back_and_rejects_bad_rows(tmp_path):
   row = {"step": 4, "epoch": 1, "examples": 32, "train_time_s": 1.5, "val_loss": 0.69,
-         "val_accuracy": 0.5, "effective_lr": 1e-3, "lr_scale": math.nan}
+         "val_accuracy": 0.5, "effective_lr": 1e-3, "readouts": {"lr_scale": math.nan}}
   recorder = records.Recorder(tmp_path)
   recorder.eval(records.EvalRow(**row))
-  recorder.eval({**row, "step": 8, "noise_to_signal": 0.25})  # a dict is checked too
+  # A dict is checked too; one of schema 2 (its readouts as fields) reads as schema 3.
+  recorder.eval({**{k: v for k, v in row.items() if k != "readouts"}, "step": 8,
+                 "lr_scale": None, "noise_to_signal": 0.25})
   recorder.close()
   rows = records.read_evals(tmp_path / "evals.jsonl")
-  assert rows[0] == records.EvalRow(**{**row, "lr_scale": None})  # NaN is written as null
-  assert rows[1].noise_to_signal == 0.25 and rows[0].noise_to_signal is None
-  assert "noise_to_signal" not in _jsonl(tmp_path / "evals.jsonl")[0]
+  assert rows[0] == records.EvalRow(**{**row, "readouts": {}})  # a NaN readout is left out
+  assert rows[1].readouts == {"noise_to_signal": 0.25} and rows[0].noise_to_signal is None
+  assert rows[1].noise_to_signal == 0.25
+  assert "readouts" not in _jsonl(tmp_path / "evals.jsonl")[0]
   assert records.read_evals(tmp_path / "none.jsonl", missing_ok=True) == []
   with pytest.raises(FileNotFoundError):
     records.read_evals(tmp_path / "none.jsonl")

@@ -190,7 +190,8 @@ def _schema(cls) -> tuple[dict[str, tuple[type, ...]], tuple[str, ...]]:
   hints = typing.get_type_hints(cls)
   fields = dataclasses.fields(cls)
   return ({f.name: _allowed(hints[f.name]) for f in fields},
-          tuple(f.name for f in fields if f.default is dataclasses.MISSING))
+          tuple(f.name for f in fields if f.default is dataclasses.MISSING
+                and f.default_factory is dataclasses.MISSING))
 
 
 def _readouts(name: str, value: Any) -> dict[str, float]:
