@@ -131,7 +131,7 @@ def _resnet_step(microbatches, devices, batch, group_grads=True):
   launcher = step_lib.Launcher("pmap", devices)
   fn = launcher.train(step_lib.make_train_step(
       model, spec.input_names, opt, lambda before, after, step: jnp.float32(0),
-      microbatches=microbatches, group_grads=group_grads))
+      microbatches=microbatches, group_grads=group_grads, update_args=step_lib.UPDATE_ARGS))
   local = jax.tree.map(lambda x: x.reshape((len(devices), -1) + x.shape[1:]), batch)
   new, metrics = fn(launcher.put_state(state), local, jax.random.key(1))
   return launcher.get(new), launcher.get(metrics)

@@ -14,10 +14,10 @@ state that it declares, `train.strategies`) are one mapping per row, `readouts` 
 an epoch row), holding only those it declares and that have a value.
 
 The rows are typed (train/rows.py): `StepRow`, `EpochRow` and `EvalRow` are the schema of the
-JSONL files, the
-`Recorder` writes them and `read_steps`/`read_epochs`/`read_evals` read them back. A row with a
-missing required field or a field the schema does not know is an error naming the file, the line and
-the field. run.json records the schema's version as `records_schema` (see `SCHEMA_VERSION`).
+JSONL files, the `Recorder` writes them and `read_steps`/`read_epochs`/`read_evals` read them back.
+A row with a missing required field or a field the schema does not know is an error naming the
+file, the line and the field. run.json records the schema's version as `records_schema` (see
+`SCHEMA_VERSION`).
 """
 
 from collections.abc import Mapping, Sequence
