@@ -469,3 +469,35 @@ def test_evaluations_every_k_steps_and_what_the_strategy_saw_resume_bitwise(
   assert "4 rows of steps.jsonl, 1 rows of evals.jsonl, 1 rows of epochs.jsonl" in caplog.text
   assert_same_run(workdir, reference)
   assert_same_evals(workdir, reference)
+
+
+def test_a_checkpoint_of_the_old_layout_is_converted_once_on_restore(tmp_path):
+  """Before the optimizer was always inside `apply_if_finite`, a run without skip_nonfinite
+  saved the strategy's state alone; such a checkpoint restores into today's layout."""
+  import optax
+
+  import gradvar_optax
+  from train import resume
+  from train import step as step_lib
+  params = {"w": np.arange(6, dtype=np.float32).reshape(2, 3)}
+  inner = gradvar_optax.gradvar(optax.adam(1e-3))
+  wrapped = optax.apply_if_finite(inner, 0)
+  today = step_lib.TrainState(np.int32(7), params, {}, jax.device_get(wrapped.init(params)))
+  old = today._replace(opt_state=jax.device_get(inner.init(params)))
+  abstract_for = resume._abstract_for(jax.eval_shape(lambda: today))
+  ckpts = checkpoint.Checkpoints(tmp_path / "ckpt", keep=3)
+  layout = dict([resume.OPT_LAYOUT])
+  saves = {5: (old, {"skip_nonfinite": False}, {}),  # the old layout
+           6: (today, {"skip_nonfinite": True}, {}),  # skipping: wrapped then too
+           7: (today, {"skip_nonfinite": False}, layout)}  # today's
+  for step, (state, config, extra) in saves.items():
+    ckpts.save(step, {"train": state, "rng": np.array([1, 2], np.uint32)},
+               {"config": config, **extra})
+  for step, (_, config, extra) in saves.items():
+    meta = {"config": config, **extra}
+    restored = ckpts._read_state(step, ckpts._read_meta(step), abstract_for(meta))
+    state = resume._converted(restored["train"], meta)
+    assert type(state.opt_state) is optax.ApplyIfFiniteState, step
+    assert type(state.opt_state.inner_state) is gradvar_optax.GradVarState, step
+    jax.tree.map(np.testing.assert_array_equal, state, today)
+  ckpts.close()
