@@ -119,8 +119,8 @@ class Setup:
   model: Any
   model_spec: Any
   strategy: strategies.Strategy
-  # The strategy's optimizer inside `optax.apply_if_finite`, always: it skips non-finite steps
-  # with `skip_nonfinite` (up to MAX_CONSECUTIVE_NONFINITE in a row) and never without it.
+  # The strategy's optimizer with `optax.apply_if_finite`'s state, always (`finite_guard`): it
+  # skips non-finite steps with `skip_nonfinite` (up to MAX_CONSECUTIVE_NONFINITE in a row).
   optimizer: optax.GradientTransformationExtraArgs
   devices: list
   launcher: step_lib.Launcher
@@ -166,8 +166,7 @@ def setup(config: config_lib.Config) -> Setup:
   strategy = strategies.build(config.strategy, strategies.StrategyArgs(
       config.lr, pipeline.steps_per_epoch, config.epochs, seed=config.seed,
       replay_from=config.replay_from))
-  optimizer = optax.apply_if_finite(
-      strategy.optimizer, MAX_CONSECUTIVE_NONFINITE if config.skip_nonfinite else 0)
+  optimizer = finite_guard(strategy.optimizer, config.skip_nonfinite)
   grouped = strategy.uses_groups or (strategy.batchnorm_groups and family.has_batch_stats)
   if grouped:
     _check_groups(config, len(devices))
@@ -182,6 +181,27 @@ def setup(config: config_lib.Config) -> Setup:
   return Setup(config, task, source, inputs, pipeline, model, model_spec, strategy, optimizer,
                devices, step_lib.Launcher(config.parallel, devices),
                config.gns_groups // len(devices) if grouped else None)
+
+
+def finite_guard(inner: optax.GradientTransformation, skip: bool
+                 ) -> optax.GradientTransformationExtraArgs:
+  """`inner` with `optax.apply_if_finite`'s state around its own, whether it skips or not.
+
+  With `skip`, `optax.apply_if_finite(inner, MAX_CONSECUTIVE_NONFINITE)`. Without, the same
+  `init` (so a checkpoint has one layout either way) and `inner`'s update as it is, the counters
+  left at 0: `apply_if_finite` runs the update in a `lax.cond`, whose branch XLA compiles apart
+  from the step around it, and a run that does not skip must stay the computation it was.
+  """
+  wrapped = optax.apply_if_finite(inner, MAX_CONSECUTIVE_NONFINITE)
+  if skip:
+    return wrapped
+  inner = optax.with_extra_args_support(inner)
+
+  def update(updates, state, params=None, **extra_args):
+    updates, inner_state = inner.update(updates, state.inner_state, params, **extra_args)
+    return updates, state._replace(inner_state=inner_state)
+
+  return optax.GradientTransformationExtraArgs(wrapped.init, update)
 
 
 def init_state(s: Setup) -> step_lib.TrainState:
