@@ -348,12 +348,6 @@ def prepare_out(suite: suite_lib.Suite, out: pathlib.Path, argv: list[str]) -> N
     os.replace(tmp, path)
 
 
-# The controls' runner logic is their kind's (train/control_kinds.py); these two are kept here by
-# name for the runner's callers.
-matched_lr = control_kinds.matched_lr
-replay_seed = control_kinds.replay_seed
-
-
 def evaluation_lrs(suite: suite_lib.Suite, out: pathlib.Path, tuned: bool) -> dict:
   """task -> strategy -> base LR of the evaluation runs (None: tuning not complete).
 
