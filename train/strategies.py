@@ -23,7 +23,6 @@ not tuned: the comparison runner runs them at the LR their rule was tuned to, or
 the rule's run (`train.control_kinds`).
 """
 
-
 import jax
 import jax.numpy as jnp
 import optax
