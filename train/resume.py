@@ -4,9 +4,9 @@ A checkpoint holds one tree, `{"train": TrainState, "rng": key data}`, and its m
 config, the position (epochs done, the data iterator, the unfinished epoch's sums, the last epoch
 row, the clocks) and the optimizer state's layout. The optimizer state is always inside
 `optax.apply_if_finite`'s (`train.loop.finite_guard`), so it has one shape whether non-finite
-steps are skipped or not. Checkpoints written before that (without `OPT_LAYOUT` in their metadata) by a
-run without `skip_nonfinite` hold the strategy's state alone; `_old_layout` converts them, here
-and nowhere else.
+steps are skipped or not. Checkpoints written before that (without `OPT_LAYOUT` in their
+metadata) by a run without `skip_nonfinite` hold the strategy's state alone; `_old_layout` and
+`_converted` convert them, here and nowhere else.
 """
 
 import dataclasses
