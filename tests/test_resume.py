@@ -35,7 +35,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 STEPS_PER_EPOCH, EPOCHS, EVERY, WINDOW = 8, 2, 3, 5  # gradvar's default window
 DETERMINISTIC_EPOCH_FIELDS = (
     "epoch", "step", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "effective_lr",
-    "effective_lr_mean", "lr_scale", "lr_scale_mean", "variability_mean")
+    "effective_lr_mean", "readout_means")
 
 
 def subprocess_env(tmp_path_factory, data_dir) -> dict[str, str]:
