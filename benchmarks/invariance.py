@@ -27,6 +27,7 @@ import sys
 import tempfile
 import time
 
+from benchmarks import runs as runs_lib
 from train import records
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -83,8 +84,8 @@ def _rows(path: pathlib.Path) -> list[dict]:
   return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-_READERS = {"steps.jsonl": records.read_steps, "epochs.jsonl": records.read_epochs,
-            "evals.jsonl": records.read_evals}
+_READERS = {runs_lib.STEPS: records.read_steps, runs_lib.EPOCHS: records.read_epochs,
+            runs_lib.EVALS: records.read_evals}
 
 
 def _read(path: pathlib.Path) -> list[dict]:
@@ -96,11 +97,6 @@ def _read(path: pathlib.Path) -> list[dict]:
     mapping = flat.pop(row.READOUTS, {})
     out.append({**flat, **{f"{row.READOUTS}.{k}": v for k, v in mapping.items()}})
   return out
-
-
-def _read_json(path: pathlib.Path) -> dict:
-  """A JSON file's object; empty when the file is missing."""
-  return json.loads(path.read_text()) if path.exists() else {}
 
 
 def _same(a, b) -> bool:
@@ -120,9 +116,9 @@ def differences(old: pathlib.Path, new: pathlib.Path) -> list[str]:
       elif not _same(a[key], b[key]):
         found.append(f"{where}: {key} {a[key]!r} != {b[key]!r}")
 
-  for name, ignore in (("steps.jsonl", frozenset()), ("epochs.jsonl", MACHINE_FIELDS),
-                       ("evals.jsonl", MACHINE_FIELDS)):
-    if name == "evals.jsonl" and not (old / name).exists() and not (new / name).exists():
+  for name, ignore in ((runs_lib.STEPS, frozenset()), (runs_lib.EPOCHS, MACHINE_FIELDS),
+                       (runs_lib.EVALS, MACHINE_FIELDS)):
+    if name == runs_lib.EVALS and not (old / name).exists() and not (new / name).exists():
       continue  # a run without eval_every_steps writes none
     if not (old / name).exists() or not (new / name).exists():
       found.append(f"{name}: only in {'new' if (new / name).exists() else 'old'}")
@@ -132,8 +128,8 @@ def differences(old: pathlib.Path, new: pathlib.Path) -> list[str]:
       found.append(f"{name}: {len(a)} rows != {len(b)} rows")
     for i, (ra, rb) in enumerate(zip(a, b)):
       compare(f"{name} row {i + 1}", ra, rb, ignore)
-  test_a = json.loads((old / "run.json").read_text())["test"]
-  test_b = json.loads((new / "run.json").read_text())["test"]
+  test_a = json.loads((old / runs_lib.RUN_INFO).read_text())["test"]
+  test_b = json.loads((new / runs_lib.RUN_INFO).read_text())["test"]
   compare("run.json test", test_a, test_b)
   return found
 
@@ -156,8 +152,8 @@ def parser() -> argparse.ArgumentParser:
 
 def repeat(run: pathlib.Path, out: pathlib.Path) -> int:
   """Trains `run`'s config.json again with this tree into `out`/run; 0 if the records are equal."""
-  config, info = run / "config.json", _read_json(run / "run.json")
-  if not config.exists() or not info.get("end"):
+  config, info = run / runs_lib.CONFIG, runs_lib.finished_info(run)
+  if not config.exists() or info is None:
     raise SystemExit(f"invariance: {run} is not a finished run (it needs config.json and a "
                      "run.json with an end)")
   new = out / "run"
@@ -166,7 +162,7 @@ def repeat(run: pathlib.Path, out: pathlib.Path) -> int:
   # The run's own data_dir (null: the project's data/) is kept; its cache is made anew.
   seconds = train(ROOT, new, ["--config", str(config), "--cache-dir", str(out / ".cache")])
   found = differences(run, new)
-  steps = len(_rows(new / "steps.jsonl"))
+  steps = len(_rows(new / runs_lib.STEPS))
   commit = (info.get("git") or {}).get("commit") or "?"
   return _verdict(f"{run} (made at {commit[:12]}) repeated with {ROOT} ({seconds:.0f} s): "
                   f"{steps} step rows compared", found)
@@ -200,7 +196,7 @@ def main(argv=None) -> int:
     t_old = train(base_tree, old, run_args)
     t_new = train(ROOT, new, run_args)
     found = differences(old, new)
-    steps = len(_rows(new / "steps.jsonl"))
+    steps = len(_rows(new / runs_lib.STEPS))
     return _verdict(f"{args.task}/{args.strategy} seed {args.seed} "
                     f"({'quick' if args.quick else 'cpu suite'} config), base {args.base[:12]} "
                     f"({t_old:.0f} s) against {ROOT} ({t_new:.0f} s): {steps} step rows "

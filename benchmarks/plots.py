@@ -33,69 +33,12 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from benchmarks import bands  # noqa: E402
+from benchmarks import declared  # noqa: E402
 from benchmarks import metrics  # noqa: E402
 from benchmarks import suite as suite_lib  # noqa: E402
 
 _DPI = 110
-
-
-def _colors(strategies):
-  """A colour per strategy, none repeated: tab10 up to 10 strategies, beyond that tab20's dark
-  shades first, then its light ones (with tab10 alone, cpu-v2's 11th strategy took the 1st's)."""
-  if len(strategies) <= 10:
-    cmap = plt.get_cmap("tab10")
-    return {s: cmap(i) for i, s in enumerate(strategies)}
-  cmap = plt.get_cmap("tab20")
-  order = list(range(0, 20, 2)) + list(range(1, 20, 2))
-  return {s: cmap(order[i % 20]) for i, s in enumerate(strategies)}
-
-
-_MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*", "<", ">")
-_STYLES = ("-", "--", "-.", ":")
-
-
-def _styles(strategies) -> dict:
-  """Per strategy a line style, a marker and a width that shrinks with the drawing order, so a
-  curve drawn over an identical one leaves it showing on both sides."""
-  n = max(len(strategies), 1)
-  return {s: {"ls": _STYLES[i % len(_STYLES)], "marker": _MARKERS[i % len(_MARKERS)],
-              "lw": 1.0 + 2.0 * (n - 1 - i) / n, "zorder": 2 + i}
-          for i, s in enumerate(strategies)}
-
-
-def _band_points(xs_by_seed: list[dict]) -> tuple[list, list, list, list]:
-  """Mean over seeds at every x all seeds have where all are finite, and its 95% t band."""
-  xs, mean, low, high = [], [], [], []
-  if not xs_by_seed:
-    return xs, mean, low, high
-  common = sorted(set.intersection(*(set(d) for d in xs_by_seed)))
-  for x in common:
-    values = [d[x] for d in xs_by_seed]
-    if not all(metrics.finite(v) for v in values):
-      continue
-    iv = metrics.t_interval(values)
-    xs.append(x)
-    mean.append(iv.mean)
-    low.append(iv.low if iv.low is not None else iv.mean)
-    high.append(iv.high if iv.high is not None else iv.mean)
-  return xs, mean, low, high
-
-
-def _band(ax, xs_by_seed: list[dict], label: str, color, log: bool = False,
-          style: dict | None = None, fill: bool = True) -> bool:
-  """Draws `_band_points`' curve and (with `fill`) its band; False if there is nothing to draw."""
-  xs, mean, low, high = _band_points(xs_by_seed)
-  if not xs:
-    return False
-  style = style or {"lw": 1.6}
-  if "marker" in style:
-    style = {**style, "markevery": max(1, len(xs) // 8), "markersize": 4}
-  ax.plot(xs, mean, color=color, label=f"{label} (n={len(xs_by_seed)})", **style)
-  if fill and len(xs_by_seed) > 1:
-    if log:  # a band below zero cannot be drawn on a log axis
-      low = [max(l, m * 1e-3) for l, m in zip(low, mean)]
-    ax.fill_between(xs, low, high, color=color, alpha=0.2, lw=0)
-  return True
 
 
 def _series(records, key, x="epoch", rows="epochs"):
@@ -124,13 +67,13 @@ def val_loss(results, runs, task, setting, path, render=True) -> str | None:
     return None
   if not render:
     return path.name
-  colors = _colors(results["strategies"])
-  styles = _styles(results["strategies"])
+  colors = bands.colors(results["strategies"])
+  styles = bands.styles(results["strategies"])
   fig, ax = plt.subplots(figsize=(7, 4.2))
   for strategy in results["strategies"]:
     if strategy in groups:
       lr = results["tasks"][task]["settings"][setting]["strategies"][strategy]["lr"]
-      _band(ax, _series(groups[strategy], "val_loss"), f"{strategy} (lr {lr:g})",
+      bands.band(ax, _series(groups[strategy], "val_loss"), f"{strategy} (lr {lr:g})",
             colors[strategy], style=styles[strategy])
   threshold = results["tasks"][task]["threshold"]
   if threshold is not None:
@@ -142,28 +85,22 @@ def val_loss(results, runs, task, setting, path, render=True) -> str | None:
   return _save(fig, path)
 
 
-def analysed_setting(entry: dict) -> str:
-  """The setting the report analyses for a task's `results["tasks"]` entry: the tuned LRs where
-  the task's tuning is complete, else the untuned ones."""
-  return "tuned" if "tuned" in entry["settings"] else "untuned"
-
-
 def effective_lr(results, runs, task, path, render=True) -> str | None:
-  setting = analysed_setting(results["tasks"][task])
+  setting = declared.analysed_setting(results["tasks"][task])
   groups = _by_strategy(runs, setting, task)
   if not groups:
     return None
   if not render:
     series = [_series(groups[s], "effective_lr", "step", "steps")
               for s in results["strategies"] if s in groups]
-    return path.name if any(_band_points(xs)[0] for xs in series) else None
-  colors, styles = _colors(results["strategies"]), _styles(results["strategies"])
+    return path.name if any(bands.band_points(xs)[0] for xs in series) else None
+  colors, styles = bands.colors(results["strategies"]), bands.styles(results["strategies"])
   fig, ax = plt.subplots(figsize=(8.5, 4.2))
   drawn = False
   fill = len(groups) <= 4  # more bands than that hide each other
   for strategy in results["strategies"]:
     if strategy in groups:
-      drawn |= _band(ax, _series(groups[strategy], "effective_lr", "step", "steps"), strategy,
+      drawn |= bands.band(ax, _series(groups[strategy], "effective_lr", "step", "steps"), strategy,
                      colors[strategy], log=True, style=styles[strategy], fill=fill)
   if not drawn:
     plt.close(fig)
@@ -178,7 +115,7 @@ def effective_lr(results, runs, task, path, render=True) -> str | None:
 
 
 def gradvar(results, runs, task, path, render=True) -> str | None:
-  setting = analysed_setting(results["tasks"][task])
+  setting = declared.analysed_setting(results["tasks"][task])
   groups = _by_strategy(runs, setting, task)
   chosen = [s for s in results["strategies"] if s in groups and any(
       metrics.finite(r.lr_scale) for rec in groups[s] for r in rec.steps)]
@@ -186,12 +123,12 @@ def gradvar(results, runs, task, path, render=True) -> str | None:
     return None
   if not render:
     return path.name
-  colors = _colors(results["strategies"])
+  colors = bands.colors(results["strategies"])
   fig, (top, bottom) = plt.subplots(2, 1, figsize=(7, 6), sharex=True)
   for strategy in chosen:
-    _band(top, _series(groups[strategy], "variability", "step", "steps"), strategy,
+    bands.band(top, _series(groups[strategy], "variability", "step", "steps"), strategy,
           colors[strategy])
-    _band(bottom, _series(groups[strategy], "lr_scale", "step", "steps"), strategy,
+    bands.band(bottom, _series(groups[strategy], "lr_scale", "step", "steps"), strategy,
           colors[strategy])
   top.set(ylabel="gradient variability",
           title=f"{task} ({setting}): gradient variability, and each rule's LR scale")
@@ -210,7 +147,7 @@ def summary(results, task, setting, path, render=True) -> str | None:
     return None
   if not render:
     return path.name
-  colors = _colors(results["strategies"])
+  colors = bands.colors(results["strategies"])
   fig, axes = plt.subplots(1, 4, figsize=(14, 3.8))
   ax = axes[0]
   if entry["threshold"] is None:
@@ -339,7 +276,7 @@ def main_figure(results, runs, task, setting):
   chosen = main_strategies(results, task, setting, groups)
   if not chosen:
     return None
-  colors = _colors(results["strategies"])
+  colors = bands.colors(results["strategies"])
   lrs = results["tasks"][task]["settings"][setting]["strategies"]
   fig, ax = plt.subplots(figsize=(7.5, 4.5))
   xlabels = set()
@@ -369,7 +306,7 @@ def grid_figure(results, runs, task, setting):
   rows = math.ceil(len(rest) / cols)
   fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.6 * rows), sharex=True,
                            sharey=True, squeeze=False)
-  colors = _colors(results["strategies"])
+  colors = bands.colors(results["strategies"])
   base = results["baseline"]
   for ax, strategy in zip(axes.flat, rest):
     if base in groups:

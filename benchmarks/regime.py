@@ -47,8 +47,8 @@ def task_data(suite: suite_lib.Suite, task: str, data_dir: Optional[str] = None)
   source = data.get_source(resolved.source, data_dir=data_dir or config.data_dir,
                            tfds_data_dir=config.tfds_data_dir)
   # train.loop.setup's own subsets, so the reference sees the runs' examples exactly.
-  train = loop._subset(source.train, config.train_examples)
-  validation = loop._subset(source.validation, config.eval_examples)
+  train = loop.subset(source.train, config.train_examples)
+  validation = loop.subset(source.validation, config.eval_examples)
   return source, train, validation
 
 

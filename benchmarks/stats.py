@@ -111,11 +111,12 @@ def paired_comparison(a: Mapping[Any, Optional[float]], b: Mapping[Any, Optional
                       permutations: int = DEFAULT_PERMUTATIONS,
                       bootstrap: int = DEFAULT_BOOTSTRAP, seed: int = 0,
                       confidence: float = 0.95) -> dict:
-  """One primary comparison of steps to target, A - B per seed (negative: A is faster).
+  """One primary comparison on the declared metric, A - B per seed (for steps to target, the
+  default: negative means A is faster).
 
-  `a` and `b` map seed -> steps to target (None: not reached); `horizon_a`/`horizon_b` map seed
-  -> the run's total steps, which a censored run takes. The seeds compared are those present in
-  both with a value (reached or censored) for each.
+  `a` and `b` map seed -> the metric (None: not reached); `horizon_a`/`horizon_b` map seed ->
+  the value a censored run takes (the run's total steps; None drops the seed). The seeds
+  compared are those present in both with a value (reached or censored) for each.
   """
   diffs = {}
   for s in sorted(set(a) & set(b)):

@@ -1,66 +1,15 @@
-"""REPORT.md's text: the tables of a results.json (`report.collect`) and the definitions.
+"""REPORT.md's text: the tables of a results.json (`analysis.collect`) and the definitions.
 
-Pure functions of the results dict: the figures are computed by `report`, formatted here.
+Pure functions of the results dict: the figures are computed by `analysis` and `declared`,
+formatted here; `sections` holds the declared analysis's sections and `cells` the cells.
 """
 
 import math
 
+from benchmarks import catalogue
+from benchmarks import cells
 from benchmarks import metrics
-
-# (key, label, format, higher is better): the per-run figures that get a mean ± CI.
-NUMERIC = (
-    ("final_val_loss", "final val loss", "{:.4f}", False),
-    ("best_val_loss", "best val loss", "{:.4f}", False),
-    ("stability", "stability (std val loss, last 5 ep.)", "{:.4f}", False),
-    ("final_val_accuracy", "final val acc", "{:.4f}", True),
-    ("best_val_accuracy", "best val acc", "{:.4f}", True),
-    ("test_accuracy", "test acc", "{:.4f}", True),
-    ("test_loss", "test loss", "{:.4f}", False),
-    ("train_time_s", "train time (s)", "{:.1f}", False),
-    ("train_cpu_s", "train CPU time (s)", "{:.1f}", False),
-    ("process_cpu_s", "process CPU time (s)", "{:.1f}", False),
-    ("elapsed_s", "wall time incl. compile, eval (s)", "{:.1f}", False),
-    ("peak_rss_mb", "peak RSS (MiB)", "{:.0f}", False),
-    ("device_memory_mb", "device memory (MiB)", "{:.0f}", False),
-)
-REACH = (("epochs_to_threshold", "epochs to threshold", "{:.0f}"),
-         ("seconds_to_threshold", "train seconds to threshold", "{:.1f}"))
-# From evals.jsonl (runs with `eval_every_steps`): the pre-registered metric and its companion.
-EVAL_REACH = (("steps_to_target", "steps to target", "{:.0f}"),
-              ("examples_to_target", "examples to target", "{:.0f}"))
-# From evals.jsonl too: per-run figures with a mean ± CI, where the runs have evaluations.
-EVAL_NUMERIC = (("stability_evals", "stability (std val loss, last 5 evaluations)", "{:.4f}",
-                 False),)
-# The paired table: what a reader weighs a strategy on.
-PAIRED = ("final_val_loss", "best_val_loss", "stability", "final_val_accuracy",
-          "best_val_accuracy", "test_accuracy", "train_time_s")
-_LABEL = {k: label for k, label, *_ in NUMERIC + EVAL_NUMERIC + REACH + EVAL_REACH}
-_FMT = {k: fmt for k, _, fmt, *_ in NUMERIC + EVAL_NUMERIC + REACH + EVAL_REACH}
-EVAL_REACH = tuple(k for k, *_ in EVAL_REACH)
-
-
-def _num(value, fmt="{:.4g}") -> str:
-  return "–" if value is None or not metrics.finite(value) else fmt.format(value)
-
-
-def _ci(interval: dict, fmt: str) -> str:
-  if interval["n"] == 0:
-    return "–"
-  if interval["half_width"] is None:
-    return f"{fmt.format(interval['mean'])} (n=1)"
-  return f"{fmt.format(interval['mean'])} ± {fmt.format(interval['half_width'])}"
-
-
-def _reach(entry: dict, fmt: str) -> str:
-  vals = [("n.r." if v is None else fmt.format(v)) for v in entry["values"].values()]
-  med = "–" if entry["median"] is None else fmt.format(entry["median"])
-  return f"{entry['reached']}/{entry['n']}; median {med} [{', '.join(vals)}]"
-
-
-def _table(header: list[str], rows: list[list[str]]) -> str:
-  lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-  lines += ["| " + " | ".join(r) + " |" for r in rows]
-  return "\n".join(lines)
+from benchmarks import sections
 
 
 def summary_table(results: dict, setting: str = "untuned") -> str:
@@ -73,18 +22,18 @@ def summary_table(results: dict, setting: str = "untuned") -> str:
     rows = []
     for strategy, g in groups.items():
       rows.append([strategy, f"{g['lr']:g}", f"{len(g['seeds'])}",
-                   _reach(g["reach"]["epochs_to_threshold"], "{:.0f}")
+                   cells.reach(g["reach"]["epochs_to_threshold"], "{:.0f}")
                    if entry["threshold"] else "no threshold",
-                   _ci(g["summary"]["stability"], "{:.4f}"),
-                   _ci(g["summary"]["final_val_accuracy"], "{:.4f}"),
-                   _ci(g["summary"]["test_accuracy"], "{:.4f}"),
-                   _ci(g["summary"]["train_time_s"], "{:.1f}"),
+                   cells.ci(g["summary"]["stability"], "{:.4f}"),
+                   cells.ci(g["summary"]["final_val_accuracy"], "{:.4f}"),
+                   cells.ci(g["summary"]["test_accuracy"], "{:.4f}"),
+                   cells.ci(g["summary"]["train_time_s"], "{:.1f}"),
                    f"{g['divergences']}"])
-    thr = _num(entry["threshold"], "{:.4f}")
+    thr = cells.num(entry["threshold"], "{:.4f}")
     blocks.append(f"{task} ({setting}; val-loss threshold {thr}; mean ± 95% CI over seeds)\n"
-                  + _table(["strategy", "lr", "seeds", "reached: epochs to threshold",
-                            "stability", "final val acc", "test acc", "train time (s)",
-                            "diverged"], rows))
+                  + cells.table(["strategy", "lr", "seeds", "reached: epochs to threshold",
+                                 "stability", "final val acc", "test acc", "train time (s)",
+                                 "diverged"], rows))
   return "\n\n".join(blocks)
 
 
@@ -92,32 +41,35 @@ def _paired_table(results: dict, task: str, setting: str) -> str:
   s = results["tasks"][task]["settings"][setting]
   rows = []
   for strategy, paired in s["paired"].items():
-    for key in PAIRED:
-      iv = paired[key]
-      fmt = _FMT[key]
-      if iv["n"] == 0:
+    for m in catalogue.of_kind("numeric"):
+      iv, fmt = paired.get(m.name), m.fmt
+      if not m.paired or iv is None or iv["n"] == 0:
         continue
       ci = ("–" if iv["half_width"] is None
             else f"[{fmt.format(iv['low'])}, {fmt.format(iv['high'])}]")
       inc = {None: "n/a (1 seed)", True: "yes", False: "**no**"}[iv["includes_zero"]]
-      rows.append([strategy, _LABEL[key], f"{iv['n']}", fmt.format(iv["mean"]), ci, inc])
-    for key, *_ in REACH:
-      w = paired[key]
-      if results["tasks"][task]["threshold"] is not None and sum(w.values()):
-        rows.append([strategy, _LABEL[key], f"{sum(w.values())}",
+      rows.append([strategy, m.label, f"{iv['n']}", fmt.format(iv["mean"]), ci, inc])
+    for m in catalogue.of_kind("reach"):
+      w = paired.get(m.name)
+      if (m.paired and not m.horizon and w is not None
+          and results["tasks"][task]["threshold"] is not None and sum(w.values())):
+        rows.append([strategy, m.label, f"{sum(w.values())}",
                      f"better {w['better']}, tie {w['tie']}, worse {w['worse']}", "–",
                      "(counts, not averaged)"])
-    iv = paired.get("steps_to_target_censored")
-    if iv and iv["n"] and results["tasks"][task]["threshold"] is not None:
+    for m in catalogue.of_kind("reach"):  # with a horizon: censored runs take it
+      iv = paired.get(f"{m.name}_censored")
+      if not (m.horizon and iv and iv["n"] and results["tasks"][task]["threshold"] is not None):
+        continue
+      fmt = m.fmt
       ci = ("–" if iv["half_width"] is None
-            else f"[{iv['low']:.0f}, {iv['high']:.0f}]")
+            else f"[{fmt.format(iv['low'])}, {fmt.format(iv['high'])}]")
       inc = {None: "n/a (1 seed)", True: "yes", False: "**no**"}[iv["includes_zero"]]
-      w = paired["steps_to_target"]
-      rows.append([strategy, "steps to target (n.r. at the horizon)", f"{iv['n']}",
-                   f"{iv['mean']:.0f} (better {w['better']}, tie {w['tie']}, "
+      w = paired[m.name]
+      rows.append([strategy, f"{m.label} (n.r. at the horizon)", f"{iv['n']}",
+                   f"{fmt.format(iv['mean'])} (better {w['better']}, tie {w['tie']}, "
                    f"worse {w['worse']})", ci, inc])
-  return _table([f"strategy − {results['baseline']}", "metric", "pairs", "mean difference",
-                 "95% CI", "CI includes 0"], rows)
+  return cells.table([f"strategy − {results['baseline']}", "metric", "pairs", "mean difference",
+                      "95% CI", "CI includes 0"], rows)
 
 
 def _full_table(results: dict, task: str, setting: str) -> str:
@@ -128,23 +80,20 @@ def _full_table(results: dict, task: str, setting: str) -> str:
                                  for g in groups.values()],
           ["diverged"] + [str(g["divergences"]) for g in groups.values()]]
   if results["tasks"][task]["threshold"] is not None:
-    for key, label, fmt in REACH:
-      rows.append([label + " (reached/n; median [per seed])"]
-                  + [_reach(g["reach"][key], fmt) for g in groups.values()])
-    for key in EVAL_REACH:
-      if any(key in g["reach"] for g in groups.values()):
-        rows.append([_LABEL[key] + " (reached/n; median [per seed])"]
-                    + [_reach(g["reach"][key], "{:.0f}") if key in g["reach"] else "–"
+    for m in catalogue.of_kind("reach"):  # evals.jsonl's and registered ones where runs have them
+      if m.always or any(m.name in g["reach"] for g in groups.values()):
+        rows.append([m.label + " (reached/n; median [per seed])"]
+                    + [cells.reach(g["reach"][m.name], m.fmt) if m.name in g["reach"] else "–"
                        for g in groups.values()])
-  for key, label, fmt, _ in NUMERIC + EVAL_NUMERIC:
-    if all(g["summary"].get(key, {"n": 0})["n"] == 0 for g in groups.values()):
+  for m in catalogue.of_kind("numeric"):
+    if all(g["summary"].get(m.name, {"n": 0})["n"] == 0 for g in groups.values()):
       continue
-    rows.append([label] + [_ci(g["summary"][key], fmt) if key in g["summary"] else "–"
-                           for g in groups.values()])
+    rows.append([m.label] + [cells.ci(g["summary"][m.name], m.fmt) if m.name in g["summary"]
+                             else "–" for g in groups.values()])
   for key in ("final_val_loss", "stability"):
-    rows.append([f"{_LABEL[key]}: sd across seeds"]
-                + [_num(g["summary"][key]["sd"], "{:.4f}") for g in groups.values()])
-  return _table(header, rows)
+    rows.append([f"{catalogue.label(key)}: sd across seeds"]
+                + [cells.num(g["summary"][key]["sd"], "{:.4f}") for g in groups.values()])
+  return cells.table(header, rows)
 
 
 def _untrained(entry: dict, setting: str) -> bool:
@@ -159,7 +108,7 @@ def _tuning_cell(p: dict, lr: str) -> str:
   """A grid point's mean best validation loss over the tuning seeds, bold where picked."""
   vals, states = p["scores"][lr], p["states"][lr]
   ok = [v for v in vals if metrics.finite(v)]
-  cell = (_num(sum(ok) / len(ok), "{:.4f}") if len(ok) == len(vals) and vals
+  cell = (cells.num(sum(ok) / len(ok), "{:.4f}") if len(ok) == len(vals) and vals
           else "missing" if "missing" in states else "diverged")
   return f"**{cell}**" if float(lr) == p["lr"] else cell
 
@@ -172,7 +121,7 @@ def _tuning_table(results: dict, task: str) -> str:
                                                         for p in picks.values()):
     rows = [[s] + [_tuning_cell(p, lr) for lr in grid]
             + [f"{p['lr']:g}" if p["complete"] else "(incomplete)"] for s, p in picks.items()]
-    return _table(["strategy"] + [f"lr {lr}" for lr in grid] + ["picked"], rows)
+    return cells.table(["strategy"] + [f"lr {lr}" for lr in grid] + ["picked"], rows)
   # Own grids (prodigy's coefficient, schedule-free's range) and points added beyond an edge.
   rows = []
   for strategy, p in picks.items():
@@ -180,8 +129,8 @@ def _tuning_table(results: dict, task: str) -> str:
     edge = "yes" if p.get("on_edge") else "no"
     rows.append([strategy, points, f"{p['lr']:g}" if p["complete"] else "(incomplete)",
                  str(p.get("extensions", 0)), edge])
-  return _table(["strategy", "grid: mean best val loss", "picked", "points added",
-                 "still on an edge"], rows)
+  return cells.table(["strategy", "grid: mean best val loss", "picked", "points added",
+                      "still on an edge"], rows)
 
 
 def _side_by_side(results: dict, task: str) -> str:
@@ -191,13 +140,13 @@ def _side_by_side(results: dict, task: str) -> str:
     u, t = s["untuned"]["strategies"][strategy], s["tuned"]["strategies"][strategy]
     row = [strategy]
     for g in (u, t):
-      row += [f"{g['lr']:g}", _ci(g["summary"]["best_val_loss"], "{:.4f}"),
-              _ci(g["summary"]["final_val_accuracy"], "{:.4f}"),
-              _reach(g["reach"]["epochs_to_threshold"], "{:.0f}")
+      row += [f"{g['lr']:g}", cells.ci(g["summary"]["best_val_loss"], "{:.4f}"),
+              cells.ci(g["summary"]["final_val_accuracy"], "{:.4f}"),
+              cells.reach(g["reach"]["epochs_to_threshold"], "{:.0f}")
               if results["tasks"][task]["threshold"] else "–"]
     rows.append(row)
-  return _table(["strategy", "untuned lr", "best val loss", "final val acc", "epochs to thr.",
-                 "tuned lr", "best val loss", "final val acc", "epochs to thr."], rows)
+  return cells.table(["strategy", "untuned lr", "best val loss", "final val acc", "epochs to thr.",
+                      "tuned lr", "best val loss", "final val acc", "epochs to thr."], rows)
 
 
 def markdown(results: dict, plot_files: dict[str, list[str]]) -> str:
@@ -261,13 +210,14 @@ def markdown(results: dict, plot_files: dict[str, list[str]]) -> str:
             "interval includes 0 is not shown to exist. Paired differences are per seed "
             f"(strategy − {results['baseline']}), then mean ± CI.", ""]
   if "primaries" in results:
-    lines += primaries_section(results) + controls_section(results) + secondary_section(results)
+    lines += (sections.primaries_section(results) + sections.controls_section(results)
+              + sections.secondary_section(results))
   if "regime" in results:
-    lines += regime_section(results)
+    lines += sections.regime_section(results)
   secondary = " — secondary" if "primaries" in results else ""
   for task, entry in results["tasks"].items():
     lines += [f"## {task}", "",
-              f"Validation-loss threshold: {_num(entry['threshold'], '{:.4f}')}.", ""]
+              f"Validation-loss threshold: {cells.num(entry['threshold'], '{:.4f}')}.", ""]
     for setting in entry["settings"]:
       if _untrained(entry, setting):
         continue
@@ -298,177 +248,3 @@ def markdown(results: dict, plot_files: dict[str, list[str]]) -> str:
     lines += ["## Missing runs", "", "Not finished (yet), so not in the figures above:", ""]
     lines += [f"- {t} / {st} / {s}: seeds {m}" for t, st, s, m in missing] + [""]
   return "\n".join(lines)
-
-
-def _interval(low, high, fmt="{:.0f}") -> str:
-  return "–" if low is None or high is None else f"[{fmt.format(low)}, {fmt.format(high)}]"
-
-
-def _time(value, ratios) -> str:
-  if ratios is None:
-    return "not measured"
-  return "–" if value is None else f"{value:.0f}"
-
-
-def _comparison_row(c: dict) -> list[str]:
-  """A paired steps-to-target comparison's cells, from task to p and time to target."""
-  t = c["t_interval"]
-  mean = ("–" if t["mean"] is None else f"{t['mean']:.0f}"
-          + ("" if t["half_width"] is None else f" ± {t['half_width']:.0f}"))
-  p = "–" if c["p_value"] is None else (f"{c['p_value']:.4g}"
-                                        + (" (exact)" if c["exact"] else " (MC)"))
-  med = "–" if c["median_difference"] is None else f"{c['median_difference']:.0f}"
-  ratios = c["cost_ratios"]
-  return [c["task"], f"{c['a']} − {c['b']}", c["setting"], str(c["n"]),
-          f"{c['reached_a']}/{c['n']}", f"{c['reached_b']}/{c['n']}", med,
-          _interval(*c["bootstrap_interval"]), mean, p,
-          f"{_time(c['time_to_target']['a'], ratios)} / "
-          f"{_time(c['time_to_target']['b'], ratios)}"]
-
-
-def _kinds_text() -> str:
-  """What each control kind is, in its own words (`train.control_kinds`)."""
-  from train import control_kinds
-  return "; ".join(kind.description for kind in control_kinds.kinds())
-
-
-def controls_section(results: dict) -> list[str]:
-  """Each adaptive strategy against its controls, on the primaries' test, uncorrected."""
-  rows = [_comparison_row(c) + ["yes" if c["primary"] else "no"]
-          for c in results.get("controls") or []]
-  if not rows:
-    return []
-  conf = round(100 * (1 - results["analysis"]["alpha"]))
-  return ["## Adaptive strategies against their controls", "",
-          "Steps to the target, X − control per seed (negative: the adaptive strategy needs "
-          "fewer steps), with the primaries' test and intervals. " + _kinds_text() + ". "
-          "Uncorrected p-values: secondary, except where "
-          "the pair is also a primary (its Holm-adjusted p is above).", "",
-          _table(["task", "X − control", "setting", "seeds", "X reached", "control reached",
-                  "median diff (steps)", f"{conf}% bootstrap", f"mean diff ± {conf}% t",
-                  "p (sign-flip, uncorrected)", "time to target X / control", "primary"],
-                 rows), ""]
-
-
-def primaries_section(results: dict) -> list[str]:
-  """The pre-registered comparisons: steps to target, sign-flip p, Holm across them."""
-  a = results["analysis"]
-  prim = results["primaries"]
-  conf = round(100 * (1 - a["alpha"]))
-  lines = ["## Primaries (pre-registered)", "",
-           "Declared in the suite file before the evaluation runs. Metric: **steps to the target "
-           "validation loss** (the calibrated threshold), from the evaluations in evals.jsonl. "
-           "A run that never reaches the target (*n.r.*) takes its horizon, the run's total "
-           "steps. Difference A − B per seed, paired by seed (negative: A needs fewer steps). "
-           "p: two-sided paired sign-flip permutation test over the seeds (all 2^n sign "
-           f"assignments when 2^n ≤ {a['permutations']}, else {a['permutations']} random ones "
-           f"from a fixed seed), with Holm's step-down correction across the {len(prim)} "
-           f"primaries; a primary is significant when its Holm-adjusted p ≤ {a['alpha']:g}. "
-           f"Intervals: {conf}% percentile bootstrap of the median difference "
-           f"({a['bootstrap']} resamples, fixed seed) and the {conf}% Student-t interval of the "
-           "mean difference. Each comparison uses the tuned LRs where the task's tuning is "
-           "complete (setting).", ""]
-  rows = []
-  for c in prim:
-    holm = "–" if c["p_value"] is None else (f"**{c['p_holm']:.4g}**" if c["significant"]
-                                             else f"{c['p_holm']:.4g}")
-    row = _comparison_row(c)
-    rows.append(row[:-1] + [holm, row[-1]])
-  lines += [_table(["task", "A − B", "setting", "seeds", "A reached", "B reached",
-                    "median diff (steps)", f"{conf}% bootstrap", f"mean diff ± {conf}% t",
-                    "p (sign-flip)", "p (Holm)", "time to target A / B"], rows), ""]
-  sc = a.get("step_cost")
-  lines += ["*Time to target* is the median steps to target times each strategy's per-step "
-            "cost relative to `fixed`, the compiled train steps timed side by side in one "
-            "process (`python -m benchmarks.perf.step_cost`, step_cost.json), in units of "
-            "fixed's steps; wall clocks of a shared machine are not compared. "
-            + ("Not measured: this folder has no step_cost.json." if not sc else
-               _measured_by(sc)), ""]
-  return lines
-
-
-def _measured_by(sc: dict) -> str:
-  by = sc.get("tasks_by_command") or {}
-  if len(by) > 1:
-    text = "Measured by " + "; ".join(f"`{cmd}` ({', '.join(tasks)})" for cmd, tasks in by.items())
-  else:
-    text = f"Measured by `{sc.get('command')}`"
-  kind = (sc.get("hardware") or {}).get("device_kind")
-  return text + (f" on {kind}" if kind else "") + "."
-
-
-def secondary_section(results: dict) -> list[str]:
-  sec = results["secondary"]
-  lines = ["## Secondary", "",
-           "Everything other than the primaries above is secondary: every other pair, the "
-           "seed's metrics, time and accuracy. They are not corrected for multiplicity; read "
-           f"them against chance. Of the {sec['intervals']} secondary paired 95% intervals in "
-           f"this report, **{sec['exclude_zero']}** exclude 0; about "
-           f"{sec['expected_by_chance']:.1f} would by chance alone (0.05 × {sec['intervals']}).",
-           ""]
-  rows = []
-  for task, entry in results["tasks"].items():
-    if entry["threshold"] is None:
-      continue
-    for setting, st in entry["settings"].items():
-      for strategy, g in st["strategies"].items():
-        r = g["reach"].get("steps_to_target")
-        if r is None:
-          continue
-        tt = (results.get("cost_ratios") or {}).get(task)
-        ratio = (tt or {}).get(strategy)
-        time = ("not measured" if tt is None else "–" if r["median"] is None or ratio is None
-                else f"{r['median'] * ratio:.0f}")
-        rows.append([task, setting, strategy, _reach(r, "{:.0f}"),
-                     _reach(g["reach"]["examples_to_target"], "{:.0f}"), time])
-  if rows:
-    lines += ["Steps and examples to target per strategy (reached/n; median, n.r. ordered "
-              "last; per seed), and time to target in fixed-step units:", "",
-              _table(["task", "setting", "strategy", "steps to target", "examples to target",
-                      "time to target"], rows), ""]
-  tuned = results.get("tuned_lrs") or {}
-  rows = []
-  for task, per in tuned.items():
-    for strategy, t in per.items():
-      rows.append([task, strategy, f"{t['lr']:g}",
-                   "control of " + t["of"] if t.get("of") else
-                   ", ".join(f"{float(x):g}" for x in t.get("grid", [])),
-                   str(t.get("extensions", "–")), "yes" if t["complete"] else "no"])
-  if rows:
-    lines += ["Tuned LRs (controls run at their adaptive strategy's):", "",
-              _table(["task", "strategy", "tuned lr", "grid", "extensions", "complete"], rows),
-              ""]
-  return lines
-
-
-def regime_section(results: dict) -> list[str]:
-  reg = results["regime"]
-  lines = ["## Regime check", "",
-           "Each task's own reference, fitted on the same training subset and scored on the "
-           "same validation split as the runs (`python -m benchmarks regime`: TF-IDF 1–2-grams "
-           "with logistic regression for text, logistic regression on pixels for images; "
-           f"scikit-learn {reg.get('sklearn')}"
-           + (f"; `{reg['command']}`" if reg.get("command") else "") + "). The baseline's best "
-           "validation accuracy is its mean over seeds, at the tuned LR where tuning is "
-           "complete, with the 95% Wilson score interval of a proportion on the validation "
-           "set's size; a task **falls short** when the reference lies above that interval. "
-           "**Memorisation**: a run whose final validation loss is above the class-prior "
-           "loss, the cross-entropy on the validation labels of predicting the training "
-           "labels' frequencies.", ""]
-  rows, flagged = [], []
-  for task, r in reg["tasks"].items():
-    short = {None: "–", True: "**yes**", False: "no"}[r["falls_short"]]
-    rows.append([task, f"{r['baseline']} ({r['setting']})",
-                 _num(r["baseline_best_val_accuracy"], "{:.4f}"),
-                 _interval(*r["interval"], "{:.4f}"), _num(r["reference_accuracy"], "{:.4f}"),
-                 str(r["validation_examples"]), short, _num(r["class_prior_loss"], "{:.4f}"),
-                 str(len(r["memorised"]))])
-    flagged += [f"- {task} / {m['setting']} / {m['strategy']} / seed {m['seed']}: final "
-                f"validation loss {m['final_val_loss']:.4f} > {r['class_prior_loss']:.4f}"
-                for m in r["memorised"]]
-  lines += [_table(["task", "baseline", "best val acc", "95% Wilson", "reference acc",
-                    "validation n", "falls short", "class-prior loss", "runs above it"], rows),
-            ""]
-  if flagged:
-    lines += ["Runs flagged for memorisation:", ""] + flagged + [""]
-  return lines

@@ -15,15 +15,14 @@ The evaluation seeds take no part, so the selection does not leak into the compa
 
 from collections.abc import Callable, Mapping, Sequence
 import dataclasses
-import json
 import math
 import pathlib
 import statistics
 from typing import Optional
 
 from benchmarks import metrics
+from benchmarks import runs as runs_lib
 from benchmarks import suite as suite_lib
-from train import records
 
 # Extension points are rounded to this many significant digits, so that a run's LR (its folder
 # name and its config) is a short, stable number rather than 9.000000000000001e-05.
@@ -109,22 +108,13 @@ def bracket(initial: Sequence[float], score: Callable[[float], Optional[float]],
                  extensions, max_extensions, on_edge)
 
 
-def _read_json(path: pathlib.Path) -> dict:
-  try:
-    return json.loads(path.read_text())
-  except (OSError, ValueError):
-    return {}
-
-
 def run_state(out: pathlib.Path, run: suite_lib.Run,
               explode_factor: float) -> tuple[str, Optional[float]]:
   """('ok', best val loss), ('diverged', None) or ('missing', None) for one tuning run."""
-  from benchmarks import report  # report imports this module: late, to avoid a cycle
-  workdir = out / run.relpath()
-  info = _read_json(workdir / records.RUN_INFO)
-  if not info.get("end"):  # an unfinished run's rows (maybe being written) are not read
+  rec = runs_lib.read_finished(out / run.relpath())
+  if rec is None:  # an unfinished run's rows (maybe being written) are not read
     return "missing", None
-  m = report.read_run(workdir, info).metrics(None, explode_factor)
+  m = rec.metrics(None, explode_factor)
   if m["diverged"]:
     return "diverged", None
   return "ok", m["best_val_loss"]

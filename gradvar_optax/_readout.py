@@ -10,6 +10,7 @@ import optax
 
 from gradvar_optax._gns import GNSState
 from gradvar_optax._gradvar import GradVarState
+from gradvar_optax._stationarity import StationarityState
 
 
 def _unwrap(value: Any) -> Any:
@@ -28,7 +29,8 @@ def _field(opt_state: Any, name: str, kinds=(GradVarState,)) -> jax.Array:
   )
   if not found:
     builders = {GradVarState: "gradvar_optax.gradvar or scale_by_gradvar",
-                GNSState: "gradvar_optax.gns"}
+                GNSState: "gradvar_optax.gns",
+                StationarityState: "gradvar_optax.reduce_on_stationarity"}
     raise ValueError(
         f"No {' or '.join(names)} in this optimizer state, so no {name!r} to "
         f"read. Build the optimizer with {' or '.join(builders[k] for k in kinds)}."
@@ -50,15 +52,16 @@ def _field(opt_state: Any, name: str, kinds=(GradVarState,)) -> jax.Array:
 def lr_scale(opt_state: Any) -> jax.Array:
   """The current learning-rate scale held in ``opt_state``.
 
-  It reads the :class:`GradVarState` of :func:`gradvar` or the
-  :class:`GNSState` of :func:`gns`. Works on any nesting (``chain``,
+  It reads the :class:`GradVarState` of :func:`gradvar`, the
+  :class:`GNSState` of :func:`gns` or the :class:`StationarityState` of
+  :func:`reduce_on_stationarity`. Works on any nesting (``chain``,
   ``inject_hyperparams``, ``MultiSteps``, ``apply_if_finite``, ...), on states
   replicated over a leading device axis, inside and outside ``jit``, and on
   ``flax.nnx.Optimizer``'s wrapped state.
 
   Args:
     opt_state: an optimizer state that contains exactly one
-      :class:`GradVarState` or :class:`GNSState`.
+      :class:`GradVarState`, :class:`GNSState` or :class:`StationarityState`.
 
   Returns:
     A float32 scalar: the factor the base optimizer's step is multiplied by.
@@ -72,7 +75,7 @@ def lr_scale(opt_state: Any) -> jax.Array:
     >>> float(gradvar_optax.lr_scale(opt.init({"w": jnp.ones(2)})))
     1.0
   """
-  return _field(opt_state, "lr_scale", (GradVarState, GNSState))
+  return _field(opt_state, "lr_scale", (GradVarState, GNSState, StationarityState))
 
 
 def variability(opt_state: Any) -> jax.Array:

@@ -145,8 +145,8 @@ def registries(monkeypatch):
 def test_a_rule_its_control_kind_and_a_metric_from_one_file(tmp_path, monkeypatch, data_dir,
                                                              registries):
   from benchmarks import __main__ as benchmarks_main
-  from benchmarks import compare
   from benchmarks import report
+  from benchmarks import runner
 
   with_metric = add_the_rule()
   assert strategies.spec("final-norm-ema").control == ("final", "norm-ema")
@@ -154,7 +154,7 @@ def test_a_rule_its_control_kind_and_a_metric_from_one_file(tmp_path, monkeypatc
   path = tmp_path / "suite.toml"
   path.write_text(SUITE.format(metric='metric = "last_train_loss"\n' if with_metric else ""))
   out = tmp_path / "out"
-  monkeypatch.setattr(compare, "command", lambda config_file, resume: [
+  monkeypatch.setattr(runner, "command", lambda config_file, resume: [
       sys.executable, "-m", "tests.test_add_a_rule", "--config", str(config_file),
       *([f"--resume={resume}"] if resume else [])])
   # One device and no XLA backend optimisation: compiling is most of these runs' time.

@@ -12,6 +12,8 @@ import matplotlib.pyplot as plt
 import pytest
 from test_bench_report import write_run
 
+from benchmarks import analysis
+from benchmarks import bands
 from benchmarks import plots
 from benchmarks import report
 from benchmarks import suite as suite_lib
@@ -219,7 +221,7 @@ def test_identical_curves_both_stay_visible(tmp_path):
     evals_rows.write(out / suite.run("rt_sentiment", "cosine", seed).relpath(),
                      _losses(REACH[("fixed", seed)]), every=EVERY,
                      steps_per_epoch=STEPS_PER_EPOCH)
-  results, runs = report.collect(out)
+  results, runs = analysis.collect(out)
   fig = plots.main_figure(results, runs, "rt_sentiment", "untuned")
   lines = _lines(fig)
   assert set(lines) == {"fixed", "gradvar", "cosine"}
@@ -233,7 +235,7 @@ def test_identical_curves_both_stay_visible(tmp_path):
 
 
 def test_epoch_plot_styles_identical_strategies_apart():
-  styles = plots._styles(["fixed", "plateau"])
+  styles = bands.styles(["fixed", "plateau"])
   assert styles["fixed"]["ls"] != styles["plateau"]["ls"]
   assert styles["fixed"]["marker"] != styles["plateau"]["marker"]
   assert styles["plateau"]["zorder"] > styles["fixed"]["zorder"]
@@ -242,7 +244,7 @@ def test_epoch_plot_styles_identical_strategies_apart():
 
 def test_grid_holds_the_strategies_outside_the_main_panel(tmp_path, monkeypatch):
   out = make_out(tmp_path)
-  results, runs = report.collect(out)
+  results, runs = analysis.collect(out)
   # Without cosine among the reference arms the main panel is fixed and gradvar; cosine goes to
   # the grid.
   monkeypatch.setattr(plots, "REFERENCE_ROLES", ())
@@ -258,7 +260,7 @@ def test_grid_holds_the_strategies_outside_the_main_panel(tmp_path, monkeypatch)
 
 
 def test_controls_follow_their_adaptive_strategy(tmp_path):
-  assert [report.control_of(s) for s in ("gradvar-null", "matched-gns", "replay-gradvar",
+  assert [analysis.control_of(s) for s in ("gradvar-null", "matched-gns", "replay-gradvar",
                                          "gradvar", "cosine")] == [
       "gradvar", "gns", "gradvar", None, None]
   # matched-X's folder is named by the LR it realised; control.json says whose run it matches.
@@ -271,10 +273,10 @@ def test_controls_follow_their_adaptive_strategy(tmp_path):
         {"control": "matched-gradvar", "of": "gradvar", "lr": float(lr[2:]),
          "source": f"runs/rt_sentiment/gradvar/{source_lr}/seed0"}))
   run = suite_lib.Run("rt_sentiment", "matched-gradvar", 1e-3, 0, 6, ())
-  rec = report._finished(out, run)
+  rec = analysis._finished(out, run)
   assert rec.path == base / "lr0.00123" / "seed0" and rec.info["control"]["lr"] == 0.00123
-  assert report._finished(out, dataclasses.replace(run, lr=3e-3)).path.parent.name == "lr0.0005"
-  assert report._finished(out, dataclasses.replace(run, seed=1)) is None
+  assert analysis._finished(out, dataclasses.replace(run, lr=3e-3)).path.parent.name == "lr0.0005"
+  assert analysis._finished(out, dataclasses.replace(run, seed=1)) is None
 
 
 def test_each_adaptive_strategy_is_compared_with_its_null_control(tmp_path):

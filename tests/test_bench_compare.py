@@ -18,6 +18,7 @@ import pytest
 
 from benchmarks import __main__ as benchmarks_main
 from benchmarks import compare
+from benchmarks import runner
 from benchmarks import suite as suite_lib
 from train import config as config_lib
 
@@ -95,9 +96,9 @@ def test_suite_resolves_runs_and_narrows():
   with pytest.raises(ValueError, match="--tasks: imdb not in the suite"):
     s.narrow(tasks=["imdb"])
   # The runner's complete config: the suite's, plus the fields that the runner owns.
-  assert compare.run_config(run, pathlib.Path("W"), pathlib.Path("/o"), "/d") == (
+  assert runner.run_config(run, pathlib.Path("W"), pathlib.Path("/o"), "/d") == (
       dataclasses.replace(config, workdir="W", cache_dir="/o/.cache", data_dir="/d", quiet=True))
-  assert compare.command(pathlib.Path("W/run_config.json"), "allow-fresh")[1:] == [
+  assert runner.command(pathlib.Path("W/run_config.json"), "allow-fresh")[1:] == [
       "-m", "train", "--config", "W/run_config.json", "--resume=allow-fresh"]
 
 
@@ -128,10 +129,10 @@ def test_a_run_made_with_other_settings_is_not_reused(tmp_path):
   workdir.mkdir(parents=True)
   stored = run.config(str(workdir)).to_json()
   (workdir / "config.json").write_text(json.dumps({**stored, "quiet": True, "cache_dir": "x"}))
-  compare.check_config(run, workdir)  # runner-owned fields may differ
+  runner.check_config(run, workdir)  # runner-owned fields may differ
   (workdir / "config.json").write_text(json.dumps({**stored, "epochs": 5}))
   with pytest.raises(ValueError, match="made with epochs=5, the suite now asks for epochs=2"):
-    compare.check_config(run, workdir)
+    runner.check_config(run, workdir)
 
 
 def _compare(out, data_dir, *extra):
@@ -149,10 +150,10 @@ def test_a_stop_just_before_the_child_starts_is_an_interrupted_attempt(tmp_path,
   workdir = tmp_path / run.relpath()
   handler = signal.getsignal(signal.SIGTERM)
   # `environment` is called for the child's start: the signal comes right before it.
-  monkeypatch.setattr(compare, "environment", lambda out: signal.raise_signal(signal.SIGTERM))
+  monkeypatch.setattr(runner, "environment", lambda out: signal.raise_signal(signal.SIGTERM))
   for attempt in range(2):
-    with pytest.raises(compare.Interrupted, match="signal 15"):
-      compare.run_all([run], tmp_path, None, progress=False)
+    with pytest.raises(runner.Interrupted, match="signal 15"):
+      runner.run_all([run], tmp_path, None, progress=False)
     attempts = _json(workdir / "bench.json")["attempts"]
     assert len(attempts) == attempt + 1
     assert attempts[-1]["interrupted"] and attempts[-1]["rc"] is None
@@ -161,7 +162,7 @@ def test_a_stop_just_before_the_child_starts_is_an_interrupted_attempt(tmp_path,
   assert signal.getsignal(signal.SIGTERM) == handler  # the runner's own handler is gone
   # The run's complete config is in its folder.
   written = json.loads((workdir / "run_config.json").read_text())
-  assert config_lib.Config(**written) == compare.run_config(run, workdir, tmp_path, None)
+  assert config_lib.Config(**written) == runner.run_config(run, workdir, tmp_path, None)
 
 
 @pytest.mark.slow
@@ -181,11 +182,11 @@ def test_compare_end_to_end_survives_an_interruption(tmp_path, data_dir, monkeyp
     return real_wait4(pid, options)
 
   real_wait4 = os.wait4
-  monkeypatch.setattr(compare.os, "wait4", wait4)
+  monkeypatch.setattr(runner.os, "wait4", wait4)
   assert benchmarks_main.main(_compare(out, data_dir)[3:]) == 130
   monkeypatch.undo()
   assert "rerun the same command to continue" in capsys.readouterr().err
-  assert compare.status(first) == "finished" and compare.status(second) != "finished"
+  assert runner.status(first) == "finished" and runner.status(second) != "finished"
   first_start = _json(first / "run.json")["start"]
   # Each child was started from its folder's complete config, and ran with exactly that one.
   assert _json(first / "bench.json")["attempts"][0]["command"] == [
@@ -218,7 +219,7 @@ def test_compare_end_to_end_survives_an_interruption(tmp_path, data_dir, monkeyp
   assert len(_json(out / "commands.json")) == 2
 
   # A third time nothing trains at all.
-  monkeypatch.setattr(compare, "execute", lambda *a, **k: pytest.fail("a finished run reran"))
+  monkeypatch.setattr(runner, "execute", lambda *a, **k: pytest.fail("a finished run reran"))
   s = suite_lib.load("tiny").narrow(seeds=1)
   assert compare.compare(s, out, ["compare"], data_dir=str(data_dir), progress=False) == 0
 
@@ -237,13 +238,13 @@ def test_a_failing_run_is_reported_and_the_others_still_run(tmp_path, data_dir):
   workdir = out / "runs/rt_sentiment/fixed/lr0.001/seed0"
   assert _json(workdir / "bench.json")["attempts"][0]["rc"] != 0
   assert "no_such_option" in (workdir / "train.log").read_text()
-  assert compare.status(workdir) != "finished"
+  assert runner.status(workdir) != "finished"
 
 
 def _append_commands(out, tag, n):
   suite = suite_lib.load("tiny")
   for i in range(n):
-    compare.prepare_out(suite, pathlib.Path(out), [tag, str(i)])
+    runner.prepare_out(suite, pathlib.Path(out), [tag, str(i)])
 
 
 def test_lanes_appending_to_commands_json_at_once_lose_no_entry(tmp_path):
@@ -267,5 +268,5 @@ def test_lanes_appending_to_commands_json_at_once_lose_no_entry(tmp_path):
 def test_a_broken_commands_json_is_refused_not_emptied(tmp_path):
   (tmp_path / "commands.json").write_text('[{"command": "earlier"}')
   with pytest.raises(ValueError, match="commands.json is not JSON"):
-    compare.prepare_out(suite_lib.load("tiny"), tmp_path, ["compare"])
+    runner.prepare_out(suite_lib.load("tiny"), tmp_path, ["compare"])
   assert (tmp_path / "commands.json").read_text() == '[{"command": "earlier"}'

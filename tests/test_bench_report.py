@@ -10,9 +10,11 @@ import pathlib
 import pytest
 
 from benchmarks import __main__ as cli
+from benchmarks import analysis
 from benchmarks import compare
 from benchmarks import plots
 from benchmarks import report
+from benchmarks import runner
 from benchmarks import suite as suite_lib
 from train import records
 
@@ -156,7 +158,7 @@ def test_report_figures_from_records(tmp_path):
 
 def _assert_plot_names_without_drawing(out, tmp_path, results):
   """render=False names the very plots that drawing them wrote, and draws nothing."""
-  collected, runs = report.collect(out)
+  collected, runs = analysis.collect(out)
   assert plots.write_all(collected, runs, tmp_path / "none", render=False) == results["plots"]
   assert not (tmp_path / "none").exists()
 
@@ -212,7 +214,7 @@ def test_calibrate_from_reference_runs(tmp_path, monkeypatch):
   for seed, b in best.items():
     write_run(out / suite.run("rt_sentiment", "fixed", seed, kind="reference").relpath(),
               [1.0, b, b + 0.05])
-  monkeypatch.setattr(compare, "execute", lambda *a, **k: pytest.fail("nothing should train"))
+  monkeypatch.setattr(runner, "execute", lambda *a, **k: pytest.fail("nothing should train"))
   assert compare.calibrate(suite, out, ["calibrate"], progress=False) == 0
 
   text = suite_path.read_text()
@@ -257,7 +259,7 @@ def test_tune_picks_on_tuning_seeds_and_reports_side_by_side(tmp_path, monkeypat
   for strategy, lr in list(tune)[:3]:
     tune_run(strategy, lr)
   # gradvar's tuning is incomplete: it gets no tuned runs yet, and the report no tuned table.
-  assert not report.tuning_selection(suite, out)["rt_sentiment"]["gradvar"]["complete"]
+  assert not analysis.tuning_selection(suite, out)["rt_sentiment"]["gradvar"]["complete"]
   assert {r.strategy for r in _tuned_runs(suite, out)} == {"fixed"}
   report.write(out)
   assert "Tuning is incomplete" in (out / "REPORT.md").read_text()
@@ -265,14 +267,14 @@ def test_tune_picks_on_tuning_seeds_and_reports_side_by_side(tmp_path, monkeypat
   for seed in suite.seeds:  # the evaluation seeds at fixed's picked LR
     write_run(out / suite.run("rt_sentiment", "fixed", seed, lr=3e-3).relpath(),
               [0.9, 0.65, 0.6], 0.9)
-  picks = report.tuning_selection(suite, out)
+  picks = analysis.tuning_selection(suite, out)
   assert picks["rt_sentiment"]["fixed"]["lr"] == 3e-3
   assert picks["rt_sentiment"]["gradvar"]["lr"] == 1e-3
   runs = _tuned_runs(suite, out)
   assert {(r.strategy, r.lr, r.seed) for r in runs} == (
       {("fixed", 3e-3, s) for s in suite.seeds} | {("gradvar", 1e-3, s) for s in suite.seeds})
 
-  monkeypatch.setattr(compare, "execute", lambda *a, **k: pytest.fail("nothing should train"))
+  monkeypatch.setattr(runner, "execute", lambda *a, **k: pytest.fail("nothing should train"))
   assert compare.compare(suite, out, ["compare", "--tune"], tune=True, progress=False) == 0
   results = json.loads((out / "results.json").read_text())
   tuned = results["tasks"]["rt_sentiment"]["settings"]["tuned"]["strategies"]

@@ -14,8 +14,10 @@ import sys
 import pytest
 
 from benchmarks import __main__ as benchmarks_main
+from benchmarks import analysis
 from benchmarks import compare
 from benchmarks import report
+from benchmarks import runner
 from benchmarks import suite as suite_lib
 from benchmarks import tuning
 from train import config as config_lib
@@ -243,7 +245,7 @@ def test_control_runs_come_from_the_adaptive_strategys_records(tmp_path, with_co
 # ---- the declaration -------------------------------------------------------------------------
 
 @pytest.mark.parametrize("table, message", [
-    ('metric = "epochs"', "analysis.metric: must be one of ['steps_to_target']"),
+    ('metric = "epochs"', "analysis.metric: unknown metric 'epochs'"),
     ('primaries = ["rt_sentiment gradvar vs fixed"]', "analysis.primaries[0]: must read"),
     ('primaries = ["imdb: gradvar vs fixed"]', "analysis.primaries[0]: 'imdb' is not one of"),
     ('primaries = ["rt_sentiment: gns vs fixed"]', "analysis.primaries[0]: 'gns' is not one"),
@@ -325,7 +327,7 @@ def test_tune_calibrate_compare_in_order(tmp_path, monkeypatch, with_controls):
   path = tmp_path / "p.toml"
   path.write_text(text)
   out = tmp_path / "out"
-  monkeypatch.setattr(compare, "command", lambda config_file, resume: [
+  monkeypatch.setattr(runner, "command", lambda config_file, resume: [
       sys.executable, str(FAKE_TRAIN), "--config", str(config_file)])
   suite = suite_lib.load(str(path))
   # Evaluation before the targets is refused, with the commands to run first.
@@ -395,7 +397,7 @@ def test_tune_calibrate_compare_in_order(tmp_path, monkeypatch, with_controls):
                                "--no-progress", "--no-report"]) == 0
   assert (out / "calls.log").read_text() == before
   # The report: with untuned_runs = false only the tuned setting, and no run is missing.
-  results, _ = report.collect(out)
+  results, _ = analysis.collect(out)
   assert list(results["tasks"]["rt_sentiment"]["settings"]) == ["tuned"]
   text = report.write(out, render_plots=False)
   assert "(untuned;" not in text and "(tuned;" in text
@@ -489,7 +491,7 @@ def test_compare_runs_exactly_the_arms(tmp_path, monkeypatch, with_controls):
   path = tmp_path / "a.toml"
   path.write_text(text)
   out = tmp_path / "out"
-  monkeypatch.setattr(compare, "command", lambda config_file, resume: [
+  monkeypatch.setattr(runner, "command", lambda config_file, resume: [
       sys.executable, str(FAKE_TRAIN), "--config", str(config_file)])
   assert benchmarks_main.main(["compare", "--suite", str(path), "--out", str(out),
                                "--no-progress"]) == 0

@@ -11,7 +11,7 @@ import sys
 import numpy as np
 import pytest
 
-from benchmarks import compare
+from benchmarks import runner
 from benchmarks import suite as suite_lib
 from train import __main__ as cli
 from train import checkpoint
@@ -26,7 +26,7 @@ def test_roles_give_the_sets_that_the_runner_and_the_resume_check_use():
   assert checkpoint.HARMLESS_FIELDS == {
       "workdir", "quiet", "cache_dir", "data_dir", "tfds_data_dir", "log_every",
       "checkpoint_every_steps", "keep_checkpoints", "eval_batch_size", "skip_nonfinite"}
-  assert compare._IGNORED_FIELDS == {
+  assert runner._IGNORED_FIELDS == {
       "workdir", "quiet", "data_dir", "tfds_data_dir", "cache_dir"}
   # replay_from: the runner points a replay-X run at X's run on another seed; no suite sets it.
   assert suite_lib._RESERVED == {
@@ -167,9 +167,9 @@ def test_the_runner_starts_each_run_from_its_config_file_with_the_same_config(na
   runs = suite.grid() + suite.tune_grid() + suite.reference_grid()
   for run, data_dir in zip(runs, ["/data", None] * len(runs)):
     workdir = out / run.relpath()
-    path = tmp_path / compare.RUN_CONFIG
-    compare.run_config(run, workdir, out, data_dir).write(path)
-    cmd = compare.command(path, "allow-fresh")
+    path = tmp_path / runner.RUN_CONFIG
+    runner.run_config(run, workdir, out, data_dir).write(path)
+    cmd = runner.command(path, "allow-fresh")
     assert cmd == [sys.executable, "-m", "train", "--config", str(path),
                    "--resume=allow-fresh"]
     args = cli.parser().parse_args(cmd[3:])

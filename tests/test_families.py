@@ -126,7 +126,7 @@ def test_fourth_family_learns_through_the_cli(bag, tmp_path, data_dir, capsys):
   assert rows[-1]["train_loss"] < rows[0]["train_loss"]
   assert rows[-1]["val_loss"] < rows[0]["val_loss"]
   # Chance is the share of the most common topic among the same validation examples.
-  validation = loop._subset(data.get_source("wordnet_topics", data_dir).validation, 1000)
+  validation = loop.subset(data.get_source("wordnet_topics", data_dir).validation, 1000)
   labels = np.array([r["label"] for r in validation.__getitems__(range(len(validation)))])
   chance = np.bincount(labels).max() / len(labels)
   assert rows[-1]["val_accuracy"] > 2 * chance, (rows[-1]["val_accuracy"], chance)

@@ -4,7 +4,8 @@ import json
 
 import pytest
 
-from benchmarks import report
+from benchmarks import declared
+from benchmarks import sections
 from benchmarks import suite as suite_lib
 from benchmarks.perf import step_cost
 
@@ -23,7 +24,7 @@ def test_step_cost_on_the_tiny_preset_writes_ratios_to_fixed(tmp_path):
   assert task["ratios"]["gradvar"] == (task["seconds_per_step"]["gradvar"]
                                        / task["seconds_per_step"]["fixed"])
   # The report reads the same ratios for its time to target.
-  assert report.cost_ratios(payload, "rt_sentiment") == task["ratios"]
+  assert declared.cost_ratios(payload, "rt_sentiment") == task["ratios"]
 
 
 def test_repeats_interleave_the_strategies_and_take_medians(monkeypatch):
@@ -92,11 +93,10 @@ def test_a_run_on_some_tasks_keeps_the_others_and_says_which_command_measured_ea
   assert payload["tasks"]["fashion_mnist"]["repeats"] == 20
   assert payload["tasks"]["wordnet_topics"]["repeats"] == 3 and payload["command"] == second
   # The report names each command with the tasks it measured.
-  sc = report._step_cost_provenance(payload)
+  sc = declared._step_cost_provenance(payload)
   assert sc["tasks_by_command"] == {first: ["rt_sentiment", "fashion_mnist"],
                                     second: ["wordnet_topics"]}
-  from benchmarks import tables
-  text = tables._measured_by(sc)
+  text = sections._measured_by(sc)
   assert f"`{first}` (rt_sentiment, fashion_mnist)" in text
   assert f"`{second}` (wordnet_topics)" in text
 

@@ -16,16 +16,19 @@ Each field's metadata says what it does besides its value:
   a finished run made with another value (a field that changes the trajectory changes the records);
 - `owner`: who sets it in a comparison: `"runner"` (the comparison runner, for every run: where
   it goes and what it shares), `"suite"` (a suite's own keys: its tasks, strategies and seeds, so
-  not a setting of `[defaults]` or `[tasks.NAME]`) or `"anyone"`.
+  not a setting of `[defaults]` or `[tasks.NAME]`) or `"anyone"`;
+- `check`: a rule of `train.fields.RULES` (`positive_int`, ...) that `validate` applies; the same
+  metadata-driven checker (`train.fields`) reads the suite files' tables.
 """
 
 import ast
 import dataclasses
 import json
 import pathlib
-import types
 import typing
 from typing import Any, Optional
+
+from train import fields as fields_lib
 
 SIZES = ("full", "small", "tiny")
 PARALLEL = ("pmap", "shard_map")
@@ -36,13 +39,14 @@ OWNERS = ("runner", "suite", "anyone")
 def _field(default=dataclasses.MISSING, *,
            help: str,
            trajectory: bool = True, records: bool = True, owner: str = "anyone",
-           default_factory=dataclasses.MISSING, **cli) -> Any:
-  """A config field with its metadata (see above); `cli` holds `flag`, `choices`, `metavar`.
+           check: Optional[str] = None, default_factory=dataclasses.MISSING, **cli) -> Any:
+  """A config field with its metadata (see above); `cli` holds `flag`, `choices`, `metavar`;
+  `check` is a rule of `train.fields.RULES` that `validate` applies.
 
   A field that says nothing else changes the trajectory and the records, and anyone sets it.
   """
-  metadata = {"help": help, "trajectory": trajectory, "records": records, "owner": owner, **cli}
-  return dataclasses.field(default=default, default_factory=default_factory, metadata=metadata)
+  return fields_lib.field(default, check=check, default_factory=default_factory, help=help,
+                          trajectory=trajectory, records=records, owner=owner, **cli)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,8 +60,8 @@ class Config:
   strategy: str = _field("fixed", help="LR strategy", owner="suite")
   model_size: str = _field("full", help="full: the seed's size; small: CPU size; tiny: tests",
                            choices=SIZES)
-  epochs: int = _field(20, help="epochs to train")
-  batch_size: int = _field(32, help="global batch over all devices")
+  epochs: int = _field(20, help="epochs to train", check="positive_int")
+  batch_size: int = _field(32, help="global batch over all devices", check="positive_int")
   lr: float = _field(1e-3, help="base learning rate")
   seed: int = _field(0, help="random seed of the initialisation, the data order and dropout",
                      owner="suite")
@@ -71,19 +75,20 @@ class Config:
   tfds_data_dir: Optional[str] = _field(None, help="TFDS data folder (default: TFDS's own)",
                                         trajectory=False, records=False)
   num_devices: Optional[int] = _field(
-      None, help="use the first N local devices (default: all)", metavar="N")
+      None, help="use the first N local devices (default: all)", metavar="N",
+      check="positive_int")
   train_examples: Optional[int] = _field(
       None, help="use only the first N examples of the (already shuffled) training split "
-                 "(default: all)", metavar="N")
+                 "(default: all)", metavar="N", check="positive_int")
   eval_examples: Optional[int] = _field(
       None, help="evaluate on the first N validation examples (default: the whole split)",
-      metavar="N")
+      metavar="N", check="positive_int")
   eval_batch_size: Optional[int] = _field(
       None, help="evaluation batch (default: 8 x the training batch)", trajectory=False,
-      metavar="N")
+      metavar="N", check="positive_int")
   log_every: int = _field(
       10, help="steps.jsonl gets one row every N steps; metrics come to the host only then",
-      trajectory=False, metavar="N")
+      trajectory=False, metavar="N", check="positive_int")
   cache_dir: Optional[str] = _field(
       None, help="tokenised inputs and vocabularies are cached here "
                  "(default: <workdir>/../.cache)", trajectory=False, records=False, owner="runner")
@@ -91,10 +96,10 @@ class Config:
                        owner="runner")
   checkpoint_every_steps: Optional[int] = _field(
       None, help="also checkpoint every K steps (default: after every epoch only)",
-      trajectory=False, flag="--checkpoint-every", metavar="K")
+      trajectory=False, flag="--checkpoint-every", metavar="K", check="positive_int")
   keep_checkpoints: int = _field(
       3, help="checkpoints to keep; two or more let a damaged latest one fall back to the "
-              "previous", trajectory=False, metavar="N")
+              "previous", trajectory=False, metavar="N", check="positive_int")
   skip_nonfinite: bool = _field(
       False, help="skip steps with a non-finite gradient (optax.apply_if_finite) and count them, "
                   "instead of stopping", trajectory=False)
@@ -114,7 +119,8 @@ class Config:
   eval_every_steps: Optional[int] = _field(
       None, help="also evaluate on the validation split every K steps, one row of evals.jsonl "
                  "each (default: after every epoch only); strategies that watch the "
-                 "validation loss (plateau) then see these evaluations", metavar="K")
+                 "validation loss (plateau) then see these evaluations", metavar="K",
+      check="positive_int")
   gns_groups: int = _field(
       4, help="groups the global batch is split into for the gradient noise scale (strategy "
               "gns; the others ignore it): at least 2, a multiple of the device count (each "
@@ -149,24 +155,12 @@ def flag(name: str) -> Optional[str]:
 
 def scalar_type(name: str) -> type:
   """The field's type without `Optional`: bool, int, float, str or dict."""
-  kind = _HINTS[name]
-  if typing.get_origin(kind) in (typing.Union, types.UnionType):
-    kind = next(a for a in typing.get_args(kind) if a is not type(None))
-  return kind
+  return fields_lib.scalar_type(_HINTS[name])
 
 
 def _check_value(name: str, value: Any, where: str) -> Any:
   """A JSON value for the field, type-checked (an int is taken for a float field)."""
-  kind = _HINTS[name]
-  if value is None and kind is not scalar_type(name):  # Optional
-    return value
-  kind = scalar_type(name)
-  if kind is float and isinstance(value, int) and not isinstance(value, bool):
-    return float(value)
-  if isinstance(value, kind) and not (kind is int and isinstance(value, bool)):
-    return value
-  optional = " or null" if kind is not _HINTS[name] else ""
-  raise ValueError(f"{where}{name}: expected {kind.__name__}{optional}, got {value!r}")
+  return fields_lib.check_type(_HINTS[name], value, f"{where}{name}")
 
 
 def check_values(values: dict[str, Any], where: str = "config.") -> dict[str, Any]:
@@ -276,15 +270,7 @@ def validate(config: Config) -> None:
     choices = f.metadata.get("choices")
     if choices and getattr(config, name) not in choices:
       fail(name, f"must be one of {', '.join(choices)}, got {getattr(config, name)!r}")
-  for name in ("epochs", "batch_size", "log_every", "keep_checkpoints"):
-    value = getattr(config, name)
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-      fail(name, f"must be a positive int, got {value!r}")
-  for name in ("num_devices", "train_examples", "eval_examples", "eval_batch_size",
-               "checkpoint_every_steps", "eval_every_steps"):
-    value = getattr(config, name)
-    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-      fail(name, f"must be a positive int or None, got {value!r}")
+  fields_lib.check_rules(config, "config.")  # the fields' `check` rules
   if not isinstance(config.lr, (int, float)) or not config.lr > 0:
     fail("lr", f"must be positive, got {config.lr!r}")
   if not isinstance(config.skip_nonfinite, bool):

@@ -70,7 +70,9 @@ evaluate, eval_view = evaluation.evaluate, evaluation.eval_view
 make_batch_stats_step = evaluation.make_batch_stats_step
 
 
-def _subset(split: data.Split, n: int | None) -> data.Split:
+def subset(split: data.Split, n: int | None) -> data.Split:
+  """The first `n` examples of `split` in a fixed shuffled order (all of it for None): the
+  `train_examples` / `eval_examples` subsets of a run, which `benchmarks.regime` reads too."""
   if n is None or n >= len(split):
     return split
   order = pipeline_lib.epoch_order(len(split), _SUBSET_SEED, 0)
@@ -137,8 +139,8 @@ def setup(config: config_lib.Config) -> Setup:
   source = data.get_source(task.source, data_dir=config.data_dir,
                            tfds_data_dir=config.tfds_data_dir)
   source = dataclasses.replace(
-      source, train=_subset(source.train, config.train_examples),
-      validation=_subset(source.validation, config.eval_examples), memo={})
+      source, train=subset(source.train, config.train_examples),
+      validation=subset(source.validation, config.eval_examples), memo={})
 
   model_options = {**task.model_options, **config.model}
   try:

@@ -21,6 +21,7 @@ import time
 
 import jax
 
+from benchmarks import runs as runs_lib
 from train import config as config_lib
 from train import loop
 from train import records
@@ -47,7 +48,7 @@ def bare_step_time(config: config_lib.Config) -> float:
 def loop_step_time(config: config_lib.Config) -> float:
   shutil.rmtree(config.workdir, ignore_errors=True)
   loop.train(config)
-  with open(os.path.join(config.workdir, "epochs.jsonl")) as f:
+  with open(os.path.join(config.workdir, runs_lib.EPOCHS)) as f:
     row = json.loads(f.readline())
   return row["train_time_s"] / (row["step"])
 

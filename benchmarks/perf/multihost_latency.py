@@ -26,6 +26,7 @@ import time
 
 import jax
 
+from benchmarks import runs as runs_lib
 from train import records
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -63,7 +64,7 @@ def one_repeat(args, workdir: pathlib.Path, env: dict) -> dict:
         cmd += ["--data-dir", args.data_dir]
       procs.append(subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL,
                                     stderr=open(logs / f"{i}.err", "w")))
-    steps = workdir / "run" / "steps.jsonl"
+    steps = workdir / "run" / runs_lib.STEPS
     deadline = time.monotonic() + args.start_timeout
     while not (steps.exists() and len(steps.read_text().splitlines()) >= 3):
       if any(p.poll() is not None for p in procs) or time.monotonic() > deadline:

@@ -1,4 +1,5 @@
-"""Per-step cost of gradvar(adam) and gns(adam) against adam, side by side in one run.
+"""Per-step cost of gradvar(adam), gns(adam) and reduce_on_stationarity(adam) against adam, side
+by side in one run.
 
 Each variant is one jit-compiled step (optimizer update + apply_updates) with
 donated params and optimizer state, on parameter trees shaped like ResNet-50
@@ -61,6 +62,9 @@ VARIANTS = {
     "adam": lambda: optax.adam(1e-3),
     "gradvar(adam)": lambda: gradvar_optax.gradvar(optax.adam(1e-3)),
     "gns(adam)": lambda: gradvar_optax.gns(optax.adam(1e-3)),
+    "reduce_on_stationarity(adam)": lambda: gradvar_optax.reduce_on_stationarity(
+        optax.adam(1e-3)
+    ),
     "clip_by_global_norm+adam": lambda: optax.chain(
         optax.clip_by_global_norm(1.0), optax.adam(1e-3)
     ),

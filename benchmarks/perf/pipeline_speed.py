@@ -123,7 +123,6 @@ def measure_pipeline(name: str, data_dir: str | None, work: pathlib.Path, epochs
                      num_threads: int) -> dict[str, Any]:
   """Cold, cached (same run) and cached (new run) batches per second of one pipeline."""
   from train import data
-  from train.data import _files
 
   source_name, model, option_kwargs = PIPELINES[name]
   options = _options(model, option_kwargs)
@@ -140,10 +139,10 @@ def measure_pipeline(name: str, data_dir: str | None, work: pathlib.Path, epochs
     pipe = data.Pipeline(inputs, global_batch_size=BATCH_SIZE, seed=0, num_threads=num_threads)
     return pipe, time.perf_counter() - start
 
-  _files.clear_cache()
+  data.clear_cache()
   pipe, prepare_s = build()
   first_epoch_s, *later = _epoch_times(pipe, epochs, place)
-  _files.clear_cache()  # A new run parses the files again and reads tokens from the cache.
+  data.clear_cache()  # A new run parses the files again and reads tokens from the cache.
   pipe2, prepare2_s = build()
   rerun_epoch_s, = _epoch_times(pipe2, 1, place)
   steps = pipe.steps_per_epoch

@@ -46,6 +46,7 @@ Importing this package does not import tensorflow_datasets; only TFDS sources do
 and grain (for the batching stage).
 """
 
+from train.data._files import clear_cache  # forgets parsed local files (a cold read again)
 from train.data.cache import Cache
 from train.data.images import augment
 from train.data.images import augment_batch
@@ -83,7 +84,7 @@ __all__ = [
     "augment", "augment_batch", "ChannelStats", "compute_channel_stats", "normalization_stats",
     "normalize", "check_label_names", "load_label_names", "save_label_names", "sort_label_names",
     "Record", "Source", "Split", "DATA_DIR_ENV", "get_source", "known_sources",
-    "carve_validation", "validation_size",
+    "carve_validation", "validation_size", "clear_cache",
     # The batching stage.
     "Cache", "InputOptions", "Inputs", "prepare_inputs", "BatchIterator",
     "epoch_order", "Pipeline", "data_mesh", "mesh_placement", "pmap_placement",
