@@ -95,7 +95,8 @@ def _check_records(workdir, epochs, lr):
   assert events
   tags = {v.tag for e in event_file_loader.EventFileLoader(str(events[0])).Load()
           for v in e.summary.value}
-  assert {"epoch/val_loss", "epoch/lr_scale", "step/effective_lr", "step/loss"} <= tags
+  assert {"epoch/val_loss", "epoch/lr_scale_mean", "step/lr_scale", "step/effective_lr",
+          "step/loss"} <= tags
   return rows
 
 
