@@ -26,6 +26,7 @@ from benchmarks import runs as runs_lib
 from benchmarks import stats
 from benchmarks import suite as suite_lib
 from benchmarks import tuning
+from train import control_kinds
 from train import records
 
 STEP_COST = declared.STEP_COST
@@ -38,22 +39,24 @@ def _finished(out: pathlib.Path, run: suite_lib.Run) -> Optional[runs_lib.RunRec
   rec = runs_lib.read_finished(out / run.relpath())
   if rec is not None:
     return rec
-  if run.strategy.startswith("matched-"):
+  control = suite_lib.control_of(run.strategy)
+  if control is not None and control_kinds.get(control[0]).lr_from_source:
     return _matched(out, run)
   return None
 
 
 def control_of(strategy: str) -> Optional[str]:
-  """The adaptive strategy a control belongs to (`gradvar-null`, `matched-X`, `replay-X`)."""
+  """The adaptive strategy a control belongs to (None for a strategy that is not a control)."""
   control = suite_lib.control_of(strategy)
   return None if control is None else control[1]
 
 
 def _matched(out: pathlib.Path, run: suite_lib.Run) -> Optional[runs_lib.RunRecord]:
-  """A `matched-X` run of the seed whose control.json names X's run at `run.lr`.
+  """A control run (of a kind whose LR is read from X's run, `lr_from_source`) of the seed whose
+  control.json names X's run at `run.lr`.
 
   Its folder is named by the LR it realised, not by X's LR, so it is found by its control.json
-  (written by the runner: `{"control", "of", "source", "lr"}`).
+  (written by the runner: `{"control", "of", "source", "lr", ...}`).
   """
   want = suite_lib.lr_dirname(run.lr)
   base = out / run.kind / run.task / run.strategy

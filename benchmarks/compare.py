@@ -16,9 +16,7 @@ evaluation runs until its thresholds are calibrated.
 
 
 import dataclasses
-import os
 import pathlib
-import statistics
 import sys
 from typing import Optional
 
@@ -26,6 +24,7 @@ from benchmarks import metrics
 from benchmarks import runner
 from benchmarks import runs as runs_lib
 from benchmarks import suite as suite_lib
+from train import control_kinds
 from train import records
 
 # The runner's names that the plans below use.
@@ -35,28 +34,6 @@ Outcome = runner.Outcome
 status = runner.status
 prepare_out = runner.prepare_out
 run_all = runner.run_all
-
-
-def matched_lr(epochs: list[records.EpochRow]) -> float:
-  """`matched-X`'s LR: the mean over X's epochs of `effective_lr_mean`.
-
-  Every epoch has the same number of steps, so this is the mean effective LR over the run.
-  """
-  values = [r.effective_lr_mean for r in epochs]
-  if not values or not all(metrics.finite(v) for v in values):
-    raise ValueError(f"matched LR: every epoch needs a finite effective_lr_mean, got {values}")
-  return statistics.fmean(values)
-
-
-def replay_seed(seeds: tuple[int, ...], seed: int) -> int:
-  """The seed whose path `replay-X` on `seed` follows: the next evaluation seed, cyclically."""
-  seeds = tuple(seeds)
-  if seed not in seeds:
-    raise ValueError(f"replay: seed {seed} is not one of the evaluation seeds {list(seeds)}")
-  if len(seeds) < 2:
-    raise ValueError(f"replay: needs at least 2 evaluation seeds (a run replays another seed's "
-                     f"path), got {list(seeds)}")
-  return seeds[(seeds.index(seed) + 1) % len(seeds)]
 
 
 def evaluation_lrs(suite: suite_lib.Suite, out: pathlib.Path, tuned: bool) -> dict:
@@ -97,33 +74,22 @@ def control_runs(suite: suite_lib.Suite, out: pathlib.Path,
         if seed not in suite.seeds_of(task, strategy):
           continue
         kind, source = suite_lib.control_of(strategy)
+        kind = control_kinds.get(kind)
         base = lrs[task][strategy]
         if base is None:
           waiting.append(f"{task}/{strategy}: {source}'s tuning is not complete")
           continue
-        src_seed = (replay_seed(suite.all_seeds_of(task, source), seed) if kind == "replay"
-                    else seed)
-        src = suite.run(task, source, src_seed, lr=base)
-        info = {"control": strategy, "of": source}
-        if kind == "null":
-          runs.append(dataclasses.replace(suite.run(task, strategy, seed, lr=base),
-                                          control=tuple({**info, "source": None,
-                                                         "lr": base}.items())))
-          continue
-        if status(out / src.relpath()) != "finished":
+        src = suite.run(task, source, kind.source_seed(suite.all_seeds_of(task, source), seed),
+                        lr=base)
+        if kind.follows_source_run and status(out / src.relpath()) != "finished":
           waiting.append(f"{task}/{strategy}/seed{seed}: {src.relpath()} has not finished")
           continue
-        if kind == "matched":
-          rec = runs_lib.read_run(out / src.relpath())
-          lr = matched_lr(rec.epochs)
-          run = suite.run(task, strategy, seed, lr=lr)
-          info.update(source=str(src.relpath()), lr=lr, base_lr=base)
-        else:
-          replay_from = os.path.relpath(out / src.relpath(), REPO_ROOT)
-          run = dataclasses.replace(suite.run(task, strategy, seed, lr=base),
-                                    options=(("replay_from", replay_from),))
-          info.update(source=str(src.relpath()), lr=base, replay_from=replay_from,
-                      source_seed=src_seed)
+        plan = kind.plan(control_kinds.Source(source, base, src.seed, out / src.relpath(),
+                                              src.relpath(), REPO_ROOT))
+        run = suite.run(task, strategy, seed, lr=plan.lr)
+        if plan.options:
+          run = dataclasses.replace(run, options=plan.options)
+        info = control_kinds.control_json(strategy, plan, source)
         runs.append(dataclasses.replace(run, control=tuple(info.items())))
   return runs, waiting
 

@@ -7,9 +7,10 @@
 
 The older commit is exported with `git archive` into a temporary folder and both trees run the same
 `python -m train` command line with this interpreter, on the same machine, each with its own cache.
-Every deterministic field of their records must be bitwise equal: each step row, each epoch and
-evaluation row without its clock and memory fields, and the test metrics. Exit status 0 when they
-are, 1 when not.
+Every deterministic field of their records, as the records reader reads them (so that rows of
+records schema 1 to 3 of the same run compare equal), must be bitwise equal: each step row, each
+epoch and evaluation row without its clock and memory fields, and the test metrics. Exit status
+0 when they are, 1 when not.
 
 `--repeat RUN_DIR` needs no older tree: it trains a finished run's own `config.json` again with this
 tree and compares the new records with the committed ones. It shows that runs made at a commit
@@ -27,6 +28,7 @@ import tempfile
 import time
 
 from benchmarks import runs as runs_lib
+from train import records
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 # The last commit before the seams refactor (issue 15).
@@ -82,6 +84,21 @@ def _rows(path: pathlib.Path) -> list[dict]:
   return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
+_READERS = {runs_lib.STEPS: records.read_steps, runs_lib.EPOCHS: records.read_epochs,
+            runs_lib.EVALS: records.read_evals}
+
+
+def _read(path: pathlib.Path) -> list[dict]:
+  """A records file's rows as the records reader gives them (rows of every schema in today's
+  form), each a flat dict: a readout `x` of a row's mapping is the key `readouts.x`."""
+  out = []
+  for row in _READERS[path.name](path):
+    flat = row.as_dict()
+    mapping = flat.pop(row.READOUTS, {})
+    out.append({**flat, **{f"{row.READOUTS}.{k}": v for k, v in mapping.items()}})
+  return out
+
+
 def _same(a, b) -> bool:
   if isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b):
     return True
@@ -106,7 +123,7 @@ def differences(old: pathlib.Path, new: pathlib.Path) -> list[str]:
     if not (old / name).exists() or not (new / name).exists():
       found.append(f"{name}: only in {'new' if (new / name).exists() else 'old'}")
       continue
-    a, b = _rows(old / name), _rows(new / name)
+    a, b = _read(old / name), _read(new / name)
     if len(a) != len(b):
       found.append(f"{name}: {len(a)} rows != {len(b)} rows")
     for i, (ra, rb) in enumerate(zip(a, b)):

@@ -189,9 +189,15 @@ def summary(results, task, setting, path, render=True) -> str | None:
   return _save(fig, path)
 
 
-ADAPTIVE = ("gradvar", "gns")
-# The self-tuning and scheduled arms a reader compares the adaptive ones with.
-REFERENCE_ARMS = ("schedule-free", "mechanic", "prodigy", "cosine", "step", "plateau")
+# The roles (`train.strategies.Spec.role`) of the main panel's adaptive strategy, and of the
+# self-tuning and scheduled arms a reader compares the adaptive ones with.
+ADAPTIVE_ROLES = ("adaptive",)
+REFERENCE_ROLES = ("reference", "schedule")
+
+
+def _with_roles(roles) -> set[str]:
+  from train import strategies
+  return set(strategies.names(*roles)) if roles else set()
 
 
 
@@ -205,23 +211,24 @@ def _rank(group: dict):
 
 def main_strategies(results: dict, task: str, setting: str, present) -> list[tuple[str, str]]:
   """The main panel's (role, strategy) pairs, at most four: baseline, the best adaptive
-  strategy, its control (gradvar-null, else replay-X, else matched-X) and the best reference
-  arm, where present."""
+  strategy, its control (the first present in the control kinds' order, `ControlKind.rank`) and
+  the best reference arm, where present."""
   groups = results["tasks"][task]["settings"][setting]["strategies"]
   present = [s for s in results["strategies"] if s in present]
   chosen = []
   if results["baseline"] in present:
     chosen.append(("baseline", results["baseline"]))
-  adaptive = sorted((s for s in present if s in ADAPTIVE), key=lambda s: _rank(groups[s]))
+  adaptive_arms, reference_arms = _with_roles(ADAPTIVE_ROLES), _with_roles(REFERENCE_ROLES)
+  adaptive = sorted((s for s in present if s in adaptive_arms), key=lambda s: _rank(groups[s]))
   if adaptive:
     best = adaptive[0]
     chosen.append(("adaptive", best))
-    for control in ([f"{best}-null"] if best == "gradvar" else []) + [f"replay-{best}",
-                                                                       f"matched-{best}"]:
-      if control in present:
+    from train import control_kinds
+    for control in (kind.name_of(best) for kind in control_kinds.ranked()):
+      if control in present and suite_lib.control_of(control):
         chosen.append(("control", control))
         break
-  arms = sorted((s for s in present if s in REFERENCE_ARMS and s != results["baseline"]),
+  arms = sorted((s for s in present if s in reference_arms and s != results["baseline"]),
                 key=lambda s: _rank(groups[s]))
   if arms:
     chosen.append(("reference", arms[0]))

@@ -40,6 +40,12 @@ def _comparison_row(c: dict, fmt: str = "{:.0f}") -> list[str]:
           f"{_time(c['time_to_target']['b'], ratios)}"]
 
 
+def _kinds_text() -> str:
+  """What each control kind is, in its own words (`train.control_kinds`)."""
+  from train import control_kinds
+  return "; ".join(kind.description for kind in control_kinds.kinds())
+
+
 def controls_section(results: dict) -> list[str]:
   """Each adaptive strategy against its controls, on the primaries' test, uncorrected."""
   metric = _metric(results)
@@ -49,10 +55,8 @@ def controls_section(results: dict) -> list[str]:
     return []
   conf = round(100 * (1 - results["analysis"]["alpha"]))
   return ["## Adaptive strategies against their controls", "",
-          metric.controls_sentence() + "with the primaries' test and intervals. `X-null` moves "
-          "the scale at random on X's cadence; `matched-X` is fixed Adam at X's mean effective LR; "
-          "`replay-X` follows another seed's recorded LR path, so it has X's schedule without "
-          "X's reaction to its own gradients. Uncorrected p-values: secondary, except where "
+          metric.controls_sentence() + "with the primaries' test and intervals. "
+          + _kinds_text() + ". Uncorrected p-values: secondary, except where "
           "the pair is also a primary (its Holm-adjusted p is above).", "",
           cells.table(["task", "X − control", "setting", "seeds", "X reached", "control reached",
                        _median_header(metric), f"{conf}% bootstrap", f"mean diff ± {conf}% t",

@@ -73,7 +73,6 @@ Run = suite_schema.Run
 Suite = suite_schema.Suite
 control_of = suite_schema.control_of
 lr_dirname = suite_schema.lr_dirname
-NULL_CONTROLS = suite_schema.NULL_CONTROLS
 RULE = suite_schema.RULE
 DEFAULT_FACTOR = suite_schema.DEFAULT_FACTOR
 DEFAULT_TUNE_SEEDS = suite_schema.DEFAULT_TUNE_SEEDS
@@ -284,16 +283,18 @@ def _parse_arms(fail, task, raw, strategy_names, seeds) -> dict:
     control = control_of(strategy)
     if control is None:
       continue
+    from train import control_kinds
     kind, source = control
+    kind = control_kinds.get(kind)
     if source not in raw:
       fail(f"{where}.{strategy}", f"is a control of {source!r}, which must also be an arm "
                                   "of the task (the control runs from its runs)")
-    if kind != "null" and n > raw[source]:
+    if kind.follows_source_run and n > raw[source]:
       fail(f"{where}.{strategy}", f"has {n} seeds, more than its source {source!r} ({raw[source]})"
-                                  "; a matched or replay run follows a run of its source")
-    if kind == "replay" and raw[source] < 2:
-      fail(f"{where}.{source}", f"needs at least 2 seeds for {strategy!r} (a run replays "
-                                "another seed's path)")
+                                  f"; a {kind.name} run follows a run of its source")
+    if raw[source] < kind.min_source_seeds:
+      fail(f"{where}.{source}", f"needs at least {kind.min_source_seeds} seeds for {strategy!r} "
+                                f"(a {kind.name} run follows another seed's run)")
   return dict(raw)
 
 

@@ -31,20 +31,15 @@ DEFAULT_PERMUTATIONS = 10000
 DEFAULT_BOOTSTRAP = 10000
 # Keys of a [tasks.T] table that are the suite's, not config fields.
 TASK_KEYS = frozenset({"arms", "lr_grid", "grids", "lrs"})
-# The adaptive strategies and their controls (never tuned: each runs at the LR its adaptive
-# strategy was tuned to). `gradvar-null` is gradvar's; `matched-X` and `replay-X` exist for any X.
-NULL_CONTROLS = {"gradvar-null": "gradvar"}
 PRIMARY = re.compile(r"^\s*([A-Za-z0-9_.-]+)\s*:\s*(\S+)\s+vs\s+(\S+)\s*$")
 
 
 def control_of(strategy: str) -> Optional[tuple[str, str]]:
-  """('null' | 'matched' | 'replay', X) for a control strategy's name, else None."""
-  if strategy in NULL_CONTROLS:
-    return "null", NULL_CONTROLS[strategy]
-  for kind in ("matched", "replay"):
-    if strategy.startswith(kind + "-") and len(strategy) > len(kind) + 1:
-      return kind, strategy[len(kind) + 1:]
-  return None
+  """(kind, X) for a control strategy's name, else None: the strategy registry's declaration
+  (`train.strategies.control_of`; the kinds are `train.control_kinds`'). Controls are never
+  tuned: each runs at the LR its adaptive strategy was tuned to."""
+  from train import strategies
+  return strategies.control_of(strategy)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -78,9 +78,9 @@ import numpy as np
 import optax
 
 from gradvar_optax._gradvar import _concrete
-from gradvar_optax._gradvar import _global_norm
 from gradvar_optax._gradvar import _require_base
 from gradvar_optax._groups import GroupedGrads
+from gradvar_optax._numerics import global_norm as _global_norm
 
 # The smallest signal fraction the noise-to-signal ratio divides by. It is a ratio of two
 # averages of squared norms, so this floor is relative to the gradients' scale: multiplying the

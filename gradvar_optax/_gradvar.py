@@ -2,12 +2,19 @@
 # SPDX-License-Identifier: Apache-2.0
 """A learning-rate scale driven by the variability of the gradient norm."""
 
+from collections.abc import Callable
 from typing import Any, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+
+from gradvar_optax._numerics import global_norm
+
+# The decision hook of the private `_gradvar`: (v, reference, count) -> the multiplier of the
+# scale at a decision (count: the finite steps seen, this one included).
+Decision = Callable[[jax.Array, jax.Array, jax.Array], jax.Array]
 
 
 class GradVarState(NamedTuple):
@@ -92,16 +99,6 @@ def _validate(window, factor, min_scale, max_scale, tolerance, smoothing, eps):
   eps_ = _concrete(eps)
   if eps_ is not None and not eps_ > 0.0:
     raise ValueError(f"eps must be positive, got eps={eps_}.")
-
-
-def _global_norm(tree) -> jax.Array:
-  """L2 norm of all leaves, accumulated in float32 whatever their dtype."""
-  leaves = jax.tree.leaves(tree)
-  if not leaves:
-    return jnp.zeros([], jnp.float32)
-  return jnp.sqrt(
-      sum(jnp.sum(jnp.square(x.astype(jnp.float32))) for x in leaves)
-  )
 
 
 def gradvar(
@@ -219,6 +216,37 @@ def gradvar(
   """
   _require_base(base_optimizer, "gradvar")
   _validate(window, factor, min_scale, max_scale, tolerance, smoothing, eps)
+
+  def by_variability(v, reference, count):
+    del count
+    rose = v > reference * (1 + tolerance)
+    fell = v < reference * (1 - tolerance)
+    return jnp.where(rose, 1 - factor, jnp.where(fell, 1 + factor, 1.0))
+
+  return _gradvar(base_optimizer, by_variability, window=window, min_scale=min_scale,
+                  max_scale=max_scale, smoothing=smoothing, eps=eps, axis_name=axis_name)
+
+
+def _gradvar(
+    base_optimizer: optax.GradientTransformation,
+    decision: Decision,
+    *,
+    window: int,
+    min_scale: float,
+    max_scale: float,
+    smoothing: float,
+    eps: float,
+    axis_name: Optional[str],
+) -> optax.GradientTransformationExtraArgs:
+  """gradvar's state machine with the decision as a hook; the arguments are checked already.
+
+  Everything but the direction of a move is here: the raw gradients' global norm, the ring
+  buffer of finite norms, a decision every ``window`` finite steps, the first one keeping the
+  scale, the clip to ``[min_scale, max_scale]`` and the new scale applied to the very step that
+  decides it. ``decision(v, reference, count)`` gives the multiplier of the scale at a
+  decision: :func:`gradvar`'s compares ``v`` with the reference; the suite's null control
+  (``train/controls.py``) draws a coin from ``count``.
+  """
   base_optimizer = optax.with_extra_args_support(base_optimizer)
 
   def init_fn(params) -> GradVarState:
@@ -251,9 +279,7 @@ def gradvar(
     mean = jnp.mean(norms)
     v = jnp.std(norms) / (mean + eps)
     ref = state.reference
-    rose = v > ref * (1 + tolerance)
-    fell = v < ref * (1 - tolerance)
-    multiplier = jnp.where(rose, 1 - factor, jnp.where(fell, 1 + factor, 1.0))
+    multiplier = decision(v, ref, count)
     moved = jnp.clip(state.lr_scale * multiplier, min_scale, max_scale)
     lr_scale = jnp.where(decide & has_reference, moved, state.lr_scale)
     new_ref = jnp.where(has_reference, smoothing * ref + (1 - smoothing) * v, v)
@@ -278,7 +304,7 @@ def gradvar(
     # identical to the plain optimizer's, so pmap and shard_map stay bitwise
     # equal (tests/test_gradvar_parallel.py).
     inner_updates, updates = jax.lax.optimization_barrier((inner_updates, updates))
-    norm = _global_norm(updates)
+    norm = global_norm(updates)
     if axis_name is not None:
       norm = jax.lax.pmean(norm, axis_name)
     state = observe(state, norm)

@@ -9,6 +9,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from gradvar_optax._numerics import sq_norm as _sq_norm
+
 
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass(frozen=True)
@@ -71,9 +73,6 @@ def _splitter(m: int, where: str):
   return lambda batch: jax.tree_util.tree_map_with_path(split, batch)
 
 
-def _sq_norm(tree) -> jax.Array:
-  return sum((jnp.sum(jnp.square(x.astype(jnp.float32))) for x in jax.tree.leaves(tree)),
-             jnp.zeros([], jnp.float32))
 
 
 def grouped_grad(loss_fn, num_microbatches: int, *, has_aux: bool = False):

@@ -8,7 +8,7 @@ from train import records
 
 def row(**fields) -> records.EvalRow:
   """An EvalRow with the given fields; the others None."""
-  blank = {f: None for f in ("effective_lr", "lr_scale", "noise_to_signal", "train_time_s",
+  blank = {f: None for f in ("effective_lr", "train_time_s",
                              "val_loss", "val_accuracy")}
   return records.EvalRow(**{**blank, **fields})
 

@@ -71,8 +71,10 @@ def register(monkeypatch) -> None:
 
 def eval_count(opt_state) -> tuple[int, float]:
   """(evaluations seen, last validation loss) from a checkpoint's `opt_state` read without a
-  target (plain containers) or from a restored one."""
-  count = opt_state[1]
+  target (plain containers) or from a restored one; the loop wraps the strategy's state in
+  `optax.apply_if_finite`'s."""
+  inner = opt_state["inner_state"] if isinstance(opt_state, dict) else opt_state.inner_state
+  count = inner[1]
   if isinstance(count, dict):
     return int(count["evals"]), float(count["last_val_loss"])
   return int(count.evals), float(count.last_val_loss)

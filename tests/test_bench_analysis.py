@@ -247,7 +247,7 @@ def test_grid_holds_the_strategies_outside_the_main_panel(tmp_path, monkeypatch)
   results, runs = analysis.collect(out)
   # Without cosine among the reference arms the main panel is fixed and gradvar; cosine goes to
   # the grid.
-  monkeypatch.setattr(plots, "REFERENCE_ARMS", ())
+  monkeypatch.setattr(plots, "REFERENCE_ROLES", ())
   assert [s for _, s in plots.main_strategies(results, "rt_sentiment", "untuned",
                                               {"fixed", "gradvar", "cosine"})] == [
       "fixed", "gradvar"]

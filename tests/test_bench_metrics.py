@@ -14,12 +14,14 @@ T2, T4 = 4.302653, 2.776445
 
 def epoch_row(**fields) -> records.EpochRow:
   """An epoch row with the given fields; every other required one None (not recorded)."""
-  blank = {f.name: None for f in dataclasses.fields(records.EpochRow)}
+  blank = {f.name: None for f in dataclasses.fields(records.EpochRow)
+           if f.default_factory is dataclasses.MISSING}
   return records.EpochRow(**{**blank, "step": 0, **fields})
 
 
 def step_row(**fields) -> records.StepRow:
-  blank = {f.name: None for f in dataclasses.fields(records.StepRow)}
+  blank = {f.name: None for f in dataclasses.fields(records.StepRow)
+           if f.default_factory is dataclasses.MISSING}
   return records.StepRow(**{**blank, "step": 1, "epoch": 1, **fields})
 
 

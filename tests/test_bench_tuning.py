@@ -21,6 +21,7 @@ from benchmarks import runner
 from benchmarks import suite as suite_lib
 from benchmarks import tuning
 from train import config as config_lib
+from train import control_kinds
 from train import records
 from train import strategies
 
@@ -192,18 +193,18 @@ CONTROLS = BASE.replace('strategies = ["fixed", "gradvar"]',
 
 def test_matched_lr_is_the_mean_effective_lr():
   rows = [_epoch(1, 0.5, 1e-3), _epoch(2, 0.5, 2e-3), _epoch(3, 0.5, 4.5e-3)]
-  assert compare.matched_lr(rows) == pytest.approx(2.5e-3, rel=1e-12)  # 7.5e-3 / 3
+  assert control_kinds.matched_lr(rows) == pytest.approx(2.5e-3, rel=1e-12)  # 7.5e-3 / 3
   with pytest.raises(ValueError, match="effective_lr_mean"):
-    compare.matched_lr([_epoch(1, 0.5, None)])
+    control_kinds.matched_lr([_epoch(1, 0.5, None)])
 
 
 def test_replay_seed_is_the_next_evaluation_seed_cyclically():
-  assert [compare.replay_seed((0, 1, 2), s) for s in (0, 1, 2)] == [1, 2, 0]
-  assert compare.replay_seed((7, 3), 3) == 7
+  assert [control_kinds.replay_seed((0, 1, 2), s) for s in (0, 1, 2)] == [1, 2, 0]
+  assert control_kinds.replay_seed((7, 3), 3) == 7
   with pytest.raises(ValueError, match="at least 2"):
-    compare.replay_seed((0,), 0)
+    control_kinds.replay_seed((0,), 0)
   with pytest.raises(ValueError, match="not one of"):
-    compare.replay_seed((0, 1), 5)
+    control_kinds.replay_seed((0, 1), 5)
 
 
 def test_control_runs_come_from_the_adaptive_strategys_records(tmp_path, with_controls):

@@ -24,9 +24,8 @@ from train import records
 
 EPOCH_FIELDS = [  # in the order of today's rows
     "epoch", "step", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "effective_lr",
-    "effective_lr_mean", "lr_scale", "lr_scale_mean", "variability_mean", "train_time_s",
-    "train_time_total_s", "elapsed_s", "cpu_time_s", "examples_per_s", "peak_rss_mb",
-    "device_memory_mb"]
+    "effective_lr_mean", "train_time_s", "train_time_total_s", "elapsed_s", "cpu_time_s",
+    "examples_per_s", "peak_rss_mb", "device_memory_mb", "readout_means"]
 
 
 class FakeTime:
@@ -171,8 +170,10 @@ def test_epoch_row_has_exactly_the_record_fields():
   assert list(row) == EPOCH_FIELDS
   assert (row["train_loss"], row["train_time_s"], row["train_time_total_s"], row["elapsed_s"],
           row["cpu_time_s"], row["examples_per_s"]) == (0.5, 4.0, 9.0, 20.0, 3.0, 16.0)
-  assert list(epoch_lib.epoch_row(**args, count_nonfinite=True).as_dict()) == EPOCH_FIELDS + [
-      "nonfinite_steps"]
+  assert list(epoch_lib.epoch_row(**args, count_nonfinite=True).as_dict()) == (
+      EPOCH_FIELDS[:-1] + ["nonfinite_steps", "readout_means"])
+  # The readouts' means, without the one that has no value (NaN).
+  assert row["readout_means"] == {"lr_scale": 0.5, "variability": 0.5}
   no_finite = epoch_lib.EpochTotals(totals.sums, 0, 5, 1)
   assert np.isnan(epoch_lib.epoch_row(**{**args, "totals": no_finite},
                                       count_nonfinite=True).train_loss)

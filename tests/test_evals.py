@@ -23,8 +23,9 @@ from train import loop
 from train import records
 from train import step as step_lib
 
+# No readouts: the strategy of these runs declares none.
 EVAL_FIELDS = {"step", "epoch", "examples", "train_time_s", "val_loss", "val_accuracy",
-               "effective_lr", "lr_scale"}
+               "effective_lr"}
 STEPS_PER_EPOCH, EPOCHS, BATCH = 6, 2, 8
 
 
@@ -80,14 +81,14 @@ def test_evaluates_every_k_steps_reusing_the_epochs_evaluation_and_observes_each
   workdir = pathlib.Path(config.workdir)
   rows = _jsonl(workdir / "evals.jsonl")
   assert [r["step"] for r in rows] == [4, 8, 12]
-  assert all(set(r) == EVAL_FIELDS for r in rows)  # no noise_to_signal on this branch's steps
+  assert all(set(r) == EVAL_FIELDS for r in rows)
   assert records.read_evals(workdir / "evals.jsonl") == [records.EvalRow(**r) for r in rows]
   assert [r["epoch"] for r in rows] == [1, 2, 2]
   assert [r["examples"] for r in rows] == [4 * BATCH, 8 * BATCH, 12 * BATCH]
   steps = {r["step"]: r for r in _jsonl(workdir / "steps.jsonl")}
   for r in rows:
     assert r["effective_lr"] == steps[r["step"]]["effective_lr"]
-    assert r["lr_scale"] is None and steps[r["step"]]["lr_scale"] is None
+    assert "readouts" not in r and "readouts" not in steps[r["step"]]
     assert math.isfinite(r["val_loss"]) and 0.0 <= r["val_accuracy"] <= 1.0
   epochs = _jsonl(workdir / "epochs.jsonl")
   # The training clock: rising, below the epoch's end, and at the epoch's end its total.
@@ -159,15 +160,18 @@ def test_batch_stats_step_gives_the_batchs_statistics_whatever_the_running_avera
 
 def test_eval_row_reads_back_and_rejects_bad_rows(tmp_path):
   row = {"step": 4, "epoch": 1, "examples": 32, "train_time_s": 1.5, "val_loss": 0.69,
-         "val_accuracy": 0.5, "effective_lr": 1e-3, "lr_scale": math.nan}
+         "val_accuracy": 0.5, "effective_lr": 1e-3, "readouts": {"lr_scale": math.nan}}
   recorder = records.Recorder(tmp_path)
   recorder.eval(records.EvalRow(**row))
-  recorder.eval({**row, "step": 8, "noise_to_signal": 0.25})  # a dict is checked too
+  # A dict is checked too; one of schema 2 (its readouts as fields) reads as schema 3.
+  recorder.eval({**{k: v for k, v in row.items() if k != "readouts"}, "step": 8,
+                 "lr_scale": None, "noise_to_signal": 0.25})
   recorder.close()
   rows = records.read_evals(tmp_path / "evals.jsonl")
-  assert rows[0] == records.EvalRow(**{**row, "lr_scale": None})  # NaN is written as null
-  assert rows[1].noise_to_signal == 0.25 and rows[0].noise_to_signal is None
-  assert "noise_to_signal" not in _jsonl(tmp_path / "evals.jsonl")[0]
+  assert rows[0] == records.EvalRow(**{**row, "readouts": {}})  # a NaN readout is left out
+  assert rows[1].readouts == {"noise_to_signal": 0.25} and rows[0].noise_to_signal is None
+  assert rows[1].noise_to_signal == 0.25
+  assert "readouts" not in _jsonl(tmp_path / "evals.jsonl")[0]
   assert records.read_evals(tmp_path / "none.jsonl", missing_ok=True) == []
   with pytest.raises(FileNotFoundError):
     records.read_evals(tmp_path / "none.jsonl")

@@ -28,9 +28,8 @@ from train import loop
 from train import records
 from train import step as step_lib
 
-# The steps.jsonl keys of a strategy without gns: those of the rows written before it existed.
-STEP_FIELDS = {"step", "epoch", "loss", "accuracy", "grad_norm", "lr_scale", "variability",
-               "effective_lr"}
+# The steps.jsonl keys of a strategy without readouts.
+STEP_FIELDS = {"step", "epoch", "loss", "accuracy", "grad_norm", "effective_lr"}
 
 
 def _config(tmp_path, task, **kw):
@@ -132,7 +131,7 @@ def _resnet_step(microbatches, devices, batch, group_grads=True):
   launcher = step_lib.Launcher("pmap", devices)
   fn = launcher.train(step_lib.make_train_step(
       model, spec.input_names, opt, lambda before, after, step: jnp.float32(0),
-      microbatches=microbatches, group_grads=group_grads))
+      microbatches=microbatches, group_grads=group_grads, update_args=step_lib.UPDATE_ARGS))
   local = jax.tree.map(lambda x: x.reshape((len(devices), -1) + x.shape[1:]), batch)
   new, metrics = fn(launcher.put_state(state), local, jax.random.key(1))
   return launcher.get(new), launcher.get(metrics)
@@ -255,6 +254,6 @@ def test_step_rows_leave_out_a_nan_noise_to_signal_and_keep_a_value(tmp_path):
   recorder.close()
   lines = [json.loads(line) for line in (tmp_path / "steps.jsonl").read_text().splitlines()]
   assert set(lines[0]) == STEP_FIELDS
-  assert lines[1]["noise_to_signal"] == 0.25
+  assert lines[1]["readouts"] == {"lr_scale": 0.8999999761581421, "noise_to_signal": 0.25}
   read = records.read_steps(tmp_path / "steps.jsonl")
   assert read[0].noise_to_signal is None and read[1].noise_to_signal == 0.25

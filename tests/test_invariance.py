@@ -4,23 +4,41 @@
 both trees and compares every deterministic record field bitwise.
 """
 
+import dataclasses
 import json
 
 import numpy as np
 import pytest
 
 from benchmarks import invariance
+from train import records
 
 
-def _write_run(folder, loss, accuracy=0.5, evals=True):
+def _write_run(folder, loss, accuracy=0.5, evals=True, legacy=False):
+  """A run's records; `legacy`: as records schema 2 wrote them (the readouts as fields)."""
   folder.mkdir(parents=True)
-  (folder / "steps.jsonl").write_text(json.dumps({"step": 1, "loss": loss}) + "\n")
-  (folder / "epochs.jsonl").write_text(
-      json.dumps({"epoch": 1, "val_loss": loss, "train_time_s": loss * 7}) + "\n")
+  step = records.StepRow(step=1, epoch=1, accuracy=0.5, effective_lr=1e-3, grad_norm=1.0,
+                         loss=loss, readouts={"lr_scale": 0.9}).as_dict()
+  epoch = records.EpochRow(**{**dict.fromkeys(_REQUIRED_EPOCH), "epoch": 1, "step": 1,
+                              "val_loss": loss, "train_time_s": loss * 7},
+                           readout_means={"lr_scale": 0.9}).as_dict()
+  if legacy:
+    step = {**{k: v for k, v in step.items() if k != "readouts"}, "lr_scale": 0.9,
+            "variability": None}
+    epoch = {**{k: v for k, v in epoch.items() if k != "readout_means"}, "lr_scale": 0.9,
+             "lr_scale_mean": 0.9, "variability_mean": None}
+  (folder / "steps.jsonl").write_text(json.dumps(step) + "\n")
+  (folder / "epochs.jsonl").write_text(json.dumps(epoch) + "\n")
   if evals:
-    (folder / "evals.jsonl").write_text(
-        json.dumps({"step": 1, "val_loss": loss, "train_time_s": loss * 3}) + "\n")
+    row = records.EvalRow(step=1, epoch=1, examples=16, train_time_s=loss * 3, val_loss=loss,
+                          val_accuracy=0.5, effective_lr=1e-3).as_dict()
+    (folder / "evals.jsonl").write_text(json.dumps(row) + "\n")
   (folder / "run.json").write_text(json.dumps({"test": {"test_accuracy": accuracy}}))
+
+
+_REQUIRED_EPOCH = [f.name for f in dataclasses.fields(records.EpochRow)
+                   if f.default is dataclasses.MISSING
+                   and f.default_factory is dataclasses.MISSING][2:]
 
 
 def test_differences_finds_a_changed_bit_and_ignores_the_clock(tmp_path):
@@ -38,6 +56,11 @@ def test_differences_finds_a_changed_bit_and_ignores_the_clock(tmp_path):
   assert invariance.differences(tmp_path / "a", tmp_path / "d") == ["evals.jsonl: only in old"]
   _write_run(tmp_path / "e", 0.25, evals=False)
   assert invariance.differences(tmp_path / "d", tmp_path / "e") == []
+  # Rows of records schema 2 read as rows of 3: the same run compares equal.
+  _write_run(tmp_path / "f", 0.25, legacy=True)
+  assert invariance.differences(tmp_path / "f", tmp_path / "a") == []
+  _write_run(tmp_path / "g", 0.25 + 2**-40, legacy=True)
+  assert len(invariance.differences(tmp_path / "g", tmp_path / "a")) == 3
 
 
 @pytest.mark.slow  # two tiny trainings: about 30 s of one core

@@ -203,8 +203,8 @@ def test_two_processes_train_like_one_process(runs, parallel):
   assert [e["epoch"] for e in _jsonl(r["two"] / "epochs.jsonl")] == [1, 2]
   assert len(list((r["two"] / "tb").glob("events.out.tfevents.*"))) == 1
   # The same gradvar decisions, step by step, and at least one decision was taken.
-  scales = [s["lr_scale"] for s in two_steps]
-  assert scales == [s["lr_scale"] for s in one_steps]
+  scales = [s["readouts"]["lr_scale"] for s in two_steps]
+  assert scales == [s["readouts"]["lr_scale"] for s in one_steps]
   assert len(set(scales)) > 1
   np.testing.assert_allclose([s["loss"] for s in two_steps], [s["loss"] for s in one_steps],
                              rtol=1e-5)
@@ -252,7 +252,7 @@ def test_sigterm_to_one_process_checkpoints_both_and_resume_continues_exactly(ru
   jax.tree.map(np.testing.assert_array_equal, _final_params(workdir), _final_params(r["two"]))
   steps, full = _jsonl(workdir / "steps.jsonl"), _jsonl(r["two"] / "steps.jsonl")
   assert [s["step"] for s in steps] == list(range(1, 25))
-  assert [s["lr_scale"] for s in steps] == [s["lr_scale"] for s in full]
+  assert [s["readouts"] for s in steps] == [s["readouts"] for s in full]
   assert [e["epoch"] for e in _jsonl(workdir / "epochs.jsonl")] == [1, 2]
 
 

@@ -16,10 +16,10 @@ COMMITTED = [RESULTS / "cpu" / "runs" / "rt_sentiment" / s / "lr0.001" / "seed0"
              for s in ("gradvar", "fixed")]
 
 STEP = {"step": 5, "epoch": 1, "loss": 0.7, "accuracy": 0.5, "grad_norm": 1.5,
-        "lr_scale": math.nan, "variability": math.nan, "effective_lr": 1e-3}
+        "readouts": {"lr_scale": math.nan, "variability": math.nan}, "effective_lr": 1e-3}
 EPOCH = {"epoch": 1, "step": 10, "train_loss": 0.7, "train_accuracy": 0.5, "val_loss": 0.68,
          "val_accuracy": 0.55, "effective_lr": 1e-3, "effective_lr_mean": 1e-3,
-         "lr_scale": 1.1, "lr_scale_mean": 1.05, "variability_mean": 0.2, "train_time_s": 2.0,
+         "readout_means": {"lr_scale": 1.05, "variability": 0.2}, "train_time_s": 2.0,
          "train_time_total_s": 2.0, "elapsed_s": 5.0, "cpu_time_s": 1.9,
          "examples_per_s": 160.0, "peak_rss_mb": 700.0, "device_memory_mb": None}
 
@@ -31,13 +31,18 @@ def _tags(workdir: pathlib.Path) -> set[str]:
 
 
 @pytest.mark.parametrize("run", COMMITTED, ids=lambda p: p.parts[-3])
-def test_committed_records_read_and_write_back_byte_for_byte(run, tmp_path):
-  """The schema is the committed rows': read into the types, they write the same bytes."""
+def test_committed_records_read_as_schema_3_and_write_back_the_same_rows(run, tmp_path):
+  """Rows of schema 1 read into today's types (their readouts in one mapping) and, written
+  again (schema 3), read back equal."""
   steps = records.read_steps(run / "steps.jsonl")
   epochs = records.read_epochs(run / "epochs.jsonl")
   assert steps and epochs and all(isinstance(r, records.StepRow) for r in steps)
-  assert epochs[-1].epoch == json.loads(
-      (run / "epochs.jsonl").read_text().splitlines()[-1])["epoch"]
+  raw = [json.loads(line) for line in (run / "steps.jsonl").read_text().splitlines()]
+  assert [r.lr_scale for r in steps] == [r["lr_scale"] for r in raw]
+  assert [r.readouts for r in steps] == [
+      {k: r[k] for k in ("lr_scale", "variability") if r[k] is not None} for r in raw]
+  raw = [json.loads(line) for line in (run / "epochs.jsonl").read_text().splitlines()]
+  assert [r.lr_scale_mean for r in epochs] == [r["lr_scale_mean"] for r in raw]
   for name, as_rows in (("typed", lambda rows: rows),
                         ("dicts", lambda rows: [r.as_dict() for r in rows])):
     recorder = records.Recorder(tmp_path / name)
@@ -45,27 +50,29 @@ def test_committed_records_read_and_write_back_byte_for_byte(run, tmp_path):
     for row in as_rows(epochs):
       recorder.epoch(row)
     recorder.close()
-    for file in ("steps.jsonl", "epochs.jsonl"):
-      assert (tmp_path / name / file).read_bytes() == (run / file).read_bytes(), (name, file)
+    assert records.read_steps(tmp_path / name / "steps.jsonl") == steps
+    assert records.read_epochs(tmp_path / name / "epochs.jsonl") == epochs
 
 
 def test_rows_are_written_as_before_with_nan_as_null_and_scalars_in_tensorboard(tmp_path):
   recorder = records.Recorder(tmp_path)
-  recorder.steps([STEP, records.StepRow(**{**STEP, "step": 10, "lr_scale": 1.0})])
+  recorder.steps([STEP, records.StepRow(**{**STEP, "step": 10, "readouts": {"lr_scale": 1.0}})])
   recorder.epoch(records.EpochRow(**EPOCH))
   recorder.epoch({**EPOCH, "epoch": 2, "nonfinite_steps": 3})
   recorder.close()
   lines = (tmp_path / "steps.jsonl").read_text().splitlines()
-  # Sorted keys, non-finite floats as null: the line the untyped Recorder wrote.
+  # Sorted keys; readouts without a value left out, and no mapping when none has one.
   assert lines[0] == ('{"accuracy": 0.5, "effective_lr": 0.001, "epoch": 1, "grad_norm": 1.5, '
-                      '"loss": 0.7, "lr_scale": null, "step": 5, "variability": null}')
+                      '"loss": 0.7, "step": 5}')
+  assert json.loads(lines[1])["readouts"] == {"lr_scale": 1.0}
   epochs = [json.loads(line) for line in (tmp_path / "epochs.jsonl").read_text().splitlines()]
   assert epochs[0] == EPOCH  # no nonfinite_steps key when it is not counted
   assert epochs[1] == {**EPOCH, "epoch": 2, "nonfinite_steps": 3}
   assert [r.nonfinite_steps for r in records.read_epochs(tmp_path / "epochs.jsonl")] == [None, 3]
   assert records.read_steps(tmp_path / "steps.jsonl")[0].lr_scale is None
   tags = _tags(tmp_path)
-  assert {"step/loss", "step/lr_scale", "epoch/val_loss", "epoch/nonfinite_steps"} <= tags
+  assert {"step/loss", "step/lr_scale", "epoch/val_loss", "epoch/nonfinite_steps",
+          "epoch/lr_scale_mean"} <= tags
   assert not {"step/step", "step/epoch", "epoch/epoch", "epoch/device_memory_mb"} & tags
 
 
@@ -93,12 +100,15 @@ def test_a_row_of_the_wrong_kind_or_type_is_refused():
 
 
 def test_step_row_from_the_train_step_metrics():
-  metrics = {k: np.float32(v) for k, v in STEP.items() if k not in ("step", "epoch")}
-  row = records.StepRow.from_metrics(5, 1, metrics)
+  metrics = {k: np.float32(v) for k, v in STEP.items() if k not in ("step", "epoch", "readouts")}
+  row = records.StepRow.from_metrics(5, 1, {**metrics, "lr_scale": np.float32(math.nan)})
   assert row.loss == float(np.float32(0.7)) and type(row.loss) is float
-  assert math.isnan(row.lr_scale)
-  with pytest.raises(ValueError, match="train step metrics: StepRow .* has no field.* gns"):
-    records.StepRow.from_metrics(5, 1, {**metrics, "gns": np.float32(1.0)})
+  assert row.lr_scale is None and row.readouts == {}  # a NaN readout has no value
+  # Every metric beyond the step's own is a readout of the strategy.
+  assert records.StepRow.from_metrics(5, 1, {**metrics, "gns": np.float32(1.0)}).readouts == {
+      "gns": 1.0}
+  with pytest.raises(ValueError, match="readouts\\['x'\\] must be a number"):
+    records.StepRow(**{**STEP, "readouts": {"x": "1"}})
   with pytest.raises(ValueError, match="lacks the required field.* grad_norm"):
     records.StepRow.from_metrics(5, 1, {k: v for k, v in metrics.items() if k != "grad_norm"})
 
@@ -120,7 +130,7 @@ def test_reading_names_the_file_line_and_field(tmp_path):
 
 def test_a_last_line_cut_short_is_dropped_a_damaged_one_before_it_is_an_error(tmp_path):
   path = tmp_path / "steps.jsonl"
-  line = json.dumps({**STEP, "lr_scale": None, "variability": None})
+  line = json.dumps(records.StepRow(**STEP).as_dict())
   path.write_text(line + "\n" + line[:20])
   assert [r.step for r in records.read_steps(path)] == [5]
   path.write_text(line[:20] + "\n" + line + "\n")

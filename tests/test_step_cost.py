@@ -55,10 +55,12 @@ def test_step_cost_needs_fixed(tmp_path, capsys):
 
 def test_a_replay_control_is_timed_on_a_stand_in_record(tmp_path):
   # replay-X's step needs a recorded X run; the stand-in holds X's LR from step 1 on.
+  from train import control_kinds
   from train import controls
-  source = step_cost._replay_source(tmp_path / "src", "gns", 3e-4)
-  path = controls.read_path(str(source), 1284, "gns")
-  assert path.shape == (step_cost._REPLAY_LAST_STEP,)
+  kind = control_kinds.get(step_cost.suite_lib.control_of("replay-gns")[0])
+  source = kind.stand_in(tmp_path / "src", "gns", 3e-4)["replay_from"]
+  path = controls.read_path(source, 1284, "gns")
+  assert path.shape == (control_kinds.STAND_IN_LAST_STEP,)
   assert path.min() == path.max() == pytest.approx(3e-4)
 
 

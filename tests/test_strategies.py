@@ -119,7 +119,7 @@ def write_record(folder: pathlib.Path, strategy: str, lrs, steps=None) -> pathli
   (folder / "config.json").write_text(json.dumps({"strategy": strategy}))
   steps = range(1, len(lrs) + 1) if steps is None else steps
   rows = [records.StepRow(step=k, epoch=1, accuracy=0.5, effective_lr=float(lrs[k - 1]),
-                          grad_norm=1.0, loss=1.0, lr_scale=None, variability=None)
+                          grad_norm=1.0, loss=1.0)
           for k in steps]
   (folder / "steps.jsonl").write_text("".join(json.dumps(r.as_dict()) + "\n" for r in rows))
   return folder

@@ -22,11 +22,11 @@ from train import loop
 
 EPOCH_FIELDS = {
     "epoch", "step", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "effective_lr",
-    "effective_lr_mean", "lr_scale", "lr_scale_mean", "variability_mean", "train_time_s",
-    "train_time_total_s", "elapsed_s", "cpu_time_s", "examples_per_s", "peak_rss_mb",
-    "device_memory_mb"}
-STEP_FIELDS = {"step", "epoch", "loss", "accuracy", "grad_norm", "lr_scale", "variability",
-               "effective_lr"}
+    "effective_lr_mean", "train_time_s", "train_time_total_s", "elapsed_s", "cpu_time_s",
+    "examples_per_s", "peak_rss_mb", "device_memory_mb", "readout_means"}
+STEP_FIELDS = {"step", "epoch", "loss", "accuracy", "grad_norm", "readouts", "effective_lr"}
+# gradvar's readouts (`train.strategies`), in every step row and as means in every epoch row.
+READOUTS = {"lr_scale", "variability"}
 
 
 def _config(tmp_path, task, **kw):
@@ -72,18 +72,19 @@ def _check_records(workdir, epochs, lr):
   rows = _jsonl(workdir / "epochs.jsonl")
   assert [r["epoch"] for r in rows] == list(range(1, epochs + 1))
   for r in rows:
-    assert set(r) == EPOCH_FIELDS
+    assert set(r) == EPOCH_FIELDS and set(r["readout_means"]) == READOUTS
     assert math.isfinite(r["val_loss"]) and 0.0 <= r["val_accuracy"] <= 1.0
     assert r["train_time_s"] > 0 and r["examples_per_s"] > 0 and r["peak_rss_mb"] > 0
   steps = _jsonl(workdir / "steps.jsonl")
   assert [s["step"] for s in steps] == list(range(1, rows[-1]["step"] + 1))
   reference = Reference()  # gradvar's defaults
   for s in steps:
-    assert set(s) == STEP_FIELDS
+    assert set(s) == STEP_FIELDS and set(s["readouts"]) == READOUTS
     # gradvar's scale follows the NumPy reference of its rule on the recorded gradient norms,
     # and its effective LR is the base LR times that scale, at every step.
-    np.testing.assert_allclose(s["lr_scale"], reference.step([s["grad_norm"]]), rtol=1e-6)
-    np.testing.assert_allclose(s["effective_lr"], lr * s["lr_scale"], rtol=1e-6)
+    scale = s["readouts"]["lr_scale"]
+    np.testing.assert_allclose(scale, reference.step([s["grad_norm"]]), rtol=1e-6)
+    np.testing.assert_allclose(s["effective_lr"], lr * scale, rtol=1e-6)
   run = json.loads((workdir / "run.json").read_text())
   assert run["end"] is not None and run["git"]["commit"]
   assert run["hardware"]["device_count"] == 2 and run["versions"]["jax"] == jax.__version__
@@ -94,7 +95,8 @@ def _check_records(workdir, epochs, lr):
   assert events
   tags = {v.tag for e in event_file_loader.EventFileLoader(str(events[0])).Load()
           for v in e.summary.value}
-  assert {"epoch/val_loss", "epoch/lr_scale", "step/effective_lr", "step/loss"} <= tags
+  assert {"epoch/val_loss", "epoch/lr_scale_mean", "step/lr_scale", "step/effective_lr",
+          "step/loss"} <= tags
   return rows
 
 

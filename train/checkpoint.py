@@ -132,7 +132,8 @@ class Checkpoints:
                      ) -> tuple[Optional[Restored], list[str]]:
     """The latest checkpoint that reads back intact, and what was skipped on the way (reasons).
 
-    `abstract_for(saved_config)` gives the restore target of a checkpoint saved with that config.
+    `abstract_for(saved_meta)` gives the restore target of a checkpoint saved with that metadata
+    (its `config` and what the loop added, `train.resume`).
     Damaged checkpoints newer than the one restored are deleted, so that the run can save those
     steps again. A checkpoint of a different config raises `ValueError` naming the fields.
     """
@@ -155,7 +156,7 @@ class Checkpoints:
                            f"that change its trajectory ({changes}); use a new workdir, or "
                            "the checkpointed values")
         try:
-          state = self._read_state(step, meta, abstract_for(meta["config"]))
+          state = self._read_state(step, meta, abstract_for(meta))
         except Exception as e:
           error = e
       if state is None:

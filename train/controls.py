@@ -20,16 +20,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-import gradvar_optax
+from gradvar_optax import _gradvar
 from train import records
-
-
-def _f32_norm(tree) -> jax.Array:
-  """The global L2 norm accumulated in float32, as gradvar measures it."""
-  leaves = jax.tree.leaves(tree)
-  if not leaves:
-    return jnp.zeros([], jnp.float32)
-  return jnp.sqrt(sum(jnp.sum(jnp.square(x.astype(jnp.float32))) for x in leaves))
 
 
 def coin(seed: int, decision: jax.Array) -> jax.Array:
@@ -83,49 +75,14 @@ def gradvar_null(
     raise ValueError(f"factor must be in (0, 1), got {factor!r}")
   if not 0.0 < min_scale <= max_scale:
     raise ValueError(f"need 0 < min_scale <= max_scale, got {min_scale!r}, {max_scale!r}")
-  base_optimizer = optax.with_extra_args_support(base_optimizer)
 
-  def init_fn(params):
-    return gradvar_optax.GradVarState(
-        norms=jnp.zeros([window], jnp.float32),
-        count=jnp.zeros([], jnp.int32),
-        skipped=jnp.zeros([], jnp.int32),
-        variability=jnp.zeros([], jnp.float32),
-        reference=jnp.zeros([], jnp.float32),
-        lr_scale=jnp.clip(jnp.ones([], jnp.float32), min_scale, max_scale).astype(jnp.float32),
-        inner_state=base_optimizer.init(params),
-    )
+  def by_coin(v, reference, count):
+    del v, reference
+    return jnp.where(coin(seed, count // window - 1), 1 - factor, 1 + factor)
 
-  def observe(state, norm):
-    finite = jnp.isfinite(norm)
-    norms = jnp.where(finite, state.norms.at[state.count % window].set(norm), state.norms)
-    count = jnp.where(finite, optax.safe_increment(state.count), state.count)
-    skipped = jnp.where(finite, state.skipped, optax.safe_increment(state.skipped))
-    decide = finite & (count % window == 0)
-    has_reference = count > window
-    v = jnp.std(norms) / (jnp.mean(norms) + eps)
-    down = coin(seed, count // window - 1)
-    multiplier = jnp.where(down, 1 - factor, 1 + factor)
-    moved = jnp.clip(state.lr_scale * multiplier, min_scale, max_scale)
-    f32 = lambda x: x.astype(jnp.float32)
-    return state._replace(
-        norms=norms, count=count, skipped=skipped,
-        variability=f32(jnp.where(decide, v, state.variability)),
-        reference=f32(jnp.where(decide, v, state.reference)),
-        lr_scale=f32(jnp.where(decide & has_reference, moved, state.lr_scale)))
-
-  def update_fn(updates, state, params=None, **extra_args):
-    inner_updates, inner_state = base_optimizer.update(
-        updates, state.inner_state, params, **extra_args)
-    # As in gradvar: the norm is read after the base update, kept apart by a barrier, so the
-    # base update's code is the plain optimizer's.
-    inner_updates, updates = jax.lax.optimization_barrier((inner_updates, updates))
-    state = observe(state, _f32_norm(updates))
-    scale = state.lr_scale
-    inner_updates = jax.tree.map(lambda u: u * scale.astype(u.dtype), inner_updates)
-    return inner_updates, state._replace(inner_state=inner_state)
-
-  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+  # gradvar's own state machine, with smoothing 0: the reference is the window's variability.
+  return _gradvar._gradvar(base_optimizer, by_coin, window=window, min_scale=min_scale,
+                           max_scale=max_scale, smoothing=0.0, eps=eps, axis_name=None)
 
 
 # --- finding a sub-state -------------------------------------------------------------------------

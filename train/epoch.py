@@ -30,14 +30,16 @@ from tqdm import tqdm
 from train import checkpoint as checkpoint_lib
 from train import clock as clock_lib
 from train import records
+from train import resume as resume_lib
 from train import step as step_lib
 from train import watchdog
+from train.test_signals import TEST_SIGNALS_ENV  # noqa: F401 (the loop's name for it)
+from train.test_signals import parse_test_signals  # noqa: F401
+from train.test_signals import with_test_signals
 
 # With `skip_nonfinite`, optax.apply_if_finite skips this many non-finite steps in a row, then
 # gives up (applies one) and the run stops: a fault that persists is not a glitch to step over.
 MAX_CONSECUTIVE_NONFINITE = 10
-# Test-only (see `train.loop`): signals to raise in-process after given steps.
-TEST_SIGNALS_ENV = "GRADVAR_TEST_SIGNALS"
 # Step rows wait on the host for at most this many steps; writing them syncs with the device.
 _MAX_PENDING_ROWS = 50
 
@@ -139,14 +141,12 @@ def epoch_row(epoch: int, step: int, totals: EpochTotals, last: dict[str, Any],
       train_loss=means["loss"], train_accuracy=means["accuracy"],
       val_loss=evaluation["validation_loss"], val_accuracy=evaluation["validation_accuracy"],
       effective_lr=float(last["effective_lr"]), effective_lr_mean=means["effective_lr"],
-      lr_scale=float(last["lr_scale"]), lr_scale_mean=means["lr_scale"],
-      variability_mean=means["variability"],
       train_time_s=times.train_s, train_time_total_s=times.train_total_s,
       elapsed_s=times.elapsed_s, cpu_time_s=times.cpu_s,
       examples_per_s=examples / times.train_s,
       peak_rss_mb=records.peak_rss_mb(), device_memory_mb=records.device_memory_mb(devices),
       nonfinite_steps=totals.nonfinite_steps if count_nonfinite else None,
-      noise_to_signal_mean=means["noise_to_signal"])
+      readout_means={k: v for k, v in means.items() if k not in records.STEP_METRICS})
 
 
 def on_replicas(launcher: step_lib.Launcher, fn: Callable) -> Callable:
@@ -166,10 +166,11 @@ def on_replicas(launcher: step_lib.Launcher, fn: Callable) -> Callable:
 def observer(launcher: step_lib.Launcher, observe_eval: Callable | None
              ) -> Callable[[Any, float], Any] | None:
   """`(state, val_loss) -> state` with the strategy's `observe_eval` applied to the replicated
-  optimizer state; None for a strategy without it."""
+  optimizer state (its own, inside `optax.apply_if_finite`'s); None for a strategy without it."""
   if observe_eval is None:
     return None
-  mapped = on_replicas(launcher, observe_eval)
+  mapped = on_replicas(launcher, lambda opt_state, loss: opt_state._replace(
+      inner_state=observe_eval(opt_state.inner_state, loss)))
 
   def observe(state, val_loss: float):
     loss = launcher.put_state(np.float32(val_loss))
@@ -183,68 +184,72 @@ def _metric(metrics: dict[str, Any], name: str) -> float | None:
   return float(metrics[name]) if name in metrics else None
 
 
-def parse_test_signals(value: str | None) -> dict[int, list[signal.Signals]]:
-  """Parses `GRADVAR_TEST_SIGNALS` (test-only): `NAME@STEP[,NAME@STEP...]` -> {step: signals}."""
-  out: dict[int, list[signal.Signals]] = {}
-  for item in (value or "").split(","):
-    if not item.strip():
-      continue
-    name, at, step = item.strip().partition("@")
-    try:
-      signum, step = signal.Signals[name], int(step)
-    except (KeyError, ValueError):
-      signum = step = None
-    if not at or step is None or step < 1:
-      raise ValueError(f"{TEST_SIGNALS_ENV}: {item!r} is not SIGNAL@STEP (a signal name such as "
-                       f"SIGTERM and a step >= 1, comma-separated); got {value!r}")
-    out.setdefault(step, []).append(signum)
-  return out
+def itstime(step: int, every: int | None, last: bool = False) -> bool:
+  """Whether a periodic action (log, evaluate, save) is due at global step `step`: at every
+  multiple of `every` (never when it is None), and at `last`."""
+  return last or (every is not None and step % every == 0)
+
+
+@dataclasses.dataclass(frozen=True)
+class Steps:
+  """What a run does with its state; set once, before the first step.
+
+  Attributes:
+    train: `(state, batch, rng) -> (state, metrics)`, the launcher's step.
+    evaluate: `(state, split) -> the split's metrics`.
+    eval_view: `state -> the state to evaluate and save as final` (the strategy's eval params).
+    observe_eval: `(state, val_loss) -> state`, the strategy's `observe_eval` (`observer`), or
+      None.
+  """
+  train: Callable
+  evaluate: Callable[[Any, str], dict[str, float]]
+  eval_view: Callable[[Any], Any] = lambda state: state
+  observe_eval: Callable[[Any, float], Any] | None = None
 
 
 @dataclasses.dataclass
 class Run:
-  """A run in progress: the parts its epochs share, and where it stands (updated as it goes)."""
+  """A run in progress: its parts (`s`, the records, the checkpoints, the steps) and where it
+  stands, which is what a checkpoint saves (with the data iterator's state and the clock)."""
   s: Any  # train.loop.Setup (that module imports this one)
   recorder: records.Recorder
   ckpts: checkpoint_lib.Checkpoints
-  clock: clock_lib.Clock
-  evaluate: Callable[[Any, str], dict[str, float]]  # (state, split) -> the split's metrics
-  p_train: Callable
-  state: Any
+  steps: Steps
+  state: Any  # the TrainState, replicated
   rng: Any
+  clock: clock_lib.Clock
   step: int = 0
   epochs_done: int = 0  # epochs whose rows are written
   sums: EpochSums = dataclasses.field(default_factory=EpochSums)  # of the unfinished epoch
   last_row: dict[str, Any] = dataclasses.field(default_factory=dict)
-  signals: dict[int, list[signal.Signals]] = dataclasses.field(default_factory=dict)
-  watch: checkpoint_lib.PreemptionWatch = dataclasses.field(
-      default_factory=checkpoint_lib.PreemptionWatch)
   data: Any = None  # the training iterator, while it is open
   batches: Iterator | None = None  # its batches, from the first one not trained on
-  # state -> the state to evaluate and save as final (the strategy's eval params; `loop`).
-  eval_view: Callable[[Any], Any] = lambda state: state
-  # (state, val_loss) -> state: the strategy's `observe_eval` (`observer`), or None.
-  observe_eval: Callable[[Any, float], Any] | None = None
+  watch: checkpoint_lib.PreemptionWatch = dataclasses.field(
+      default_factory=checkpoint_lib.PreemptionWatch)
   postfix: dict[str, str] = dataclasses.field(default_factory=dict)  # the progress bar's
 
-  def compile(self) -> float | None:
+  def compile(self, signals: dict[int, list[signal.Signals]]) -> float | None:
     """Compiles the step on the first batch, which then trains as usual; returns the seconds
-    it took, or None when no epoch is left. Done before the training clock runs."""
+    it took, or None when no epoch is left. Done before the training clock runs. The test-only
+    `signals` wrap the compiled step (`with_test_signals`)."""
     if self.epochs_done >= self.s.config.epochs:
       return None
     first = next(self.data)
     t0 = time.perf_counter()
-    self.p_train = self.s.launcher.compile(self.p_train, self.state, first, self.rng)
+    compiled = self.s.launcher.compile(self.steps.train, self.state, first, self.rng)
     seconds = time.perf_counter() - t0
+    self.steps = dataclasses.replace(
+        self.steps, train=with_test_signals(compiled, signals, self.step))
     self.batches = itertools.chain([first], self.data)
     return seconds
 
   def save(self) -> None:
     """Checkpoints where the run stands; a step already saved is not saved again."""
     get = self.s.launcher.get
+    key, layout = resume_lib.OPT_LAYOUT
     meta = {"epochs_done": self.epochs_done, "data": self.data.get_state(),
             "epoch_acc": self.sums.to_json(get), "last_row": self.last_row,
-            "config": self.s.config.to_json(), "clock": self.clock.to_json()}
+            "config": self.s.config.to_json(), "clock": self.clock.to_json(), key: layout}
     host = {"train": get(self.state), "rng": np.asarray(jax.random.key_data(self.rng))}
     self.ckpts.save(self.step, host, meta)
 
@@ -273,7 +278,7 @@ class Run:
 
   def validate(self) -> dict[str, float]:
     """The current state's metrics on the validation split (at the strategy's eval params)."""
-    evaluation = self.evaluate(self.eval_view(self.state), "validation")
+    evaluation = self.steps.evaluate(self.steps.eval_view(self.state), "validation")
     self.postfix["val_loss"] = f"{evaluation['validation_loss']:.4f}"
     return evaluation
 
@@ -287,7 +292,7 @@ class Run:
       evaluation: `validate()` at this step.
     """
     every = self.s.config.eval_every_steps
-    due = every is not None and self.step % every == 0
+    due = itstime(self.step, every)
     if due:
       clock = self.clock  # paused or stopped: the training time up to this step
       self.recorder.eval(records.EvalRow(
@@ -295,10 +300,10 @@ class Run:
           train_time_s=clock.train_time_total + clock.epoch_train(),
           val_loss=evaluation["validation_loss"],
           val_accuracy=evaluation["validation_accuracy"],
-          effective_lr=_metric(last, "effective_lr"), lr_scale=_metric(last, "lr_scale"),
-          noise_to_signal=_metric(last, "noise_to_signal")))
-    if self.observe_eval is not None and (due or every is None):
-      self.state = self.observe_eval(self.state, evaluation["validation_loss"])
+          effective_lr=_metric(last, "effective_lr"),
+          readouts={k: _metric(last, k) for k in self.s.strategy.spec.eval_readouts()}))
+    if self.steps.observe_eval is not None and (due or every is None):
+      self.state = self.steps.observe_eval(self.state, evaluation["validation_loss"])
 
 
 def run_epoch(run: Run, epoch: int) -> str | None:
@@ -320,26 +325,23 @@ def _steps(run: Run, epoch: int) -> tuple[Any, str | None]:
   """The epoch's steps left, with their rows and the checkpoints due within the epoch."""
   config, steps_per_epoch = run.s.config, run.s.pipeline.steps_per_epoch
   begun = run.step - (epoch - 1) * steps_per_epoch  # > 0 when resumed mid-epoch
-  every, eval_every = config.checkpoint_every_steps, config.eval_every_steps
   pending, stop = [], None
   run.clock.start_epoch()
   bar = tqdm(range(begun, steps_per_epoch), desc=f"epoch {epoch}/{config.epochs}",
              disable=config.quiet or jax.process_index() != 0, leave=False,
              dynamic_ncols=True, initial=begun, total=steps_per_epoch)
   for i in bar:
-    run.state, metrics = run.p_train(run.state, next(run.batches), run.rng)
+    run.state, metrics = run.steps.train(run.state, next(run.batches), run.rng)
     run.step += 1
     watchdog.beat(run.step)  # --collective-timeout
     run.sums.add(metrics, run.step)
-    for signum in run.signals.get(run.step, ()):
-      signal.raise_signal(signum)  # the handlers run here, as for a signal from outside
-    if run.step % config.log_every == 0:
+    if itstime(run.step, config.log_every):
       pending.append((run.step, metrics))
     stop = run.watch.requested(run.step)
-    last = i == steps_per_epoch - 1
     # The epoch's last step is evaluated and saved after the epoch, in `_record`.
-    save = not last and (stop is not None or (every is not None and run.step % every == 0))
-    evaluate = not last and eval_every is not None and run.step % eval_every == 0
+    last = i == steps_per_epoch - 1
+    save = not last and itstime(run.step, config.checkpoint_every_steps, stop is not None)
+    evaluate = not last and itstime(run.step, config.eval_every_steps)
     if save or last or evaluate or len(pending) >= _MAX_PENDING_ROWS:
       with run.clock.paused(wait_for=metrics):
         run.write_steps(pending, epoch, bar)

@@ -21,11 +21,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-
-def _sq_norm(tree) -> jax.Array:
-  """The float32 squared L2 norm of a gradient, whatever its dtype."""
-  return sum((jnp.sum(jnp.square(x.astype(jnp.float32))) for x in jax.tree.leaves(tree)),
-             jnp.zeros((), jnp.float32))
+from gradvar_optax._numerics import sq_norm as _sq_norm
 
 
 def microbatch_grads(apply: Callable, params: Any, batch_stats: Any, batch: dict, rng: jax.Array,

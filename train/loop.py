@@ -30,16 +30,12 @@ syntax is `NAME@STEP[,NAME@STEP...]` with a signal name and a global step >= 1, 
 step 4); signals at the same step are raised in the order given.
 """
 
-from collections.abc import Callable
 import dataclasses
 import functools
-import itertools
 import json
-import logging
 import os
 import pathlib
 from typing import Any
-import warnings
 
 import jax
 from jax.experimental import multihost_utils
@@ -54,7 +50,9 @@ from train import clock as clock_lib
 from train import config as config_lib
 from train import data
 from train import epoch as epoch_lib
+from train import evaluation
 from train import records
+from train import resume as resume_lib
 from train import step as step_lib
 from train import strategies
 from train import tasks
@@ -68,9 +66,9 @@ _SUBSET_SEED = 0x5EB5E7
 # gives up (applies one) and the run stops (`train.epoch` checks).
 MAX_CONSECUTIVE_NONFINITE = epoch_lib.MAX_CONSECUTIVE_NONFINITE
 NonFiniteError = epoch_lib.NonFiniteError
-# Evaluating at a strategy's `eval_params`, BatchNorm's statistics are recomputed from this many
-# evaluation batches of the training split (see `eval_view`).
-BN_BATCHES = 4
+BN_BATCHES = evaluation.BN_BATCHES
+evaluate, eval_view = evaluation.evaluate, evaluation.eval_view
+make_batch_stats_step = evaluation.make_batch_stats_step
 
 
 def subset(split: data.Split, n: int | None) -> data.Split:
@@ -124,6 +122,9 @@ class Setup:
   model: Any
   model_spec: Any
   strategy: strategies.Strategy
+  # The strategy's optimizer with `optax.apply_if_finite`'s state, always (`finite_guard`): it
+  # skips non-finite steps with `skip_nonfinite` (up to MAX_CONSECUTIVE_NONFINITE in a row).
+  optimizer: optax.GradientTransformationExtraArgs
   devices: list
   launcher: step_lib.Launcher
   # Microbatches per device of a grouped step (`step_lib.make_train_step`), None for the plain one.
@@ -168,10 +169,7 @@ def setup(config: config_lib.Config) -> Setup:
   strategy = strategies.build(config.strategy, strategies.StrategyArgs(
       config.lr, pipeline.steps_per_epoch, config.epochs, seed=config.seed,
       replay_from=config.replay_from))
-  if config.skip_nonfinite:
-    strategy = dataclasses.replace(strategy, optimizer=optax.apply_if_finite(
-        strategy.optimizer, max_consecutive_errors=MAX_CONSECUTIVE_NONFINITE),
-        **_hooks_inside_apply_if_finite(strategy))
+  optimizer = finite_guard(strategy.optimizer, config.skip_nonfinite)
   grouped = strategy.uses_groups or (strategy.batchnorm_groups and family.has_batch_stats)
   if grouped:
     _check_groups(config, len(devices))
@@ -183,23 +181,30 @@ def setup(config: config_lib.Config) -> Setup:
   model, model_spec = models.get(
       task.model, config.model_size, num_classes=source.num_classes, dtype=config.dtype,
       checkpoint=checkpoint, seq_len=options.max_len, **model_options)
-  return Setup(config, task, source, inputs, pipeline, model, model_spec, strategy, devices,
-               step_lib.Launcher(config.parallel, devices),
+  return Setup(config, task, source, inputs, pipeline, model, model_spec, strategy, optimizer,
+               devices, step_lib.Launcher(config.parallel, devices),
                config.gns_groups // len(devices) if grouped else None)
 
 
-def _hooks_inside_apply_if_finite(strategy: strategies.Strategy) -> dict[str, Any]:
-  """The strategy's state hooks for its optimizer wrapped in `optax.apply_if_finite`: they see
-  and change the state of the optimizer they were written for, the wrapper's `inner_state`."""
-  hooks = {}
-  if strategy.observe_eval is not None:
-    observe = strategy.observe_eval
-    hooks["observe_eval"] = lambda state, loss: state._replace(
-        inner_state=observe(state.inner_state, loss))
-  if strategy.eval_params is not None:
-    params_of = strategy.eval_params
-    hooks["eval_params"] = lambda state, params: params_of(state.inner_state, params)
-  return hooks
+def finite_guard(inner: optax.GradientTransformation, skip: bool
+                 ) -> optax.GradientTransformationExtraArgs:
+  """`inner` with `optax.apply_if_finite`'s state around its own, whether it skips or not.
+
+  With `skip`, `optax.apply_if_finite(inner, MAX_CONSECUTIVE_NONFINITE)`. Without, the same
+  `init` (so a checkpoint has one layout either way) and `inner`'s update as it is, the counters
+  left at 0: `apply_if_finite` runs the update in a `lax.cond`, whose branch XLA compiles apart
+  from the step around it, and a run that does not skip must stay the computation it was.
+  """
+  wrapped = optax.apply_if_finite(inner, MAX_CONSECUTIVE_NONFINITE)
+  if skip:
+    return wrapped
+  inner = optax.with_extra_args_support(inner)
+
+  def update(updates, state, params=None, **extra_args):
+    updates, inner_state = inner.update(updates, state.inner_state, params, **extra_args)
+    return updates, state._replace(inner_state=inner_state)
+
+  return optax.GradientTransformationExtraArgs(wrapped.init, update)
 
 
 def init_state(s: Setup) -> step_lib.TrainState:
@@ -207,189 +212,27 @@ def init_state(s: Setup) -> step_lib.TrainState:
   params = variables["params"]
   return step_lib.TrainState(step=jnp.zeros((), jnp.int32), params=params,
                              batch_stats=variables.get("batch_stats", {}),
-                             opt_state=s.strategy.optimizer.init(params))
-
-
-def evaluate(s: Setup, p_eval, state, split: str, place) -> dict[str, float]:
-  totals = None
-  with s.pipeline.eval_iterator(split, place=place) as it:
-    for batch in it:
-      sums = p_eval(state, batch)
-      totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
-  totals = s.launcher.get(totals)
-  count = float(totals["count"])
-  return {f"{split}_loss": float(totals["loss"]) / count,
-          f"{split}_accuracy": float(totals["correct"]) / count, f"{split}_examples": int(count)}
-
-
-def make_batch_stats_step(model, input_names) -> Callable:
-  """The per-device step `(state, batch) -> batch_stats`: BatchNorm's statistics of one batch at
-  `state.params`, averaged over AXIS.
-
-  The model runs in training mode, which normalises with the batch's own statistics and never
-  reads the running averages, so Flax's update `new = momentum * old + (1 - momentum) * batch` is
-  affine in `old`: one forward pass from `old = 0` with the tangent `old = 1` (`jax.jvp`) gives
-  `(1 - momentum) * batch` and `momentum`, hence the batch's statistics, whatever the momentum of
-  each layer. Dropout, if the model has any, uses a fixed key.
-  """
-
-  def batch_stats_step(state, batch):
-    inputs = {k: batch[k] for k in input_names}
-
-    def updated(old):
-      _, new = model.apply({"params": state.params, "batch_stats": old}, **inputs, train=True,
-                           rngs={"dropout": jax.random.key(0)}, mutable=["batch_stats"])
-      return new["batch_stats"]
-
-    zeros = jax.tree.map(jnp.zeros_like, state.batch_stats)
-    ones = jax.tree.map(jnp.ones_like, state.batch_stats)
-    scaled, momentum = jax.jvp(updated, (zeros,), (ones,))
-    # A model whose BatchNorm is synced over AXIS has equal replicas already; one that is not
-    # gets the mean over the devices.
-    return jax.lax.pmean(jax.tree.map(lambda x, m: x / (1 - m), scaled, momentum),
-                         step_lib.AXIS)
-
-  return batch_stats_step
-
-
-def eval_view(s: Setup, place) -> Callable:
-  """`state -> state` to evaluate and to save as final: the strategy's `eval_params`.
-
-  Without `eval_params` the state itself. With it, the params are `eval_params(opt_state,
-  params)` (schedule-free's averaged iterate), on every replica (`epoch.on_replicas`). The running
-  BatchNorm averages of the state belong to the params that trained, not to these, so a model
-  with BatchNorm gets its statistics recomputed at the eval params: the mean over the first
-  `BN_BATCHES` evaluation batches of the training split (in order, augmentation off; a split
-  smaller than that gives fewer, the last padded with its first example) of each batch's
-  statistics (`make_batch_stats_step`). They come from an evaluation iterator of their own, so
-  the training iterator's state, and so the training batches, are untouched, and every
-  evaluation uses the same examples. The cost, at each evaluation (validation and the final
-  test), is `BN_BATCHES` forward passes in training mode over `eval_batch_size` examples each:
-  at the default of 8 x the training batch, the forward passes of 32 training batches, about
-  the compute of 10 training steps (a step's backward pass costs about two forward ones).
-  """
-  if s.strategy.eval_params is None:
-    return lambda state: state
-  params_of = epoch_lib.on_replicas(s.launcher, s.strategy.eval_params)
-  stats_step = s.launcher.eval(make_batch_stats_step(s.model, s.model_spec.input_names))
-
-  def view(state):
-    state = state._replace(params=params_of(state.opt_state, state.params))
-    if not state.batch_stats:
-      return state
-    total, n = None, 0
-    with s.pipeline.eval_iterator("train", place=place) as it:
-      for batch in itertools.islice(it, BN_BATCHES):
-        stats = stats_step(state, batch)
-        total = stats if total is None else jax.tree.map(jnp.add, total, stats)
-        n += 1
-    return state._replace(batch_stats=jax.tree.map(lambda x: x / n, total))
-
-  return view
+                             opt_state=s.optimizer.init(params))
 
 
 def train_step(s: Setup):
   """The run's data-parallel train step under its launcher (compiled on first use)."""
   # gns gets gns_groups groups (microbatches per device) and their gradients; its controls on a
   # BatchNorm model get the same groups' statistics and one gradient (`Strategy`).
+  # The strategy's effective LR and readouts read its own optimizer's state, inside
+  # `apply_if_finite`'s.
+  lr = s.strategy.effective_lr
+  readouts = {k: (lambda state, read=r.read: read(state.inner_state))
+              for k, r in s.strategy.spec.readouts.items()}
   return s.launcher.train(step_lib.make_train_step(
-      s.model, s.model_spec.input_names, s.strategy.optimizer, s.strategy.effective_lr,
-      microbatches=s.microbatches, group_grads=s.strategy.uses_groups))
+      s.model, s.model_spec.input_names, s.optimizer,
+      lambda before, after, step: lr(before.inner_state, after.inner_state, step),
+      microbatches=s.microbatches, group_grads=s.strategy.uses_groups, readouts=readouts,
+      update_args=s.strategy.spec.update_args))
 
 
-RESUME_MODES = ("latest", "allow-fresh")
+RESUME_MODES = resume_lib.RESUME_MODES
 _RUN_FILES = ("run.json", "epochs.jsonl", "steps.jsonl", "evals.jsonl", "checkpoints")
-
-
-def _resume_mode(resume: bool | str) -> str | None:
-  if resume is False or resume is None:
-    return None
-  if resume is True:
-    return "latest"
-  if resume in RESUME_MODES:
-    return resume
-  raise ValueError(f"resume: must be True, False, 'latest' or 'allow-fresh', got {resume!r}")
-
-
-@dataclasses.dataclass
-class _Position:
-  """Where a run stands at a checkpoint (fresh: at the start)."""
-  step: int = 0
-  epochs_done: int = 0  # epochs whose rows are written
-  data: dict | None = None  # the training iterator's state
-  epoch_acc: dict | None = None  # sums of the unfinished epoch's metrics (`EpochSums.to_json`)
-  last_row: dict = dataclasses.field(default_factory=dict)
-  clock: dict | None = None  # `Clock.to_json()`
-
-
-def _abstract_for(s: Setup):
-  """The restore target of a checkpoint saved with a given config (as JSON).
-
-  Only `skip_nonfinite` may differ between the checkpoint and the run (a run stopped by a NaN
-  can continue with steps skipped); it adds or removes the `ApplyIfFiniteState` around the
-  optimizer state, which `_convert_skip` then matches to this run.
-  """
-  abstract = jax.eval_shape(lambda: init_state(s))
-  rng = jax.eval_shape(lambda: jax.random.key_data(jax.random.key(0)))
-
-  def abstract_for(saved: dict[str, Any]):
-    opt = abstract.opt_state
-    saved_skip = bool(saved.get("skip_nonfinite", False))
-    if s.config.skip_nonfinite and not saved_skip:
-      opt = opt.inner_state
-    elif saved_skip and not s.config.skip_nonfinite:
-      opt = jax.eval_shape(lambda o: optax.ApplyIfFiniteState(
-          jnp.zeros((), jnp.int32), jnp.array(True), jnp.zeros((), jnp.int32), o), opt)
-    return {"train": abstract._replace(opt_state=opt), "rng": rng}
-
-  return abstract_for
-
-
-def _convert_skip(state: step_lib.TrainState, saved_skip: bool, skip: bool):
-  if skip and not saved_skip:
-    return state._replace(opt_state=optax.ApplyIfFiniteState(
-        np.zeros((), np.int32), np.array(True), np.zeros((), np.int32), state.opt_state))
-  if saved_skip and not skip:
-    return state._replace(opt_state=state.opt_state.inner_state)
-  return state
-
-
-def _resume_from(s: Setup, workdir: pathlib.Path, ckpts: checkpoint_lib.Checkpoints,
-                 mode: str | None, present: list[str]):
-  """The starting state, RNG and position: fresh, or from the latest good checkpoint."""
-  restored, skipped = None, []
-  if mode is not None:
-    restored, skipped = ckpts.restore_latest(_abstract_for(s), s.config.to_json())
-  if restored is None:
-    if mode == "latest":
-      why = ("; skipped: " + "; ".join(skipped)) if skipped else ""
-      raise checkpoint_lib.NoCheckpointError(
-          f"resume: no usable checkpoint in {ckpts.directory}{why}; pass resume='allow-fresh' "
-          "(--resume=allow-fresh) to start the run over")
-    if present:
-      warnings.warn(f"resume: no usable checkpoint in {ckpts.directory}; starting {workdir} "
-                    f"over and removing its records ({', '.join(present)})", stacklevel=3)
-      ckpts.delete_all()
-      if jax.process_index() == 0:
-        checkpoint_lib.clear_records(workdir)
-    state = init_state(s)
-    return state, jax.random.key(s.config.seed + 1), _Position(), None
-  meta = restored.meta
-  position = _Position(step=restored.step, epochs_done=meta["epochs_done"], data=meta["data"],
-                       epoch_acc=meta["epoch_acc"], last_row=meta["last_row"],
-                       clock=meta["clock"])
-  if jax.process_index() == 0:
-    removed = checkpoint_lib.truncate_records(workdir, position.step, position.epochs_done)
-  else:
-    removed = {}
-  dropped = ", ".join(f"{n} rows of {name}" for name, n in removed.items() if n)
-  logging.warning("resuming %s from step %d (epoch %d done)%s", workdir, position.step,
-                  position.epochs_done, f"; dropped the later {dropped}" if dropped else "")
-  rng = jax.random.wrap_key_data(restored.state["rng"])
-  state = _convert_skip(restored.state["train"], bool(meta["config"].get("skip_nonfinite")),
-                        s.config.skip_nonfinite)
-  resumed = {"step": position.step, "epochs_done": position.epochs_done, "skipped": skipped}
-  return state, rng, position, resumed
 
 
 def _run_info(s: Setup, workdir: pathlib.Path, resumed: dict | None) -> dict[str, Any]:
@@ -432,7 +275,7 @@ def train(config: config_lib.Config, resume: bool | str = False) -> dict[str, An
       `MAX_CONSECUTIVE_NONFINITE` in a row (with it); nothing after the last good checkpoint
       was saved.
   """
-  mode = _resume_mode(resume)
+  mode = resume_lib.resume_mode(resume)
   signals = epoch_lib.parse_test_signals(os.environ.get(epoch_lib.TEST_SIGNALS_ENV))
   workdir = pathlib.Path(config.workdir)
   present = [name for name in _RUN_FILES if (workdir / name).exists()]
@@ -445,31 +288,34 @@ def train(config: config_lib.Config, resume: bool | str = False) -> dict[str, An
     multihost_utils.sync_global_devices("train: workdir checked")
   ckpts = checkpoint_lib.Checkpoints(workdir / "checkpoints", keep=config.keep_checkpoints)
   try:
-    state, rng, position, resumed = _resume_from(s, workdir, ckpts, mode, present)
+    state, rng, position, resumed = resume_lib.start(s, workdir, ckpts, mode, present,
+                                                     lambda: init_state(s))
     return _train(s, workdir, ckpts, state, rng, position, resumed, signals)
   finally:
     ckpts.close()
 
 
 def _train(s: Setup, workdir: pathlib.Path, ckpts: checkpoint_lib.Checkpoints, state, rng,
-           position: _Position, resumed: dict | None, signals: dict) -> dict[str, Any]:
+           position: resume_lib.Position, resumed: dict | None, signals: dict) -> dict[str, Any]:
   config = s.config
   recorder = records.Recorder(workdir, enabled=jax.process_index() == 0)
   run_info = _start_records(s, workdir, recorder, resumed)
   place = s.launcher.placement()
   p_eval = s.launcher.eval(step_lib.make_eval_step(s.model, s.model_spec.input_names))
+  steps = epoch_lib.Steps(
+      train=train_step(s), evaluate=functools.partial(evaluate, s, p_eval, place=place),
+      eval_view=eval_view(s, place),
+      observe_eval=epoch_lib.observer(s.launcher, s.strategy.observe_eval))
   run = epoch_lib.Run(
-      s, recorder, ckpts, evaluate=functools.partial(evaluate, s, p_eval, place=place),
-      p_train=train_step(s), state=s.launcher.put_state(state), rng=rng,
+      s, recorder, ckpts, steps, state=s.launcher.put_state(state), rng=rng,
       clock=clock_lib.Clock(position.clock), step=position.step,
       epochs_done=position.epochs_done, sums=epoch_lib.EpochSums.from_json(position.epoch_acc),
-      last_row=position.last_row, signals=signals, eval_view=eval_view(s, place),
-      observe_eval=epoch_lib.observer(s.launcher, s.strategy.observe_eval))
+      last_row=position.last_row)
   try:
     with run.watch, watchdog.watch(config.collective_timeout_s, jax.process_index()), \
         s.pipeline.train_iterator(state=position.data, place=place,
                                   num_epochs=config.epochs) as run.data:
-      compile_s = run.compile()
+      compile_s = run.compile(signals)
       if compile_s is not None:
         run_info["compile_s"] = compile_s
       for epoch in range(run.epochs_done + 1, config.epochs + 1):
@@ -502,8 +348,8 @@ def _finish(run: epoch_lib.Run, workdir: pathlib.Path, run_info: dict[str, Any]
             ) -> dict[str, Any]:
   """Tests the final state and saves its params (both at the strategy's eval params); returns
   the last epoch's row and the test."""
-  view = run.eval_view(run.state)
-  test = run.evaluate(view, "test")
+  view = run.steps.eval_view(run.state)
+  test = run.steps.evaluate(view, "test")
   final = run.s.launcher.get({"params": view.params, "batch_stats": view.batch_stats})
   with ocp.StandardCheckpointer() as ckptr:
     ckptr.save((workdir / "final").absolute(), final, force=True)

@@ -8,19 +8,20 @@
   of K steps (steps and examples to a target are read from these).
 - `tb/`: TensorBoard event files with the same scalars (tensorboardX: no TensorFlow needed).
 
-Non-finite floats are written as JSON `null` (e.g. `lr_scale` of a strategy without gradvar);
-an optional field that is None or NaN is left out (`noise_to_signal` of a strategy without gns).
+Non-finite floats are written as JSON `null`; an optional field that is None or NaN is left out.
+A strategy's readouts (`lr_scale`, `variability`, `noise_to_signal`, ...: readings of its optimizer
+state that it declares, `train.strategies`) are one mapping per row, `readouts` (`readout_means` in
+an epoch row), holding only those it declares and that have a value.
 
-The rows are typed: `StepRow`, `EpochRow` and `EvalRow` are the schema of the JSONL files, the
-`Recorder` writes them and `read_steps`/`read_epochs`/`read_evals` read them back. A row with a
-missing required field or a field the schema does not know is an error naming the file, the line and
-the field. run.json records the schema's version as `records_schema` (see `SCHEMA_VERSION`).
+The rows are typed (train/rows.py): `StepRow`, `EpochRow` and `EvalRow` are the schema of the
+JSONL files, the `Recorder` writes them and `read_steps`/`read_epochs`/`read_evals` read them back.
+A row with a missing required field or a field the schema does not know is an error naming the
+file, the line and the field. run.json records the schema's version as `records_schema` (see
+`SCHEMA_VERSION`).
 """
 
 from collections.abc import Mapping, Sequence
-import dataclasses
 import datetime
-import functools
 import hashlib
 import importlib.metadata
 import json
@@ -31,24 +32,27 @@ import platform
 import resource
 import socket
 import subprocess
-import types
-import typing
-from typing import Any, Union
+from typing import Any
 
 import jax
 
+from train.rows import RUN_INFO as RUN_INFO
+from train.rows import SCHEMA_KEY as SCHEMA_KEY
+from train.rows import SCHEMA_VERSION as SCHEMA_VERSION
+from train.rows import STEP_METRICS as STEP_METRICS
+
+# The rows' schema and readers, under the names the records have always had.
+from train.rows import EpochRow as EpochRow
+from train.rows import EvalRow as EvalRow
+from train.rows import StepRow as StepRow
+from train.rows import _clean as _clean
+from train.rows import read_epochs as read_epochs
+from train.rows import read_evals as read_evals
+from train.rows import read_steps as read_steps
+from train.rows import schema_version as schema_version
+
 PACKAGES = ("jax", "jaxlib", "optax", "flax", "orbax-checkpoint", "grain", "tensorflow-datasets",
             "tokenizers", "numpy", "gradvar-optax")
-
-
-def _clean(value: Any) -> Any:
-  if isinstance(value, float) and not math.isfinite(value):
-    return None
-  if isinstance(value, dict):
-    return {k: _clean(v) for k, v in value.items()}
-  if isinstance(value, (list, tuple)):
-    return [_clean(v) for v in value]
-  return value
 
 
 def git_commit() -> dict[str, Any]:
@@ -139,213 +143,20 @@ def now() -> str:
   return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
 
 
-# ---------------------------------------------------------------------------------------------
-# The rows' schema
-
-# The version of the rows below, which run.json records as `records_schema`. Records written
-# before the key existed (every committed one) hold exactly version 1's rows, so a run.json
-# without it reads as 1. Raise it with any change to the fields; a field added later gets a
-# default, so that the rows written before it still read.
-#
-# 2: `noise_to_signal` in StepRow and `noise_to_signal_mean` in EpochRow (the gns strategy's).
-SCHEMA_VERSION = 2
-SCHEMA_KEY = "records_schema"
-RUN_INFO = "run.json"
-
-
-def schema_version(info: Mapping[str, Any], where: Any = RUN_INFO) -> int:
-  """The schema version of a run.json's rows; an error when this code cannot read it."""
-  version = info.get(SCHEMA_KEY, 1)
-  if isinstance(version, bool) or not isinstance(version, int) or not (
-      1 <= version <= SCHEMA_VERSION):
-    raise ValueError(f"{where}: {SCHEMA_KEY} is {version!r}; this code reads records schema "
-                     f"1 to {SCHEMA_VERSION}")
-  return version
-
-
-def _allowed(hint) -> tuple[type, ...]:
-  """The Python types a field's value may have; an int is a float (JSON keeps no difference)."""
-  union = typing.get_origin(hint) in (Union, types.UnionType)
-  out = []
-  for t in typing.get_args(hint) if union else (hint,):
-    out += [int, float] if t is float else [t]
-  return tuple(out)
-
-
-def _absent(value: Any) -> bool:
-  return value is None or (isinstance(value, float) and math.isnan(value))
-
-
-@functools.cache
-def _schema(cls) -> tuple[dict[str, tuple[type, ...]], tuple[str, ...]]:
-  """Per field its allowed types, and the required fields (those without a default)."""
-  hints = typing.get_type_hints(cls)
-  fields = dataclasses.fields(cls)
-  return ({f.name: _allowed(hints[f.name]) for f in fields},
-          tuple(f.name for f in fields if f.default is dataclasses.MISSING))
-
-
-class _Row:
-  """A record row: typed fields, one JSON object per line. Non-finite floats are `None` when
-  read back (JSON `null`); in memory, before writing, they may be NaN or inf."""
-
-  def __post_init__(self):
-    for name, allowed in _schema(type(self))[0].items():
-      value = getattr(self, name)
-      if isinstance(value, bool) or not isinstance(value, allowed):
-        kinds = " or ".join("None" if t is type(None) else t.__name__ for t in allowed)
-        raise ValueError(f"{type(self).__name__}.{name} must be {kinds}, got {value!r}")
-
-  @classmethod
-  def from_json(cls, row: Mapping[str, Any], where: Any = None):
-    """The row of a JSON object (or a dict), which must hold every required field and no other
-    than the schema's; the errors name `where` (a file and line) and the fields."""
-    where = where or cls.__name__
-    if not isinstance(row, Mapping):
-      raise ValueError(f"{where}: a {cls.__name__} is a JSON object, got {row!r}")
-    kinds, required = _schema(cls)
-    missing = [name for name in required if name not in row]
-    if missing:
-      raise ValueError(f"{where}: {cls.__name__} lacks the required field(s) "
-                       f"{', '.join(missing)}")
-    # Unknown fields are an error, not kept: a renamed field would otherwise read as its
-    # default, and a new one would be dropped unseen. A new field goes into the schema.
-    unknown = sorted(set(row) - set(kinds))
-    if unknown:
-      raise ValueError(f"{where}: {cls.__name__} (records schema {SCHEMA_VERSION}) has no "
-                       f"field(s) {', '.join(unknown)}")
-    try:
-      return cls(**row)
-    except ValueError as e:
-      raise ValueError(f"{where}: {e}") from None
-
-  def as_dict(self) -> dict[str, Any]:
-    """The row's JSON object: every required field, and the optional ones that hold a value.
-
-    An optional float that is NaN counts as absent, as None does: the train step reports NaN for
-    a reading its strategy does not have (`noise_to_signal` without gns), and so the rows of the
-    runs without it stay as they were written before the field existed.
-    """
-    required = _schema(type(self))[1]
-    return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
-            if f.name in required or not _absent(getattr(self, f.name))}
-
-
-@dataclasses.dataclass(frozen=True)
-class StepRow(_Row):
-  """A row of steps.jsonl: the train step's metrics (`train.step`) at one step.
-
-  The metrics come in the order of their names, as the host copy of the step's metrics dict
-  has them (and so TensorBoard gets them as before the rows were typed); `noise_to_signal`,
-  added later with a default, comes last.
-  """
-  step: int  # optimizer updates done, 1-based
-  epoch: int  # 1-based
-  accuracy: float | None
-  effective_lr: float | None
-  grad_norm: float | None
-  loss: float | None
-  lr_scale: float | None  # None for strategies without gradvar or gns
-  variability: float | None  # None for strategies without gradvar
-  noise_to_signal: float | None = None  # gns's smoothed r; absent for the other strategies
-
-  @classmethod
-  def from_metrics(cls, step: int, epoch: int, metrics: Mapping[str, Any]) -> "StepRow":
-    """The row of one step's metrics (host scalars); their names must be the row's fields."""
-    return cls.from_json({"step": step, "epoch": epoch,
-                          **{k: float(v) for k, v in metrics.items()}}, "train step metrics")
-
-
-@dataclasses.dataclass(frozen=True)
-class EpochRow(_Row):
-  """A row of epochs.jsonl: one epoch's deterministic metrics, then its measured resources.
-
-  The means are over the epoch's steps with a finite loss and gradient; `effective_lr` and
-  `lr_scale` are the epoch's last step's.
-  """
-  epoch: int  # 1-based
-  step: int  # optimizer updates at the epoch's end
-  train_loss: float | None
-  train_accuracy: float | None
-  val_loss: float | None
-  val_accuracy: float | None
-  effective_lr: float | None
-  effective_lr_mean: float | None
-  lr_scale: float | None
-  lr_scale_mean: float | None
-  variability_mean: float | None
-  train_time_s: float | None  # the epoch's training clock (evaluation and writing excluded)
-  train_time_total_s: float | None  # the training clock up to the epoch's end
-  elapsed_s: float | None  # wall time since the start, compilation and evaluation included
-  cpu_time_s: float | None  # process CPU time during the epoch's training
-  examples_per_s: float | None
-  peak_rss_mb: float | None
-  device_memory_mb: float | None  # None where the backend does not report it (CPU)
-  nonfinite_steps: int | None = None  # only with skip_nonfinite: the steps it skipped
-  noise_to_signal_mean: float | None = None  # only with gns: the mean of its steps' r
-
-
-@dataclasses.dataclass(frozen=True)
-class EvalRow(_Row):
-  """A row of evals.jsonl: a validation evaluation at a multiple of `eval_every_steps`.
-
-  At an epoch's last step it is that epoch's evaluation (the `EpochRow`'s val_loss and
-  val_accuracy). `effective_lr`, `lr_scale` and `noise_to_signal` are the metrics of the step
-  just taken (None where the strategy has no such reading).
-  """
-  step: int  # optimizer updates done, 1-based
-  epoch: int  # 1-based, the epoch that step belongs to
-  examples: int  # training examples seen: step x the global batch
-  train_time_s: float | None  # the training clock so far (evaluation and writing excluded)
-  val_loss: float | None
-  val_accuracy: float | None
-  effective_lr: float | None
-  lr_scale: float | None
-  noise_to_signal: float | None = None  # gns's reading; absent where the step has none
-
-
-def _read_rows(cls, path: pathlib.Path, missing_ok: bool) -> list:
-  path = pathlib.Path(path)
-  try:
-    lines = path.read_text().splitlines()
-  except FileNotFoundError:
-    if missing_ok:
-      return []
-    raise
-  rows = []
-  for i, line in enumerate(lines):
-    try:
-      value = json.loads(line)
-    except ValueError:
-      if i == len(lines) - 1:
-        break  # cut short by an interruption: the last line, written after every other
-      raise ValueError(f"{path}:{i + 1}: not a JSON object (the file is damaged)") from None
-    rows.append(cls.from_json(value, f"{path}:{i + 1}"))
-  return rows
-
-
-def read_steps(path: pathlib.Path, missing_ok: bool = False) -> list[StepRow]:
-  """The rows of a steps.jsonl (none if `missing_ok` and there is no file)."""
-  return _read_rows(StepRow, path, missing_ok)
-
-
-def read_epochs(path: pathlib.Path, missing_ok: bool = False) -> list[EpochRow]:
-  """The rows of an epochs.jsonl (none if `missing_ok` and there is no file)."""
-  return _read_rows(EpochRow, path, missing_ok)
-
-
-def read_evals(path: pathlib.Path, missing_ok: bool = False) -> list[EvalRow]:
-  """The rows of an evals.jsonl (none if `missing_ok` and there is no file: a run without
-  `eval_every_steps`)."""
-  return _read_rows(EvalRow, path, missing_ok)
-
-
 def _as_row(cls, row, where: str):
   if isinstance(row, cls):
     return row
   if isinstance(row, Mapping):  # the loop's dicts, until it builds the rows itself
     return cls.from_json(row, where)
   raise ValueError(f"{where}: expected a {cls.__name__} or a dict, got {type(row).__name__}")
+
+
+def _scalars(row: dict[str, Any], readouts: str, suffix: str):
+  """A row's finite numbers as (tag, value), its readouts tagged `<name><suffix>`."""
+  items = [(k, v) for k, v in row.items() if k != readouts]
+  items += [(k + suffix, v) for k, v in row.get(readouts, {}).items()]
+  return [(k, v) for k, v in items
+          if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)]
 
 
 class Recorder:
@@ -383,8 +194,8 @@ class Recorder:
     self._append("steps.jsonl", rows)
     if self._tb is not None:
       for row in rows:
-        for key, value in row.items():
-          if key not in ("step", "epoch") and value is not None and math.isfinite(value):
+        for key, value in _scalars(row, "readouts", ""):
+          if key not in ("step", "epoch"):
             self._tb.add_scalar(f"step/{key}", value, row["step"])
 
   def epoch(self, row: EpochRow | Mapping[str, Any]) -> None:
@@ -392,8 +203,8 @@ class Recorder:
     row = _as_row(EpochRow, row, "Recorder.epoch").as_dict()
     self._append("epochs.jsonl", [row])
     if self._tb is not None:
-      for key, value in row.items():
-        if key != "epoch" and isinstance(value, (int, float)) and math.isfinite(value):
+      for key, value in _scalars(row, "readout_means", "_mean"):
+        if key != "epoch":
           self._tb.add_scalar(f"epoch/{key}", value, row["epoch"])
       self._tb.flush()
 
@@ -402,8 +213,8 @@ class Recorder:
     row = _as_row(EvalRow, row, "Recorder.eval").as_dict()
     self._append("evals.jsonl", [row])
     if self._tb is not None:
-      for key, value in row.items():
-        if key not in ("step", "epoch") and value is not None and math.isfinite(value):
+      for key, value in _scalars(row, "readouts", ""):
+        if key not in ("step", "epoch"):
           self._tb.add_scalar(f"eval/{key}", value, row["step"])
       self._tb.flush()
 

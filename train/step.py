@@ -9,7 +9,7 @@ average a sum.
 """
 
 import collections
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 import functools
 from typing import Any, NamedTuple
 
@@ -22,7 +22,7 @@ from jax.sharding import PartitionSpec as P
 import numpy as np
 import optax
 
-import gradvar_optax
+from gradvar_optax import _numerics
 from train import groups
 
 AXIS = "batch"
@@ -43,15 +43,6 @@ def _weights(batch, logits):
   return batch["mask"].astype(jnp.float32) if "mask" in batch else jnp.ones(logits.shape[:1])
 
 
-def _scale_metric(read: Callable[[Any], jax.Array], opt_state) -> jax.Array:
-  """A reading of gradvar's or gns's state, or NaN (null in the records) for strategies without
-  it (`lr_scale` reads both, `variability` gradvar's and `noise_to_signal` gns's)."""
-  try:
-    return read(opt_state).astype(jnp.float32)
-  except ValueError:
-    return jnp.full((), jnp.nan, jnp.float32)
-
-
 def model_axis_name(grouped: bool) -> str | None:
   """The axis the model's batch-wide computations (BatchNorm) reduce over in training.
 
@@ -65,28 +56,35 @@ def model_axis_name(grouped: bool) -> str | None:
   return None if grouped else AXIS
 
 
-def _sq_norm(tree) -> jax.Array:
-  """The float32 squared L2 norm of a gradient, whatever its dtype."""
-  return sum((jnp.sum(jnp.square(x.astype(jnp.float32))) for x in jax.tree.leaves(tree)),
-             jnp.zeros((), jnp.float32))
+# The float32 squared norm that the library measures with (`gradvar_optax._numerics`).
+_sq_norm = _numerics.sq_norm
+
+
+# The extra arguments of an optimizer's update that the step can give (`make_train_step`).
+UPDATE_ARGS = ("group_sq_norm", "num_groups")
 
 
 def make_train_step(model, input_names, optimizer, effective_lr,
-                    microbatches: int | None = None, group_grads: bool = True) -> Callable:
+                    microbatches: int | None = None, group_grads: bool = True,
+                    readouts: Mapping[str, Callable[[Any], jax.Array]] | None = None,
+                    update_args: Sequence[str] = ()) -> Callable:
   """The per-device step: `(state, batch, rng) -> (state, metrics)`, metrics averaged over AXIS.
 
-  Every strategy's update gets the gradient's groups (`group_sq_norm`, the mean over the groups
-  of each one's squared gradient norm, and `num_groups`), which only `gns` reads. The groups are
-  the replicas, one per device, unless `microbatches` is set: then each device's batch is split
-  into that many equal microbatches, each its own forward and backward pass, one after the
-  other (train/groups.py), so that there are devices x microbatches groups. The model must then
-  be built with `model_axis_name(True)`: BatchNorm normalises each group over its own examples,
-  and its running averages are the mean over all groups (as the Flax ImageNet example averages
-  per-replica statistics; the running variance is then the groups' mean variance, which leaves
-  out the spread of their means: about (b-1)/b of the whole batch's for groups of b).
-  Microbatch i on device r draws its dropout key as replica r*m + i would with one microbatch
-  per device, so the step does not depend on how the groups are laid out over the devices. The
-  loss and accuracy are the whole batch's either way.
+  The metrics are the loss, accuracy, gradient norm and effective LR, and each of `readouts`
+  (name -> a reading of the new optimizer state, a strategy's declared readouts). The update
+  gets ``value=`` (the loss) and those of `UPDATE_ARGS` that `update_args` names: the gradient's
+  groups (`group_sq_norm`, the mean over the groups of each one's squared gradient norm, and
+  `num_groups`), which `gns` reads. The groups are the replicas, one per device, unless
+  `microbatches` is set: then each device's batch is split into that many equal microbatches,
+  each its own forward and backward pass, one after the other (train/groups.py), so that there
+  are devices x microbatches groups. The model must then be built with `model_axis_name(True)`:
+  BatchNorm normalises each group over its own examples, and its running averages are the mean
+  over all groups (as the Flax ImageNet example averages per-replica statistics; the running
+  variance is then the groups' mean variance, which leaves out the spread of their means: about
+  (b-1)/b of the whole batch's for groups of b). Microbatch i on device r draws its dropout key
+  as replica r*m + i would with one microbatch per device, so the step does not depend on how
+  the groups are laid out over the devices. The loss and accuracy are the whole batch's either
+  way.
 
   With `group_grads` (gns), the step takes each microbatch's gradient, and their mean is the
   update's gradient, accumulated in one float32 buffer of the params' size. Without it (gns's
@@ -94,6 +92,11 @@ def make_train_step(model, input_names, optimizer, effective_lr,
   group per device). On a model without BatchNorm that computation differs from the
   plain step's only in the dropout keys, so the loop gives such a control the plain step.
   """
+  unknown = sorted(set(update_args) - set(UPDATE_ARGS))
+  if unknown:
+    raise ValueError(f"update_args: the step gives an update only {', '.join(UPDATE_ARGS)}; "
+                     f"got {', '.join(unknown)}")
+  readouts = dict(readouts or {})
 
   def apply(params, batch_stats, batch, rng):
     """One device's batch or one microbatch: its loss, summed and counted, and the model's out."""
@@ -133,16 +136,15 @@ def make_train_step(model, input_names, optimizer, effective_lr,
     grads = jax.lax.pmean(grads, AXIS)
     loss = jax.lax.pmean(loss, AXIS)
     accuracy = jax.lax.psum(correct, AXIS) / jnp.maximum(jax.lax.psum(count, AXIS), 1)
+    extra = {"group_sq_norm": group_sq_norm, "num_groups": num_groups}
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params, value=loss,
-                                          group_sq_norm=group_sq_norm, num_groups=num_groups)
+                                          **{k: extra[k] for k in update_args})
     params = optax.apply_updates(state.params, updates)
     metrics = {
         "loss": loss,
         "accuracy": accuracy,
         "grad_norm": optax.tree.norm(grads),
-        "lr_scale": _scale_metric(gradvar_optax.lr_scale, opt_state),
-        "variability": _scale_metric(gradvar_optax.variability, opt_state),
-        "noise_to_signal": _scale_metric(gradvar_optax.noise_to_signal, opt_state),
+        **{name: jnp.asarray(read(opt_state), jnp.float32) for name, read in readouts.items()},
         "effective_lr": jnp.asarray(effective_lr(state.opt_state, opt_state, state.step),
                                     jnp.float32),
     }

@@ -2,27 +2,26 @@
 
 A strategy is the AlgoPerf "submission" part of a run: the training loop stays fixed and asks the
 strategy for an optimizer and for the effective learning rate it ran at. Adding one is a function
-plus the ``@register`` line above it:
+plus the ``@register`` line above it, which declares what the loop and the benchmarks need to know
+without building it (`spec(name)`, a `Spec`):
 
-    @register("my-schedule")
+    @register("my-schedule", role="schedule", needs_horizon=True)
     def my_schedule(args):
       sched = optax.exponential_decay(args.lr, args.steps_per_epoch, 0.9)
       return Strategy(optax.adam(sched), lambda before, after, step: sched(step))
 
+An adaptive rule declares its readouts (readings of its optimizer state that every step row
+logs, e.g. ``readouts={"lr_scale": LR_SCALE}``), the extra arguments its optimizer's ``update``
+takes beyond ``value=`` (the training loss, which every strategy here ignores), and its controls
+(``controls=("matched", "replay")``: kinds of `train.control_kinds`, whose strategies the registry
+makes). A strategy may also say what the loop does at an evaluation (``observe_eval``, which
+``plateau`` uses) and which params it evaluates (``eval_params``, which ``schedule-free`` uses).
+
 Every strategy gets the same `StrategyArgs`: the base LR (the seed's 1e-3), steps per epoch,
-epochs, the run's seed and, for the replay controls, the recorded run to replay. The optimizer's
-``update`` may take ``value=`` (the training loss), which every strategy here ignores. A strategy
-may also say what the loop does at an evaluation (``observe_eval``, which ``plateau`` uses) and
-which params it evaluates (``eval_params``, which ``schedule-free`` uses).
-
-The controls (`gradvar-null`, `matched-X`, `replay-X` for the adaptive X = gradvar, gns) are not
-tuned: the comparison runner runs them at the LR that X was tuned to (`matched-X`: at the mean
-effective LR X realised, which the runner computes and passes as ``lr``).
+epochs, the run's seed and, for the replay controls, the recorded run to replay. The controls are
+not tuned: the comparison runner runs them at the LR their rule was tuned to, or at one read from
+the rule's run (`train.control_kinds`).
 """
-
-from collections.abc import Callable
-import dataclasses
-from typing import Any, Optional
 
 import jax
 import jax.numpy as jnp
@@ -30,84 +29,26 @@ import optax
 
 import gradvar_optax
 from train import controls
+from train.strategy_registry import _REGISTRY as _REGISTRY
+from train.strategy_registry import _SPECS as _SPECS
+from train.strategy_registry import LR_SCALE as LR_SCALE
+from train.strategy_registry import NOISE_TO_SIGNAL as NOISE_TO_SIGNAL
+from train.strategy_registry import ROLES as ROLES
+from train.strategy_registry import VARIABILITY as VARIABILITY
+from train.strategy_registry import EffectiveLR as EffectiveLR
+from train.strategy_registry import Readout as Readout
+from train.strategy_registry import Spec as Spec
+from train.strategy_registry import Strategy as Strategy
+from train.strategy_registry import StrategyArgs as StrategyArgs
+from train.strategy_registry import build as build
+from train.strategy_registry import constant_lr as constant_lr
+from train.strategy_registry import control_of as control_of
+from train.strategy_registry import names as names
+from train.strategy_registry import register as register
+from train.strategy_registry import scheduled_lr as scheduled_lr
+from train.strategy_registry import spec as spec
 
-# (opt_state before the update, opt_state after it, 0-based step) -> the learning rate that update
-# ran at; jit-compatible. A factor the update computes and applies (gradvar's scale, plateau's) is
-# in the state after it; an estimate the update only reads (Prodigy's d) is in the state before.
-EffectiveLR = Callable[[Any, jax.Array], jax.Array]
-
-
-@dataclasses.dataclass(frozen=True)
-class Strategy:
-  """An optimizer, the LR it ran at, and what it does at evaluations.
-
-  Attributes:
-    optimizer: the Optax optimizer.
-    effective_lr: see `EffectiveLR`.
-    observe_eval: `(opt_state, val_loss) -> opt_state`, pure and jit-able: the loop applies it
-      after each evaluation the strategy sees (None: evaluations do not change the state).
-    eval_params: `(opt_state, params) -> params`: the params to evaluate and to save as final
-      (None: the trained params themselves).
-  """
-
-  optimizer: optax.GradientTransformationExtraArgs
-  effective_lr: EffectiveLR
-  observe_eval: Optional[Callable[[Any, jax.Array], Any]] = None
-  eval_params: Optional[Callable[[Any, Any], Any]] = None
-  # The step splits each device's batch into microbatches, so that the update sees
-  # `config.gns_groups` groups over the global batch (`group_sq_norm`, `num_groups`); gns reads
-  # them. BatchNorm then normalises each group over its own examples (`step.model_axis_name`).
-  uses_groups: bool = False
-  # A control of gns: on a model with BatchNorm, the step normalises over gns's groups as gns's
-  # does, with one gradient of their mean loss, so that the control differs from gns in the LR
-  # alone. Without BatchNorm the plain step is already that computation, and the loop keeps it.
-  batchnorm_groups: bool = False
-
-
-@dataclasses.dataclass(frozen=True)
-class StrategyArgs:
-  """What every strategy is built from.
-
-  Attributes:
-    lr: the base LR (for `prodigy`, its `estim_lr_coef`).
-    steps_per_epoch: optimizer steps per epoch.
-    epochs: epochs of the run.
-    seed: the run's seed (`gradvar-null`'s coins).
-    replay_from: the folder of the recorded run that `replay-X` replays (None for the others).
-  """
-
-  lr: float
-  steps_per_epoch: int
-  epochs: int
-  seed: int
-  replay_from: Optional[str]
-
-
-_REGISTRY: dict[str, Callable[[StrategyArgs], Strategy]] = {}
-
-
-def register(name: str):
-  def wrap(fn):
-    if name in _REGISTRY:
-      raise ValueError(f"strategy {name!r} is registered twice")
-    _REGISTRY[name] = fn
-    return fn
-
-  return wrap
-
-
-def names() -> list[str]:
-  return sorted(_REGISTRY)
-
-
-def build(name: str, args: StrategyArgs) -> Strategy:
-  """Builds the named strategy; an unknown name gets an error that lists the known ones."""
-  if name not in _REGISTRY:
-    raise ValueError(f"unknown strategy {name!r}; known strategies: {', '.join(names())}")
-  strategy = _REGISTRY[name](args)
-  return dataclasses.replace(
-      strategy, optimizer=optax.with_extra_args_support(strategy.optimizer)
-  )
+_GRADVAR_READOUTS = {"lr_scale": LR_SCALE, "variability": VARIABILITY}
 
 
 def _warmup_steps(steps_per_epoch, epochs):
@@ -121,12 +62,7 @@ def _warmup_cosine(lr, steps_per_epoch, epochs):
   return optax.warmup_cosine_decay_schedule(0.0, lr, warmup, max(total, warmup + 1), 0.0)
 
 
-def _constant(lr):
-  return lambda before, after, step: jnp.asarray(lr, jnp.float32)
-
-
-def _scheduled(schedule):
-  return lambda before, after, step: jnp.asarray(schedule(step), jnp.float32)
+_constant, _scheduled = constant_lr, scheduled_lr
 
 
 def _times_gradvar(base_lr: EffectiveLR) -> EffectiveLR:
@@ -134,13 +70,13 @@ def _times_gradvar(base_lr: EffectiveLR) -> EffectiveLR:
                                       * gradvar_optax.lr_scale(after))
 
 
-@register("fixed")
+@register("fixed", role="baseline")
 def fixed(args):
   """Adam at a constant LR: the seed's baseline."""
   return Strategy(optax.adam(args.lr), _constant(args.lr))
 
 
-@register("step")
+@register("step", role="schedule", needs_horizon=True)
 def step_decay(args):
   """Step decay: x0.1 at 50% and again at 75% of the run (epochs 10 and 15 of 20)."""
   total = args.steps_per_epoch * args.epochs
@@ -150,7 +86,7 @@ def step_decay(args):
   return Strategy(optax.adam(schedule), _scheduled(schedule))
 
 
-@register("cosine")
+@register("cosine", role="schedule", needs_horizon=True)
 def cosine(args):
   """Linear warmup (one epoch, at most 10% of the run), then cosine decay to 0."""
   schedule = _warmup_cosine(args.lr, args.steps_per_epoch, args.epochs)
@@ -165,7 +101,7 @@ def _plateau_scale(state) -> jax.Array:
       filtering=lambda path, _: getattr(path[-1], "tuple_name", None) == "ReduceLROnPlateauState")
 
 
-@register("plateau")
+@register("plateau", role="schedule")
 def plateau(args):
   """Adam, halved after 2 evaluations without a 1e-4 relative improvement of the validation loss.
 
@@ -189,13 +125,14 @@ def plateau(args):
                   observe_eval=split.observe_eval)
 
 
-@register("gradvar")
+@register("gradvar", role="adaptive", controls=("null", "matched", "replay"),
+          readouts=_GRADVAR_READOUTS)
 def gradvar(args):
   """The seed's technique with its defaults (window 5, factor 0.1), wrapping Adam."""
   return Strategy(gradvar_optax.gradvar(optax.adam(args.lr)), _times_gradvar(_constant(args.lr)))
 
 
-@register("gradvar-cosine")
+@register("gradvar-cosine", role="ablation", needs_horizon=True, readouts=_GRADVAR_READOUTS)
 def gradvar_cosine(args):
   """gradvar wrapping Adam on the warmup+cosine schedule of ``cosine``."""
   schedule = _warmup_cosine(args.lr, args.steps_per_epoch, args.epochs)
@@ -204,7 +141,7 @@ def gradvar_cosine(args):
   )
 
 
-@register("gradvar-smooth")
+@register("gradvar-smooth", role="ablation", readouts=_GRADVAR_READOUTS)
 def gradvar_smooth(args):
   """gradvar comparing each window with a slow moving average (0.9) of past variabilities."""
   return Strategy(
@@ -212,7 +149,7 @@ def gradvar_smooth(args):
   )
 
 
-@register("gradvar-deadband")
+@register("gradvar-deadband", role="ablation", readouts=_GRADVAR_READOUTS)
 def gradvar_deadband(args):
   """gradvar that ignores changes of the variability smaller than 10%."""
   return Strategy(
@@ -220,21 +157,21 @@ def gradvar_deadband(args):
   )
 
 
-@register("gradvar-window20")
+@register("gradvar-window20", role="ablation", readouts=_GRADVAR_READOUTS)
 def gradvar_window20(args):
   """Ablation: gradvar measuring the variability over the last 20 batches instead of 5."""
   return Strategy(gradvar_optax.gradvar(optax.adam(args.lr), window=20),
                   _times_gradvar(_constant(args.lr)))
 
 
-@register("gradvar-factor0.05")
+@register("gradvar-factor0.05", role="ablation", readouts=_GRADVAR_READOUTS)
 def gradvar_factor005(args):
   """Ablation: gradvar with the gentler factor 0.05 (x0.95 on a rise, x1.05 on a fall)."""
   return Strategy(gradvar_optax.gradvar(optax.adam(args.lr), factor=0.05),
                   _times_gradvar(_constant(args.lr)))
 
 
-@register("gradvar-before-adam")
+@register("gradvar-before-adam", role="ablation", readouts=_GRADVAR_READOUTS)
 def gradvar_before_adam(args):
   """Ablation: the factor placed before Adam, ``chain(scale_by_gradvar(), adam)``.
 
@@ -245,7 +182,7 @@ def gradvar_before_adam(args):
   return Strategy(opt, _constant(args.lr))
 
 
-@register("prodigy")
+@register("prodigy", role="reference")
 def prodigy(args):
   """LR-free reference: Prodigy (``optax.contrib.prodigy``); ``args.lr`` is its ``estim_lr_coef``.
 
@@ -265,7 +202,7 @@ def prodigy(args):
 # --- reference arms ------------------------------------------------------------------------------
 
 
-@register("schedule-free")
+@register("schedule-free", role="reference", needs_horizon=True)
 def schedule_free(args):
   """Schedule-Free AdamW (``optax.contrib.schedule_free_adamw``), with ``cosine``'s warmup.
 
@@ -285,7 +222,7 @@ def schedule_free(args):
   return Strategy(opt, _scheduled(schedule), eval_params=controls.schedule_free_eval_params)
 
 
-@register("mechanic")
+@register("mechanic", role="reference")
 def mechanic(args):
   """Mechanic (``optax.contrib.mechanize``) around Adam at ``args.lr``: a learned LR scale.
 
@@ -305,7 +242,7 @@ def mechanic(args):
 # --- controls: gradvar's moves without its signal, and its LR without its timing ----------------
 
 
-@register("gradvar-null")
+@register("gradvar-null", role="control", control=("null", "gradvar"), readouts=_GRADVAR_READOUTS)
 def gradvar_null(args):
   """The control of ``gradvar``: the same cadence, bounds and x0.9/x1.1 moves, decided by coins.
 
@@ -317,35 +254,9 @@ def gradvar_null(args):
                   _times_gradvar(_constant(args.lr)))
 
 
-def _matched(of: str):
-  def build_matched(args):
-    return Strategy(optax.adam(args.lr), _constant(args.lr), batchnorm_groups=of == "gns")
-
-  build_matched.__doc__ = (
-      f"Adam at a constant LR: the mean effective LR that ``{of}`` realised on the same task, "
-      f"seed and base LR. The runner computes it from {of}'s epochs.jsonl and passes it as "
-      "``lr``; with the same mean LR, what is left of a difference is the path's timing.")
-  return build_matched
-
-
-def _replay(of: str):
-  def build_replay(args):
-    total = args.steps_per_epoch * args.epochs
-    schedule = controls.array_schedule(controls.read_path(args.replay_from, total, of))
-    return Strategy(optax.adam(schedule), _scheduled(schedule), batchnorm_groups=of == "gns")
-
-  build_replay.__doc__ = (
-      f"Adam following, as a schedule, the effective-LR path that ``{of}`` realised on another "
-      f"seed: the steps.jsonl of the run in ``replay_from`` (`controls.read_path` says which row "
-      f"applies to which update). If {of} beats its replay, its response to this run's "
-      "gradients matters, not just the shape of its path.")
-  return build_replay
-
-
-for _adaptive in ("gradvar", "gns"):
-  register(f"matched-{_adaptive}")(_matched(_adaptive))
-  register(f"replay-{_adaptive}")(_replay(_adaptive))
-@register("gns")
+@register("gns", role="adaptive", needs_horizon=True, controls=("matched", "replay"),
+          readouts={"lr_scale": LR_SCALE, "noise_to_signal": NOISE_TO_SIGNAL},
+          update_args=("group_sq_norm", "num_groups"), uses_groups=True)
 def gns(args):
   """Adam scaled by the gradient noise scale (``gradvar_optax.gns``), over ``gns_groups`` groups.
 
@@ -355,4 +266,4 @@ def gns(args):
   """
   warmup = _warmup_steps(args.steps_per_epoch, args.epochs)
   return Strategy(gradvar_optax.gns(optax.adam(args.lr), warmup_steps=warmup),
-                  _times_gradvar(_constant(args.lr)), uses_groups=True)
+                  _times_gradvar(_constant(args.lr)))

@@ -30,6 +30,7 @@ from typing import Optional
 import jax
 
 from benchmarks import suite as suite_lib
+from train import control_kinds
 from train import records
 
 STEP_COST_FILE = "step_cost.json"
@@ -46,32 +47,16 @@ class _Timed:
   batches: list
 
 
-# A stand-in record for `replay-X`'s step: its LR path is one constant array whatever the
-# recorded values, so two rows (steps 1 and this) cover any run shorter than twice this.
-_REPLAY_LAST_STEP = 1_000_000
-
-
-def _replay_source(folder: pathlib.Path, of: str, lr: float) -> pathlib.Path:
-  """A minimal recorded `of` run whose path `replay-of` can follow: the LR held at `lr`."""
-  from train import records
-  folder.mkdir(parents=True, exist_ok=True)
-  (folder / "config.json").write_text(json.dumps({"strategy": of}))
-  rows = [records.StepRow(step=k, epoch=1, accuracy=None, effective_lr=lr, grad_norm=None,
-                          loss=None, lr_scale=None, variability=None)
-          for k in (1, _REPLAY_LAST_STEP)]
-  (folder / "steps.jsonl").write_text("".join(json.dumps(r.as_dict()) + "\n" for r in rows))
-  return folder
-
-
 def _prepare(run: suite_lib.Run, workdir: pathlib.Path, cache: pathlib.Path,
              data_dir: Optional[str]) -> _Timed:
   from train import loop
   config = dataclasses.replace(run.config(str(workdir)), cache_dir=str(cache),
                                data_dir=data_dir, quiet=True)
   control = suite_lib.control_of(run.strategy)
-  if control is not None and control[0] == "replay":
-    source = _replay_source(workdir.parent / f"{run.strategy}-source", control[1], run.lr)
-    config = dataclasses.replace(config, replay_from=str(source))
+  stand_in = control and control_kinds.get(control[0]).stand_in
+  if stand_in:  # a control that follows a recorded run (replay-X) is timed on a stand-in
+    options = stand_in(workdir.parent / f"{run.strategy}-source", control[1], run.lr)
+    config = dataclasses.replace(config, **options)
   s = loop.setup(config)
   state = s.launcher.put_state(loop.init_state(s))
   batches = []
