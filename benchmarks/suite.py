@@ -118,7 +118,7 @@ def parse(text: str, path: Optional[pathlib.Path] = None) -> Suite:
   top = fields.check(Suite, raw, fail.prefix)  # every key's type and range
   strategies, seeds, tasks = top["strategies"], top["seeds"], top["tasks"]
   _check_strategies(fail, strategies)
-  baseline = top.get("baseline", "fixed")
+  baseline = top.get("baseline") or _registry_baseline(fail)
   if baseline not in strategies:
     fail("baseline", f"{baseline!r} must be one of the suite's strategies {list(strategies)}")
   _check_tasks(fail, tasks)
@@ -143,11 +143,21 @@ def parse(text: str, path: Optional[pathlib.Path] = None) -> Suite:
   analysis = (_parse_analysis(fail, raw["analysis"], tasks, strategies, arms)
               if "analysis" in raw else None)
   calibration = _parse_calibration(fail, raw.get("calibration", {}), seeds, tune_seeds)
-  suite = Suite(**{**top, "lr_grid": lr_grid, "grids": grids, "tune_tasks": tune_tasks,
-                   "calibration": calibration, "analysis": analysis},
+  suite = Suite(**{**top, "baseline": baseline, "lr_grid": lr_grid, "grids": grids,
+                   "tune_tasks": tune_tasks, "calibration": calibration, "analysis": analysis},
                 path=path, text=text, all_seeds=seeds, arms=arms)
   _check_references(fail, suite)
   return suite
+
+
+def _registry_baseline(fail) -> str:
+  """The one strategy that the registry declares the baseline (Adam at a fixed LR)."""
+  from train import strategies as strategies_lib
+  found = strategies_lib.names("baseline")
+  if len(found) != 1:
+    fail("baseline", f"not given, and the registry declares {len(found)} baseline strategies "
+                     f"({', '.join(found) or 'none'}): name one")
+  return found[0]
 
 
 def _check_strategies(fail, names) -> None:

@@ -128,7 +128,8 @@ class Suite:
   description: str = fields.field("", check="text")
   seeds: tuple[int, ...] = fields.field(check="ints")  # evaluation seeds, the same for every arm
   strategies: tuple[str, ...] = fields.field(check="strs")
-  baseline: str = fields.field("fixed", check="text")
+  # The arm paired differences are taken against; by default the registry's `baseline` strategy.
+  baseline: str = fields.field("", check="text")
   epochs: int = fields.field(check="positive_int")
   lr: float = fields.field(1e-3, check="positive")
   lr_grid: tuple[float, ...] = fields.field(())
