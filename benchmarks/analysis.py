@@ -19,6 +19,7 @@ import pathlib
 import platform
 from typing import Optional
 
+from benchmarks import budgets
 from benchmarks import catalogue
 from benchmarks import declared
 from benchmarks import metrics
@@ -85,9 +86,12 @@ def _group(suite, out, task, strategy, lr, threshold) -> dict:
   per_seed, records_ = {}, {}
   seeds = suite.seeds_of(task, strategy)
   for seed in seeds:
-    rec = _finished(out, suite.run(task, strategy, seed, lr=lr))
+    run = suite.run(task, strategy, seed, lr=lr)
+    rec = _finished(out, run)
     if rec is not None:
       per_seed[seed] = rec.metrics(threshold, suite.explode_factor)
+      if _reads_budgets(suite):
+        budgets.add_budgeted(rec, threshold, per_seed[seed], suite.task_budgets(task), run.epochs)
       records_[seed] = rec
   group = {"lr": lr, "seeds": sorted(per_seed), "missing_seeds": [s for s in seeds
                                                                   if s not in per_seed],
@@ -111,10 +115,16 @@ def _group(suite, out, task, strategy, lr, threshold) -> dict:
   return group, records_
 
 
+def _reads_budgets(suite) -> bool:
+  """Whether the budgeted figures are computed: for a suite that declares budgets or tests one."""
+  metric = suite.analysis.metric if suite.analysis is not None else catalogue.DEFAULT
+  return bool(suite.budgets) or catalogue.get(metric).budgeted
+
+
 def _paired(group, base) -> dict:
   out = {}
   for m in catalogue.of_kind("numeric"):
-    if m.paired:
+    if m.paired and (not m.budgeted or any(m.name in f for f in group["per_seed"].values())):
       a = {s: f.get(m.name) for s, f in group["per_seed"].items()}
       b = {s: f.get(m.name) for s, f in base["per_seed"].items()}
       out[m.name] = metrics.paired_interval(a, b).to_json()
