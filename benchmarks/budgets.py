@@ -105,11 +105,14 @@ def at_budget(metric: catalogue.Metric, epochs: Optional[int]) -> catalogue.Metr
 
 
 def knows_horizon(strategy: str, settings: dict) -> bool:
-  """Whether an arm's trajectory depends on its run's length under a task's `settings`: the
-  registry's `needs_horizon`, for a strategy that is not a control."""
+  """Whether an arm's trajectory depends on its run's length under a task's `settings` (config
+  keys): the registry's `needs_horizon`, for a strategy that is not a control, unless it takes a
+  fixed warmup (`fixed_warmup`) and the settings give one (`warmup_steps`)."""
   from train import strategies as strategies_lib
-  del settings  # (a fixed warmup in steps will make some strategies horizon-free)
-  return suite_schema.control_of(strategy) is None and strategies_lib.spec(strategy).needs_horizon
+  spec = strategies_lib.spec(strategy)
+  if spec.fixed_warmup and settings.get("warmup_steps") is not None:
+    return False
+  return suite_schema.control_of(strategy) is None and spec.needs_horizon
 
 
 def parse(fail, top, tasks, strategies) -> tuple[dict, dict]:
