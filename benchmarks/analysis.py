@@ -164,6 +164,8 @@ def collect(out: pathlib.Path) -> tuple[dict, dict]:
     entry = {"threshold": threshold, "settings": {}}
     if task in suite.arms:
       entry["arms"] = {s: len(suite.seeds_of(task, s)) for s in arms}
+    if suite.task_budgets(task):
+      entry["budgets"] = _budgets_entry(suite, out, task)
     settings = {"untuned": {s: suite.strategy_lr(task, s) for s in arms}}
     if task in picks and all(p["complete"] for p in picks[task].values()):
       settings["tuned"] = {s: picks[task][control_of(s) or s]["lr"] for s in arms}
@@ -189,6 +191,23 @@ def collect(out: pathlib.Path) -> tuple[dict, dict]:
   if regime:
     results["regime"] = declared.regime_check(suite, results, regime)
   return results, runs
+
+
+def _budgets_entry(suite, out: pathlib.Path, task: str) -> dict:
+  """A budgeted task's budgets (epochs, and steps where a finished run gives steps per epoch),
+  its budget arms (arm -> [strategy, epochs]) and its horizon-knowing strategies."""
+  epochs = list(suite.task_budgets(task))
+  found = {s: b for s, (base, b, on) in suite.budget_arms.items() if task in on}
+  per_epoch = None
+  for path in sorted((out / "runs" / task).glob(f"*/*/*/{runs_lib.RUN_INFO}")):
+    rec = runs_lib.read_finished(path.parent)
+    horizon = rec and budgets.run_horizon(rec)
+    if horizon:
+      per_epoch = horizon // (rec.epochs[-1].epoch if rec.epochs else epochs[-1])
+      break
+  return {"epochs": epochs, "steps": [b * per_epoch for b in epochs] if per_epoch else [],
+          "arms": {s: [suite.budget_arms[s][0], b] for s, b in found.items()},
+          "horizon_knowing": list(dict.fromkeys(suite.budget_arms[s][0] for s in found))}
 
 
 def _meta(out: pathlib.Path) -> dict:

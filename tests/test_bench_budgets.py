@@ -9,6 +9,7 @@ import pytest
 
 from benchmarks import __main__ as benchmarks_main
 from benchmarks import analysis
+from benchmarks import anytime
 from benchmarks import budgets
 from benchmarks import catalogue
 from benchmarks import report
@@ -134,5 +135,20 @@ def test_a_budgeted_suite_through_tune_and_compare(tmp_path, monkeypatch):
   # Every seed: cosine-e2 ends 0.05 lower than fixed at the same budget (fake_budget_train).
   assert first["seeds"] == [0, 1, 2]
   assert list(first["differences"].values()) == pytest.approx([0.05] * 3)
-  text = report.write(out, render_plots=False)
+  assert results["tasks"]["rt_sentiment"]["budgets"] == {
+      "epochs": [2, 4], "steps": [8, 16], "arms": {"cosine-e2": ["cosine", 2]},
+      "horizon_knowing": ["cosine"]}
+  text = report.write(out)
   assert "cosine-e2" in text
+  assert (out / "plots/anytime_rt_sentiment_tuned.png").stat().st_size > 0
+
+
+def test_the_anytime_plot_reads_the_running_best_and_splits_the_arms():
+  evals = rows([0.9, float("nan"), 0.95, 0.6])
+  assert anytime.running_best(evals) == {10: 0.9, 20: 0.9, 30: 0.9, 40: 0.6}
+  assert anytime.running_best(rows([float("nan"), 0.5])) == {20: 0.5}
+  entry = {"budgets": {"arms": {"cosine-e2": ["cosine", 2], "step-e2": ["step", 2]},
+                       "horizon_knowing": ["step", "cosine"]}}
+  free, knowing = anytime.arms(entry, ["fixed", "step", "step-e2", "cosine", "cosine-e2", "gns"])
+  assert free == ["fixed", "gns"]
+  assert knowing == {"step": ["step", "step-e2"], "cosine": ["cosine", "cosine-e2"]}
