@@ -147,8 +147,9 @@ def test_task_and_workdir_are_required_without_a_file(capsys):
 
 def _legacy_argv(run, workdir, out, data_dir):
   """The command line the runner built before it wrote config files, to pin the change."""
-  argv = ["--task", run.task, "--strategy", run.strategy, "--lr", repr(run.lr), "--seed",
-          str(run.seed), "--epochs", str(run.epochs), "--workdir", str(workdir), "--quiet",
+  argv = ["--task", run.task, "--strategy", run.train_strategy or run.strategy,
+          "--lr", repr(run.lr), "--seed", str(run.seed), "--epochs", str(run.epochs),
+          "--workdir", str(workdir), "--quiet",
           "--set", f"cache_dir={out / '.cache'}"]
   for key, value in run.settings:
     if "." in key:
