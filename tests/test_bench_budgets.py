@@ -16,6 +16,7 @@ from benchmarks import report
 from benchmarks import runner
 from benchmarks import suite as suite_lib
 from tests import evals_rows
+from tests import fake_budget_train
 
 FAKE = pathlib.Path(__file__).resolve().parent / "fake_budget_train.py"
 
@@ -152,3 +153,23 @@ def test_the_anytime_plot_reads_the_running_best_and_splits_the_arms():
   free, knowing = anytime.arms(entry, ["fixed", "step", "step-e2", "cosine", "cosine-e2", "gns"])
   assert free == ["fixed", "gns"]
   assert knowing == {"step": ["step", "step-e2"], "cosine": ["cosine", "cosine-e2"]}
+
+
+def test_interpolated_steps_to_target_censored_at_the_budget(tmp_path, monkeypatch):
+  text = SUITE.replace('metric = "best_val_loss_within"', 'metric = "steps_to_target_interp"')
+  path, out = tmp_path / "b.toml", tmp_path / "out"
+  path.write_text(text.replace("rt_sentiment = 0.9", "rt_sentiment = 0.6"))
+  monkeypatch.setattr(runner, "command", lambda config_file, resume: [
+      sys.executable, str(FAKE), "--config", str(config_file)])
+  assert benchmarks_main.main(["compare", "--suite", str(path), "--out", str(out), "--tune",
+                               "--no-progress", "--no-report"]) == 0
+  results, _ = analysis.collect(out)
+  first = results["primaries"][0]  # fixed vs cosine-e2, at 2 epochs (8 steps)
+  assert first["budget_epochs"] == 2
+  for seed, diff in first["differences"].items():
+    # fixed (0.5 + 0.01 seed + 1 / (1 + s)) is above 0.6 up to step 8: censored at the budget.
+    # cosine-e2 crosses 0.6 between its evaluations at steps 6 and 8.
+    loss = {s: fake_budget_train.val_loss("cosine", 1e-3, seed, 2, s) for s in (6, 8)}
+    crossing = 6 + 2 * (loss[6] - 0.6) / (loss[6] - loss[8])
+    assert 6 < crossing < 8
+    assert diff == pytest.approx(8 - crossing)
