@@ -8,6 +8,7 @@
   python -m benchmarks calibrate --suite NAME [--tasks T ...] [--out DIR] [--data-dir DIR]
   python -m benchmarks report DIR
   python -m benchmarks regime --suite NAME [--tasks T ...] [--out DIR] [--data-dir DIR]
+  python -m benchmarks plan --suite NAME [--tasks T ...] [--strategies S ...] [--runs]
 
 The order of a pre-registered comparison (a suite with [analysis]): `tune` (the LR grids, with
 points added beyond an edge pick), `calibrate` (targets from the tuned reference strategy),
@@ -79,6 +80,11 @@ def parser() -> argparse.ArgumentParser:
   g = sub.add_parser("regime", help="each task's classical reference on the runs' data: "
                                     "DIR/regime.json for the report's regime check")
   common(g)
+  n = sub.add_parser("plan", help="list the runs a suite asks for, without training any")
+  n.add_argument("--suite", required=True, help="a name under benchmarks/suites/ or a path")
+  n.add_argument("--tasks", nargs="+", help="only these tasks of the suite")
+  n.add_argument("--strategies", nargs="+", help="only these strategies of the suite")
+  n.add_argument("--runs", action="store_true", help="also every run's folder")
   return p
 
 
@@ -91,6 +97,11 @@ def main(argv=None) -> int:
       print(report.write(pathlib.Path(args.dir)))
       return 0
     suite = suite_lib.load(args.suite)
+    if args.command == "plan":
+      from benchmarks import plan
+      print("\n".join(plan.lines(suite.narrow(_names(args.tasks), _names(args.strategies)),
+                                 runs=args.runs)))
+      return 0
     out = pathlib.Path(args.out) if args.out else RESULTS_DIR / suite.name
     out = out.resolve()
     if args.command == "regime":

@@ -19,6 +19,7 @@ import pathlib
 import platform
 from typing import Optional
 
+from benchmarks import budgets
 from benchmarks import catalogue
 from benchmarks import declared
 from benchmarks import metrics
@@ -85,9 +86,12 @@ def _group(suite, out, task, strategy, lr, threshold) -> dict:
   per_seed, records_ = {}, {}
   seeds = suite.seeds_of(task, strategy)
   for seed in seeds:
-    rec = _finished(out, suite.run(task, strategy, seed, lr=lr))
+    run = suite.run(task, strategy, seed, lr=lr)
+    rec = _finished(out, run)
     if rec is not None:
       per_seed[seed] = rec.metrics(threshold, suite.explode_factor)
+      if _reads_budgets(suite):
+        budgets.add_budgeted(rec, threshold, per_seed[seed], suite.task_budgets(task), run.epochs)
       records_[seed] = rec
   group = {"lr": lr, "seeds": sorted(per_seed), "missing_seeds": [s for s in seeds
                                                                   if s not in per_seed],
@@ -111,10 +115,16 @@ def _group(suite, out, task, strategy, lr, threshold) -> dict:
   return group, records_
 
 
+def _reads_budgets(suite) -> bool:
+  """Whether the budgeted figures are computed: for a suite that declares budgets or tests one."""
+  metric = suite.analysis.metric if suite.analysis is not None else catalogue.DEFAULT
+  return bool(suite.budgets) or catalogue.get(metric).budgeted
+
+
 def _paired(group, base) -> dict:
   out = {}
   for m in catalogue.of_kind("numeric"):
-    if m.paired:
+    if m.paired and (not m.budgeted or any(m.name in f for f in group["per_seed"].values())):
       a = {s: f.get(m.name) for s, f in group["per_seed"].items()}
       b = {s: f.get(m.name) for s, f in base["per_seed"].items()}
       out[m.name] = metrics.paired_interval(a, b).to_json()
@@ -154,6 +164,8 @@ def collect(out: pathlib.Path) -> tuple[dict, dict]:
     entry = {"threshold": threshold, "settings": {}}
     if task in suite.arms:
       entry["arms"] = {s: len(suite.seeds_of(task, s)) for s in arms}
+    if suite.task_budgets(task):
+      entry["budgets"] = _budgets_entry(suite, out, task)
     settings = {"untuned": {s: suite.strategy_lr(task, s) for s in arms}}
     if task in picks and all(p["complete"] for p in picks[task].values()):
       settings["tuned"] = {s: picks[task][control_of(s) or s]["lr"] for s in arms}
@@ -179,6 +191,23 @@ def collect(out: pathlib.Path) -> tuple[dict, dict]:
   if regime:
     results["regime"] = declared.regime_check(suite, results, regime)
   return results, runs
+
+
+def _budgets_entry(suite, out: pathlib.Path, task: str) -> dict:
+  """A budgeted task's budgets (epochs, and steps where a finished run gives steps per epoch),
+  its budget arms (arm -> [strategy, epochs]) and its horizon-knowing strategies."""
+  epochs = list(suite.task_budgets(task))
+  found = {s: b for s, (base, b, on) in suite.budget_arms.items() if task in on}
+  per_epoch = None
+  for path in sorted((out / "runs" / task).glob(f"*/*/*/{runs_lib.RUN_INFO}")):
+    rec = runs_lib.read_finished(path.parent)
+    horizon = rec and budgets.run_horizon(rec)
+    if horizon:
+      per_epoch = horizon // (rec.epochs[-1].epoch if rec.epochs else epochs[-1])
+      break
+  return {"epochs": epochs, "steps": [b * per_epoch for b in epochs] if per_epoch else [],
+          "arms": {s: [suite.budget_arms[s][0], b] for s, b in found.items()},
+          "horizon_knowing": list(dict.fromkeys(suite.budget_arms[s][0] for s in found))}
 
 
 def _meta(out: pathlib.Path) -> dict:

@@ -55,6 +55,9 @@ class Metric:
   # REPORT.md's sentences when the suite tests its primaries on this metric; None: from `label`.
   primary_text: Optional[str] = None
   controls_text: Optional[str] = None
+  # `compute(run, threshold, budget_steps)`: a figure read at a budget (`benchmarks.budgets`),
+  # computed only for the suites that declare budgets or name it as their metric.
+  budgeted: bool = False
 
   def __post_init__(self):
     if not self.name or not isinstance(self.name, str):
@@ -63,6 +66,8 @@ class Metric:
       raise ValueError(f"Metric.kind: must be one of {', '.join(KINDS)}, got {self.kind!r}")
     if self.compute is not None and not callable(self.compute):
       raise ValueError(f"Metric.compute: must be callable, got {self.compute!r}")
+    if self.budgeted and self.compute is None:
+      raise ValueError(f"Metric.budgeted: a budgeted metric {self.name!r} needs its compute")
 
   @property
   def builtin(self) -> bool:
@@ -115,6 +120,11 @@ def of_kind(kind: str) -> tuple[Metric, ...]:
   return tuple(m for m in _CATALOGUE.values() if m.kind == kind)
 
 
+def budgeted() -> tuple[Metric, ...]:
+  """The entries read at a budget (`benchmarks.budgets`), in the catalogue's order."""
+  return tuple(m for m in _CATALOGUE.values() if m.budgeted)
+
+
 def label(name: str) -> str:
   return _CATALOGUE[name].label
 
@@ -126,7 +136,7 @@ def fmt(name: str) -> str:
 def add_registered(run: Any, threshold: Optional[float], figures: dict) -> dict:
   """`figures` with the value of each registered metric added."""
   for m in _CATALOGUE.values():
-    if m.compute is not None:
+    if m.compute is not None and not m.budgeted:
       figures[m.name] = m.compute(run, threshold)
   return figures
 

@@ -10,6 +10,7 @@ OUT/regime.json (`benchmarks.regime`).
 
 from typing import Optional
 
+from benchmarks import budgets
 from benchmarks import catalogue
 from benchmarks import metrics
 from benchmarks import stats
@@ -51,7 +52,8 @@ def analyse(suite, analysis, results: dict, picks: dict, step_cost: dict, contro
     entry = results["tasks"][task]
     setting = analysed_setting(entry)
     groups = entry["settings"][setting]["strategies"]
-    (sa, ha), (sb, hb) = censored(groups[a], metric), censored(groups[b], metric)
+    read = _at_budget(suite, metric, task, a, b)
+    (sa, ha), (sb, hb) = censored(groups[a], read), censored(groups[b], read)
     c = stats.paired_comparison(sa, sb, ha, hb, permutations, bootstrap, seed=0,
                                 confidence=1 - alpha)
     ratios = cost_ratios(step_cost, task) if metric.in_steps else None
@@ -63,6 +65,8 @@ def analyse(suite, analysis, results: dict, picks: dict, step_cost: dict, contro
              time_to_target={"a": _time_to_target(med[a], a, ratios),
                              "b": _time_to_target(med[b], b, ratios)},
              cost_ratios=None if ratios is None else {n: ratios.get(n) for n in (a, b)})
+    if read is not metric:
+      c["budget_epochs"] = min(suite.arm_epochs(task, a), suite.arm_epochs(task, b))
     return c
 
   primaries = []
@@ -129,6 +133,17 @@ def analyse(suite, analysis, results: dict, picks: dict, step_cost: dict, contro
           "primaries": primaries, "controls": controls, "secondary": secondary,
           "tuned_lrs": tuned,
           "cost_ratios": {task: cost_ratios(step_cost, task) for task in results["tasks"]}}
+
+
+def _at_budget(suite, metric: catalogue.Metric, task: str, a: str, b: str) -> catalogue.Metric:
+  """The metric that compares A with B: a budgeted one read at the shorter arm's budget when the
+  task declares budgets (a horizon-free arm run to H against `step-e2`: both at 2 epochs)."""
+  if not metric.budgeted or not suite.task_budgets(task):
+    return metric
+  epochs = min(suite.arm_epochs(task, a), suite.arm_epochs(task, b))
+  if epochs == suite.task_budgets(task)[-1]:
+    return metric  # both at the horizon: each run's own figure
+  return budgets.at_budget(metric, epochs)
 
 
 def _step_cost_provenance(step_cost: dict) -> dict:

@@ -18,6 +18,8 @@ With a pre-registered analysis (the suite's [analysis]), the validation loss is 
 - `val_loss_grid_<task>.png`: every other strategy in a small-multiples grid, each panel with the
   baseline in grey behind it.
 
+A task with budgets (`[tasks.T] budgets`) also gets `anytime_<task>.png` (`benchmarks.anytime`).
+
 Strategies with the same curve stay visible: each has its own line style and marker, and a curve
 drawn later is thinner than the one below it.
 
@@ -354,6 +356,10 @@ def write_all(results: dict, runs: dict, folder: pathlib.Path,
       else:
         name = f"val_loss_{task}.png" if setting == "untuned" else f"val_loss_{task}_tuned.png"
         files.append(val_loss(results, runs, task, setting, folder / name, render))
+    if "budgets" in entry:  # the suite declares budgets for the task
+      from benchmarks import anytime
+      files.append(anytime.write(results, runs, task, declared.analysed_setting(entry), folder,
+                                 render))
     files += [effective_lr(results, runs, task, folder / f"effective_lr_{task}.png", render),
               gradvar(results, runs, task, folder / f"gradvar_{task}.png", render)]
     for setting in [s for s in ("untuned", "tuned") if s in entry["settings"]]:

@@ -58,6 +58,7 @@ from typing import Optional
 import tomli_w
 import tomllib
 
+from benchmarks import budgets
 from benchmarks import catalogue
 from benchmarks import suite_schema
 from train import config as config_lib
@@ -127,8 +128,14 @@ def parse(text: str, path: Optional[pathlib.Path] = None) -> Suite:
   grids = _strategy_grids(fail, "grids", top.get("grids", {}), strategies)
   for t, table in tasks.items():
     _check_task_grids(fail, t, table, strategies)
+  budgets_, budget_arms = budgets.parse(fail, top, tasks, strategies)
+  strategies = budgets.with_budget_arms(strategies, budget_arms)
   arms = {t: _parse_arms(fail, t, table["arms"], strategies, seeds)
           for t, table in tasks.items() if "arms" in table}
+  for name, (base, _, on) in budget_arms.items():  # a budget arm has its strategy's seeds
+    for t in on:
+      if t in arms and name not in arms[t]:
+        arms[t][name] = arms[t][base]
   tune_tasks = top.get("tune_tasks", tuple(tasks))
   for t in tune_tasks:
     if t not in tasks:
@@ -143,9 +150,11 @@ def parse(text: str, path: Optional[pathlib.Path] = None) -> Suite:
   analysis = (_parse_analysis(fail, raw["analysis"], tasks, strategies, arms)
               if "analysis" in raw else None)
   calibration = _parse_calibration(fail, raw.get("calibration", {}), seeds, tune_seeds)
-  suite = Suite(**{**top, "baseline": baseline, "lr_grid": lr_grid, "grids": grids,
-                   "tune_tasks": tune_tasks, "calibration": calibration, "analysis": analysis},
-                path=path, text=text, all_seeds=seeds, arms=arms)
+  suite = Suite(**{**top, "baseline": baseline, "strategies": strategies, "lr_grid": lr_grid,
+                   "grids": grids, "tune_tasks": tune_tasks, "calibration": calibration,
+                   "analysis": analysis},
+                path=path, text=text, all_seeds=seeds, arms=arms, budgets=budgets_,
+                budget_arms=budget_arms)
   _check_references(fail, suite)
   return suite
 

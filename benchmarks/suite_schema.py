@@ -30,7 +30,7 @@ DEFAULT_ALPHA = 0.05
 DEFAULT_PERMUTATIONS = 10000
 DEFAULT_BOOTSTRAP = 10000
 # Keys of a [tasks.T] table that are the suite's, not config fields.
-TASK_KEYS = frozenset({"arms", "lr_grid", "grids", "lrs"})
+TASK_KEYS = frozenset({"arms", "lr_grid", "grids", "lrs", "budgets"})
 PRIMARY = re.compile(r"^\s*([A-Za-z0-9_.-]+)\s*:\s*(\S+)\s+vs\s+(\S+)\s*$")
 
 
@@ -98,6 +98,8 @@ class Run:
   options: tuple[tuple[str, Any], ...] = ()
   # What the runner writes to the run folder's control.json (matched and replay controls).
   control: tuple[tuple[str, Any], ...] = ()
+  # The registered strategy a budget arm (`cosine-e2`) trains; None: `strategy` itself.
+  train_strategy: Optional[str] = None
 
   @property
   def key(self) -> tuple:
@@ -116,7 +118,8 @@ class Run:
         section, _, sub = key.partition(".")
         options[section][sub] = copy.deepcopy(value)  # each run its own, as from a file
     fields = config_lib.check_values(fields)
-    return config_lib.Config(task=self.task, workdir=workdir, strategy=self.strategy,
+    return config_lib.Config(task=self.task, workdir=workdir,
+                             strategy=self.train_strategy or self.strategy,
                              lr=self.lr, seed=self.seed, epochs=self.epochs, **fields, **options,
                              **dict(self.options))
 
@@ -152,6 +155,11 @@ class Suite:
   # task -> {strategy: number of evaluation seeds} from `[tasks.T.arms]`; a task without it runs
   # every strategy on every seed.
   arms: dict = fields.field(default_factory=dict, key=False)
+  # task -> its budgets in epochs, ascending, the last its `epochs` (`[tasks.T] budgets`).
+  budgets: dict = fields.field(default_factory=dict, key=False)
+  # A budget arm -> (the strategy it trains, its epochs, the tasks it runs on): a horizon-knowing
+  # strategy trained to a shorter budget, an arm of its own (`budget_arm`).
+  budget_arms: dict = fields.field(default_factory=dict, key=False)
 
   @property
   def tuned_strategies(self) -> tuple[str, ...]:
@@ -165,7 +173,18 @@ class Suite:
   def task_strategies(self, task: str) -> tuple[str, ...]:
     """The strategies that run on `task` (its arms), in the suite's order."""
     arms = self.arms.get(task)
-    return tuple(s for s in self.strategies if arms is None or s in arms)
+    return tuple(s for s in self.strategies if (arms is None or s in arms)
+                 and (s not in self.budget_arms or task in self.budget_arms[s][2]))
+
+  def task_budgets(self, task: str) -> tuple[int, ...]:
+    """The task's budgets in epochs (none: the task is read at its horizon only)."""
+    return self.budgets.get(task, ())
+
+  def arm_epochs(self, task: str, strategy: str) -> int:
+    """The epochs an arm trains for: a budget arm's budget, else the task's horizon."""
+    if strategy in self.budget_arms:
+      return self.budget_arms[strategy][1]
+    return int(self.task_settings(task).get("epochs", self.epochs))
 
   def task_tuned_strategies(self, task: str) -> tuple[str, ...]:
     return tuple(s for s in self.task_strategies(task) if control_of(s) is None)
@@ -199,9 +218,13 @@ class Suite:
   def grid_source(self, task: str, strategy: str) -> tuple[str, tuple[float, ...]]:
     """The suite field that gives one arm's grid (`strategy_grid`'s precedence), and its points."""
     table = self.tasks.get(task, {})
+    base = self.budget_arms[strategy][0] if strategy in self.budget_arms else strategy
+    # A budget arm's own grid, else its strategy's.
     for field, grid in ((f"tasks.{task}.grids.{strategy}", table.get("grids", {}).get(strategy)),
+                        (f"tasks.{task}.grids.{base}", table.get("grids", {}).get(base)),
                         (f"tasks.{task}.lr_grid", table.get("lr_grid")),
-                        (f"grids.{strategy}", self.grids.get(strategy))):
+                        (f"grids.{strategy}", self.grids.get(strategy)),
+                        (f"grids.{base}", self.grids.get(base))):
       if grid:
         return field, tuple(float(lr) for lr in grid)
     return "lr_grid", tuple(self.lr_grid)
@@ -216,6 +239,10 @@ class Suite:
     epochs = settings.pop("epochs", self.epochs)
     settings.pop("lr", None)
     lr = self.strategy_lr(task, strategy) if lr is None else lr
+    if strategy in self.budget_arms:
+      base, epochs, _ = self.budget_arms[strategy]
+      return Run(task, strategy, float(lr), int(seed), int(epochs),
+                 tuple(sorted(settings.items())), kind, train_strategy=base)
     return Run(task, strategy, float(lr), int(seed), int(epochs),
                tuple(sorted(settings.items())), kind)
 
@@ -274,6 +301,11 @@ class Suite:
       _check_subset("--only-seeds", only_seeds, self.seeds)
       changes["seeds"] = tuple(s for s in self.seeds if s in only_seeds)
     return dataclasses.replace(self, **changes)
+
+
+def budget_arm(strategy: str, epochs: int) -> str:
+  """The name of `strategy` trained to a budget of `epochs` epochs, an arm of its own."""
+  return f"{strategy}-e{epochs}"
 
 
 def _check_subset(flag, chosen, known):

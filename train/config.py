@@ -127,6 +127,10 @@ class Config:
                  "each (default: after every epoch only); strategies that watch the "
                  "validation loss (plateau) then see these evaluations", metavar="K",
       check="positive_int")
+  warmup_steps: Optional[int] = _field(
+      None, help="a fixed warmup of K steps for the strategies that take one (gns, "
+                 "schedule-free; the others ignore it), the same at every run length (default: "
+                 "one epoch, at most a tenth of the run)", metavar="K", check="positive_int")
   gns_groups: int = _field(
       4, help="groups the global batch is split into for the gradient noise scale (strategy "
               "gns; the others ignore it): at least 2, a multiple of the device count (each "

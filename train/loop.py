@@ -168,7 +168,7 @@ def setup(config: config_lib.Config) -> Setup:
                            local_device_count=len(devices) // jax.process_count())
   strategy = strategies.build(config.strategy, strategies.StrategyArgs(
       config.lr, pipeline.steps_per_epoch, config.epochs, seed=config.seed,
-      replay_from=config.replay_from))
+      replay_from=config.replay_from, warmup_steps=config.warmup_steps))
   optimizer = finite_guard(strategy.optimizer, config.skip_nonfinite)
   grouped = strategy.uses_groups or (strategy.batchnorm_groups and family.has_batch_stats)
   if grouped:

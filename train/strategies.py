@@ -56,6 +56,13 @@ def _warmup_steps(steps_per_epoch, epochs):
   return max(1, min(steps_per_epoch, (steps_per_epoch * epochs) // 10))
 
 
+def _fixed_or_default_warmup(args):
+  # `config.warmup_steps` where given (the same at every run length), else `_warmup_steps`.
+  if args.warmup_steps is not None:
+    return args.warmup_steps
+  return _warmup_steps(args.steps_per_epoch, args.epochs)
+
+
 def _warmup_cosine(lr, steps_per_epoch, epochs):
   total = steps_per_epoch * epochs
   warmup = _warmup_steps(steps_per_epoch, epochs)
@@ -202,13 +209,14 @@ def prodigy(args):
 # --- reference arms ------------------------------------------------------------------------------
 
 
-@register("schedule-free", role="reference", needs_horizon=True)
+@register("schedule-free", role="reference", needs_horizon=True, fixed_warmup=True)
 def schedule_free(args):
   """Schedule-Free AdamW (``optax.contrib.schedule_free_adamw``), with ``cosine``'s warmup.
 
   The winner of AlgoPerf 2024's self-tuning track: no decay schedule, only the linear warmup
-  (the same length as ``cosine``'s), after which the LR stays at ``args.lr``. Its authors suggest
-  1-10x a scheduled AdamW's LR; the runner tunes it like the others.
+  (the same length as ``cosine``'s, or ``config.warmup_steps`` where given), after which the LR
+  stays at ``args.lr``. Its authors suggest 1-10x a scheduled AdamW's LR; the runner tunes it
+  like the others.
 
   The trained params ``y`` are an interpolation of a fast sequence ``z`` (AdamW without momentum,
   steps of size ``lr``) and its weighted average ``x``; the evaluated and saved params are ``x``
@@ -216,8 +224,7 @@ def schedule_free(args):
   the LR of ``z``'s step at that update, i.e. the warmup schedule at the 0-based step; ``y``
   and ``x`` move by less (by the interpolation and averaging weights).
   """
-  schedule = optax.warmup_constant_schedule(
-      0.0, args.lr, _warmup_steps(args.steps_per_epoch, args.epochs))
+  schedule = optax.warmup_constant_schedule(0.0, args.lr, _fixed_or_default_warmup(args))
   opt = optax.contrib.schedule_free_adamw(learning_rate=schedule)
   return Strategy(opt, _scheduled(schedule), eval_params=controls.schedule_free_eval_params)
 
@@ -256,14 +263,15 @@ def gradvar_null(args):
 
 @register("gns", role="adaptive", needs_horizon=True, controls=("matched", "replay"),
           readouts={"lr_scale": LR_SCALE, "noise_to_signal": NOISE_TO_SIGNAL},
-          update_args=("group_sq_norm", "num_groups"), uses_groups=True)
+          update_args=("group_sq_norm", "num_groups"), uses_groups=True, fixed_warmup=True)
 def gns(args):
   """Adam scaled by the gradient noise scale (``gradvar_optax.gns``), over ``gns_groups`` groups.
 
   The step feeds it the groups of the global batch (``config.gns_groups``: replicas x
-  microbatches). Its warmup is ``cosine``'s, one epoch and at most a tenth of the run: the
-  reference signal fraction is frozen then, and the scale moves from there on.
+  microbatches). Its warmup is ``cosine``'s, one epoch and at most a tenth of the run, or
+  ``config.warmup_steps`` where given: the reference signal fraction is frozen then, and the
+  scale moves from there on.
   """
-  warmup = _warmup_steps(args.steps_per_epoch, args.epochs)
+  warmup = _fixed_or_default_warmup(args)
   return Strategy(gradvar_optax.gns(optax.adam(args.lr), warmup_steps=warmup),
                   _times_gradvar(_constant(args.lr)))

@@ -66,6 +66,9 @@ class Spec:
       normalises over the rule's groups as the rule's does, with one gradient of their mean
       loss, so that the control differs from its rule in the LR alone. Without BatchNorm the
       plain step is already that computation, and the loop keeps it.
+    fixed_warmup: it takes `config.warmup_steps` (`StrategyArgs.warmup_steps`), a warmup of a
+      fixed number of steps; with one, a strategy whose `needs_horizon` came from its warmup alone
+      no longer depends on the run's length (`benchmarks.budgets.knows_horizon`).
   """
   name: str
   role: str
@@ -77,6 +80,7 @@ class Spec:
   update_args: tuple[str, ...] = ()
   uses_groups: bool = False
   batchnorm_groups: bool = False
+  fixed_warmup: bool = False
 
   def eval_readouts(self) -> tuple[str, ...]:
     return tuple(k for k, r in self.readouts.items() if r.at_evals)
@@ -121,6 +125,8 @@ class StrategyArgs:
     epochs: epochs of the run.
     seed: the run's seed (`gradvar-null`'s coins).
     replay_from: the folder of the recorded run that `replay-X` replays (None for the others).
+    warmup_steps: `config.warmup_steps`, a fixed warmup for the strategies with `fixed_warmup`
+      (None: their default, which depends on the run's length).
   """
 
   lr: float
@@ -128,6 +134,7 @@ class StrategyArgs:
   epochs: int
   seed: int
   replay_from: Optional[str]
+  warmup_steps: Optional[int] = None
 
 
 _REGISTRY: dict[str, Callable[[StrategyArgs], Strategy]] = {}
@@ -139,7 +146,8 @@ _RESERVED = frozenset(records.STEP_METRICS)
 def register(name: str, *, role: str, needs_horizon: bool = False,
              controls: tuple[str, ...] = (), control: Optional[tuple[str, str]] = None,
              readouts: Optional[Mapping[str, Readout]] = None, update_args: tuple[str, ...] = (),
-             uses_groups: bool = False, batchnorm_groups: bool = False):
+             uses_groups: bool = False, batchnorm_groups: bool = False,
+             fixed_warmup: bool = False):
   """Registers a strategy builder under `name` with its `Spec` (see there for the arguments).
 
   An adaptive rule's `controls` are registered with it: each kind's strategy, named by the kind
@@ -164,7 +172,7 @@ def register(name: str, *, role: str, needs_horizon: bool = False,
     control_kinds.get(kind)  # known
   spec = Spec(name, role, needs_horizon, tuple(controls), control,
               types.MappingProxyType(readouts), tuple(update_args), uses_groups,
-              batchnorm_groups)
+              batchnorm_groups, fixed_warmup)
 
   def wrap(fn):
     _REGISTRY[name] = fn

@@ -1,0 +1,110 @@
+"""The anytime plot of a budgeted suite: validation loss against the budget, in steps.
+
+`anytime_<task>.png` (`..._tuned.png` at the tuned LRs), drawn by the report for a task whose
+suite declares budgets (`[tasks.T] budgets`, `benchmarks.budgets`):
+
+- one line per horizon-free arm: at every budget B (each evaluation's step) the best validation
+  loss within B (`budgets.best_val_loss_within`, the running minimum over evals.jsonl), the mean
+  over seeds with its 95% t band (`bands.band`);
+- the horizon-knowing arms as points at their budgets: the strategy trained to H and each of its
+  budget arms (`cosine`, `cosine-e2`), at its run's steps, the mean best validation loss within
+  its own run with a 95% t error bar, one colour per strategy.
+"""
+
+import math
+import pathlib
+import statistics
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from benchmarks import bands  # noqa: E402
+from benchmarks import budgets  # noqa: E402
+from benchmarks import metrics  # noqa: E402
+
+
+def running_best(evals) -> dict:
+  """{step: the best finite validation loss at that step's evaluation or before} of one run."""
+  out, best = {}, math.inf
+  for r in evals or []:
+    if metrics.finite(r.val_loss):
+      best = min(best, r.val_loss)
+    if best < math.inf:
+      out[r.step] = best
+  return out
+
+
+def arms(entry: dict, strategies) -> tuple[list[str], dict]:
+  """The task's horizon-free arms, and each horizon-knowing strategy -> its arms (itself first,
+  then its budget arms), from results.json's `budgets` entry of the task."""
+  knowing = {base: [base] + [a for a, (b, _) in entry["budgets"]["arms"].items() if b == base]
+             for base in entry["budgets"]["horizon_knowing"]}
+  taken = {a for group in knowing.values() for a in group}
+  return [s for s in strategies if s not in taken], knowing
+
+
+def points(records) -> tuple[float, float, float, float] | None:
+  """(median steps, mean, low, high) of a horizon-knowing arm's best val loss within its runs."""
+  values = [budgets.best_val_loss_within(rec.evals or []) for rec in records]
+  steps = [budgets.run_horizon(rec) for rec in records]
+  values = [v for v in values if metrics.finite(v)]
+  if not values or not all(s is not None for s in steps):
+    return None
+  iv = metrics.t_interval(values)
+  low = iv.low if iv.low is not None else iv.mean
+  high = iv.high if iv.high is not None else iv.mean
+  return float(statistics.median(steps)), iv.mean, low, high
+
+
+def figure(results: dict, by_strategy: dict, task: str):
+  """The anytime figure of one task; `by_strategy`: strategy -> its run records."""
+  entry = results["tasks"][task]
+  free, knowing = arms(entry, [s for s in results["strategies"] if s in by_strategy])
+  order = free + list(knowing)
+  colors, styles = bands.colors(order), bands.styles(order)
+  fig, ax = plt.subplots(figsize=(7.5, 4.8))
+  for s in free:
+    bands.band(ax, [running_best(rec.evals) for rec in by_strategy[s]], s, colors[s],
+               style={k: v for k, v in styles[s].items() if k != "marker"})
+  for base, group in knowing.items():
+    labelled = False
+    for arm in group:
+      p = points(by_strategy.get(arm, []))
+      if p is None:
+        continue
+      x, mean, low, high = p
+      ax.errorbar([x], [mean], yerr=[[mean - low], [high - mean]], color=colors[base],
+                  marker=styles[base]["marker"], ls="none", capsize=3, markersize=7,
+                  label=None if labelled else f"{base} (trained to each budget)", zorder=10)
+      labelled = True
+  for b in entry["budgets"]["steps"]:
+    ax.axvline(b, color="0.8", lw=0.8, zorder=0)
+  ax.set_xlabel("budget (training steps)")
+  ax.set_ylabel("best validation loss within the budget")
+  ax.set_title(f"{task}: anytime validation loss (lines: run once to H, read at every budget)",
+               fontsize=9)
+  ax.legend(fontsize=7)
+  return fig
+
+
+def write(results: dict, runs: dict, task: str, setting: str, folder: pathlib.Path,
+          render: bool = True) -> str | None:
+  """Writes `anytime_<task>[_tuned].png` where the task declares budgets and has runs."""
+  entry = results["tasks"][task]
+  if "budgets" not in entry:
+    return None
+  by_strategy = {}
+  for (s_, t, strategy, _), rec in sorted(runs.items(), key=lambda kv: kv[0][3]):
+    if s_ == setting and t == task:
+      by_strategy.setdefault(strategy, []).append(rec)
+  if not by_strategy:
+    return None
+  name = f"anytime_{task}{'' if setting == 'untuned' else '_tuned'}.png"
+  if render:
+    fig = figure(results, by_strategy, task)
+    fig.tight_layout()
+    fig.savefig(folder / name, dpi=110)
+    plt.close(fig)
+  return name
