@@ -66,7 +66,7 @@ def microbatch_grads(apply: Callable, params: Any, batch_stats: Any, batch: dict
 
   zeros = lambda tree: jax.tree.map(lambda x: jnp.zeros(x.shape, jnp.float32), tree)
   (grads_sum, stats_sum), (sq_norms, loss_sums, counts, correct) = jax.lax.scan(
-      one, (zeros(params), zeros(batch_stats)), (jnp.arange(m), micro))
+      one, (zeros(params), zeros(batch_stats)), (jnp.arange(m), micro), unroll=True)
   grads = jax.tree.map(lambda s, p: (s / m).astype(p.dtype), grads_sum, params)
   new_stats = jax.tree.map(lambda s, x: (s / m).astype(x.dtype), stats_sum, batch_stats)
   if group_grads:
