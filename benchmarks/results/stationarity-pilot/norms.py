@@ -18,14 +18,15 @@ from train import config as config_lib
 from train import loop
 
 
-def _group(path: str, leaf_names: set[str]) -> str:
-  """A leaf's group: a kernel followed by a BatchNorm (scale-invariant), norm params, the rest."""
+def _group(path: str) -> str:
+  """A leaf's group. In models/resnet.py every convolution (`*conv*`) feeds a BatchNorm (`*bn*`),
+  so its kernel is scale-invariant; the LSTM model has neither."""
   name = path.split("/")[-1]
-  if name in ("scale", "bias") and ("norm" in path.lower() or "bn" in path.lower()):
-    return "norm scale/bias"
+  if name in ("scale", "bias") and "bn" in path.lower():
+    return "BatchNorm scale/bias"
   if name == "kernel" and "conv" in path.lower():
-    return "conv kernels (before BatchNorm)" if leaf_names else "conv kernels"
-  return "other " + name
+    return "conv kernels (each before a BatchNorm)"
+  return "other: " + name
 
 
 def _sq(tree) -> dict[str, float]:
@@ -47,7 +48,7 @@ def main(runs):
     final = _sq(ocp.StandardCheckpointer().restore((run / "final").absolute())["params"])
     groups: dict[str, list[float]] = {}
     for key in init:
-      g = _group(key, {"bn"})
+      g = _group(key)
       a = groups.setdefault(g, [0.0, 0.0])
       a[0] += init[key]
       a[1] += final[key]
