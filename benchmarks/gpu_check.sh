@@ -2,8 +2,9 @@
 # What one GPU says about the seed's setup, in under 10 minutes on one H100 or H200:
 #   1. the three models' training-step throughput at the seed's size (batch 32 and 256,
 #      float32 and bfloat16), from `python -m benchmarks.perf.model_speed`;
-#   2. a shortened seed-style comparison, fixed against gradvar and gns at full size on the offline
-#      stand-ins, 1 seed, 3 epochs (`benchmarks/suites/gpu_check.toml`), then its report.
+#   2. a shortened seed-style comparison, fixed against gradvar, gns and stationarity at full size
+#      on the offline stand-ins, 1 seed, 3 epochs (`benchmarks/suites/gpu_check.toml`), then its
+#      report.
 # Each part runs under its own time limit (`timeout`, which signals the part's whole process
 # group), so that a call limited to 10 minutes returns with whatever finished: a comparison cut
 # short still gets the report of its finished runs.
@@ -60,8 +61,8 @@ gpu_check: the parts, with the time each may take on one H100/H200 (a budget tha
   0. modules and devices                                       GPU ${GPU_LIMITS[0]} s, here ${LIMITS[0]} s
   1. model_speed: bert, resnet, lstm_attention at full size, batch 32 and 256, float32 and
      bfloat16 (12 processes, 3 + 20 steps each)                GPU ${GPU_LIMITS[1]} s, here ${LIMITS[1]} s
-  2. compare: fixed, gradvar, gns on 3 stand-in tasks, full size, 3 epochs of 8,000 examples
-     (9 runs; cut short at its limit, the finished runs keep their records)
+  2. compare: fixed, gradvar, gns, stationarity on 3 stand-in tasks, full size, 3 epochs of
+     8,000 examples (12 runs; cut short at its limit, the finished runs keep their records)
                                                                GPU ${GPU_LIMITS[2]} s, here ${LIMITS[2]} s
   3. the report of the comparison's finished runs              GPU ${GPU_LIMITS[3]} s, here ${LIMITS[3]} s
 PLAN
@@ -142,7 +143,7 @@ fi
 echo "gpu_check: 1/3 model throughput"
 part "1. model_speed" "${LIMITS[1]}" "$PY" -m benchmarks.perf.model_speed \
   --models bert,resnet,lstm_attention "${SPEED_ARGS[@]}" --out "$OUT/models.json"
-echo "gpu_check: 2/3 fixed against gradvar and gns on the stand-ins"
+echo "gpu_check: 2/3 fixed against gradvar, gns and stationarity on the stand-ins"
 part "2. compare" "${LIMITS[2]}" "$PY" -m benchmarks compare --suite "$SUITE" \
   --out "$OUT/compare" --no-report --no-progress
 echo "gpu_check: 3/3 the comparison's report"

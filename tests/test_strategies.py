@@ -31,6 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+import stationarity_reference
 
 import gradvar_optax
 from train import config as config_lib
@@ -419,6 +420,39 @@ def check_gns(trace: Trace) -> None:
   np.testing.assert_allclose(recorded, ratios, rtol=1e-4)
 
 
+def _stationarity_scales(grads, updates, x0, lr, **options):
+  """The scale of each step by the NumPy reference (tests/stationarity_reference.py), replayed on
+  the params the run went through: `x0` plus the updates applied so far, in float32 as
+  `optax.apply_updates` adds them. A step's sample is Adam's update at the scale before it."""
+  reference = stationarity_reference.Reference(**options)
+  unit = _adam_updates(grads, np.ones(len(grads)))
+  x, scales = np.asarray(x0, np.float32), []
+  for t in range(len(grads)):
+    before = float(reference.scale)
+    scales.append(float(reference.step(stationarity_reference.delta(
+        [x], [lr * before * unit[t]]))))
+    x = (x + updates[t].astype(np.float32)).astype(np.float32)
+  return np.asarray(scales), reference
+
+
+def check_stationarity(trace: Trace) -> None:
+  """reduce_on_stationarity(adam) with the strategy's options: its first test is due at step
+  8 x min_samples (200), past these runs, so it is Adam at LR with the scale at exactly 1 and no
+  test; the reference, replayed on the run, agrees. `test_stationarity_drops_...` sees drops."""
+  options = strategies.STATIONARITY_OPTIONS
+  assert options["factor"] == 0.1 and 8 * options["min_samples"] > trace.run.total
+  x0 = _flat({"w": jnp.ones(4), "norm": {"scale": jnp.ones(()), "bias": jnp.zeros(())}})
+  scales, reference = _stationarity_scales(trace.grads, trace.updates, x0, LR, **options)
+  np.testing.assert_array_equal(scales, 1.0)
+  assert reference.test == (0, 0.0, 0.0, 0.0)
+  np.testing.assert_array_equal(trace.lrs, np.float32(LR))
+  _assert_adam_at(trace, _constant(trace.run))
+  last = trace.states[-2]
+  assert float(gradvar_optax.lr_scale(last)) == 1.0
+  assert int(gradvar_optax.stationarity_drops(last)) == 0
+  assert int(gradvar_optax.stationarity_test(last).step) == 0
+
+
 CHECKS: dict[str, Callable[[Trace], None]] = {
     "fixed": _check_scheduled_adam(_constant),
     "step": check_step,
@@ -440,6 +474,8 @@ CHECKS: dict[str, Callable[[Trace], None]] = {
     "schedule-free": check_schedule_free,
     "mechanic": check_mechanic,
     "gns": check_gns,
+    "stationarity": check_stationarity,
+    "replay-stationarity": check_replay,
 }
 
 
@@ -457,6 +493,45 @@ def test_unknown_strategy_lists_the_known_ones():
   with pytest.raises(ValueError, match="known strategies: .*gradvar"):
     strategies.build("adagrad-ish", strategies.StrategyArgs(1e-3, 10, 2, seed=0,
                                                             replay_from=None))
+
+
+def test_stationarity_drops_by_the_factor_where_the_reference_does(monkeypatch):
+  """`stationarity` from the registry, its test made due early (every 10 steps, from 16 samples
+  kept, so from step 128), on a noisy quadratic (gradient w + N(0, 1)): Adam's transient ends
+  well before step 128, so the test passes, and each drop is exactly x0.1 at the step where the
+  NumPy reference, replayed on the run's params, drops."""
+  monkeypatch.setitem(strategies.STATIONARITY_OPTIONS, "test_every", 10)
+  monkeypatch.setitem(strategies.STATIONARITY_OPTIONS, "min_samples", 16)
+  lr, steps = 0.05, 400
+  strategy = strategies.build("stationarity", strategies.StrategyArgs(lr, steps, 1, seed=0,
+                                                                      replay_from=None))
+  params = {"w": jnp.full(8, 3.0)}
+  noise = np.random.default_rng(1).standard_normal((steps, 8)).astype(np.float32)
+
+  @jax.jit
+  def step(params, opt_state, noise, t):
+    grads = {"w": params["w"] + noise}
+    updates, new_state = strategy.optimizer.update(grads, opt_state, params, value=0.0)
+    return (optax.apply_updates(params, updates), new_state, grads, updates,
+            strategy.effective_lr(opt_state, new_state, t))
+
+  opt_state = strategy.optimizer.init(params)
+  grads, updates, lrs = [], [], []
+  for t in range(steps):
+    params, opt_state, g, u, lr_t = step(params, opt_state, noise[t], t)
+    grads.append(_flat(g))
+    updates.append(_flat(u))
+    lrs.append(float(lr_t))
+  scales, reference = _stationarity_scales(np.asarray(grads), np.asarray(updates),
+                                           np.full(8, 3.0), lr,
+                                           **strategies.STATIONARITY_OPTIONS)
+  drops = np.flatnonzero(np.diff(scales)) + 1
+  assert len(drops) >= 1 and drops[0] >= 127, drops  # none before the first test (0-based 127)
+  np.testing.assert_allclose(scales[drops] / scales[drops - 1], 0.1, rtol=1e-6)
+  np.testing.assert_allclose(lrs, lr * scales, rtol=1e-6)
+  assert int(gradvar_optax.stationarity_drops(opt_state)) == reference.drops == len(drops)
+  np.testing.assert_allclose(np.asarray(updates), _adam_updates(np.asarray(grads), lr * scales),
+                             rtol=2e-5, atol=1e-7 * lr)
 
 
 # --- plateau in the training loop ----------------------------------------------------------------

@@ -24,7 +24,13 @@ def test_every_spec_is_readable_without_building_and_its_controls_map_both_ways(
     for kind in spec.controls:
       assert strategies.control_of(control_kinds.get(kind).name_of(name)) == (kind, name)
   assert strategies.control_of("no-such-strategy") is None
-  assert strategies.names("adaptive") == ["gns", "gradvar"]
+  assert strategies.names("adaptive") == ["gns", "gradvar", "stationarity"]
+  stationarity = strategies.spec("stationarity")
+  assert not stationarity.needs_horizon and stationarity.controls == ("replay",)
+  assert set(stationarity.readouts) == {"lr_scale", "drops", "test_step", "test_mean",
+                                        "test_lower", "test_upper"}
+  assert stationarity.eval_readouts() == ("lr_scale", "drops")
+  assert strategies.spec("replay-stationarity").needs_horizon  # it replays a path of steps
   gns = strategies.spec("gns")
   assert gns.update_args == ("group_sq_norm", "num_groups") and gns.uses_groups
   assert set(gns.readouts) == {"lr_scale", "noise_to_signal"} and gns.needs_horizon

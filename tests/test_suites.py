@@ -20,7 +20,7 @@ from train import loop
 from train import strategies
 from train import tasks
 
-COMMITTED = ("cpu", "ablations", "demo", "seed", "gpu_check", "cpu-v2")
+COMMITTED = ("cpu", "ablations", "demo", "seed", "gpu_check", "cpu-v2", "stationarity-pilot")
 STAND_INS = {"fashion_mnist", "wordnet_topics", "rt_sentiment"}
 
 

@@ -275,3 +275,40 @@ def gns(args):
   warmup = _fixed_or_default_warmup(args)
   return Strategy(gradvar_optax.gns(optax.adam(args.lr), warmup_steps=warmup),
                   _times_gradvar(_constant(args.lr)))
+
+
+# --- a statistical drop: the seed's x0.1 when the iterates stop travelling -----------------------
+
+_TEST = lambda field: Readout(lambda state: getattr(gradvar_optax.stationarity_test(state), field),
+                              at_evals=False)
+_STATIONARITY_READOUTS = {
+    "lr_scale": LR_SCALE,
+    "drops": Readout(gradvar_optax.stationarity_drops),
+    # The latest test (all 0 before the first): its step and the bucket's mean with its interval.
+    "test_step": _TEST("step"), "test_mean": _TEST("mean"),
+    "test_lower": _TEST("lower"), "test_upper": _TEST("upper"),
+}
+# The suite's runs are 124 (wordnet_topics) to 1,560 (fashion_mnist) steps: see `stationarity`.
+STATIONARITY_OPTIONS = {"factor": 0.1, "test_every": 50, "min_samples": 25}
+
+
+@register("stationarity", role="adaptive", controls=("replay",), readouts=_STATIONARITY_READOUTS)
+def stationarity(args):
+  """Adam whose LR drops x0.1 when a test finds the iterates stationary (SASA+'s test).
+
+  ``gradvar_optax.reduce_on_stationarity(optax.adam(lr), factor=0.1, test_every=50,
+  min_samples=25)``: the seed's factor, and the bucket sized to the suite's runs. The bucket keeps
+  the newest 1/8 of the samples since the last drop, so a test needs ``8 x min_samples`` steps
+  since it: 200 with ``min_samples=25`` (``statopt``'s floor of 100 would mean step 800 at the
+  earliest, 62% of an rt_sentiment run of 1,284 steps). A test every 50 steps then tests first at
+  step 200: 16% of rt_sentiment's 1,284 steps and 13% of fashion_mnist's 1,560, and again every
+  50 steps, so a drop comes within 50 steps of the test turning (a test costs one batch-means
+  interval; the statistic is computed every step). 25 samples make 5 batches of 5 (4 degrees of
+  freedom). wordnet_topics' 124 steps see no test: there it is fixed Adam. No horizon is needed:
+  the same options serve any run length, which is the rule's point.
+
+  Its readouts are the scale, the drops and the latest test (its step, the bucket's mean and the
+  interval's ends), logged with every step row.
+  """
+  opt = gradvar_optax.reduce_on_stationarity(optax.adam(args.lr), **STATIONARITY_OPTIONS)
+  return Strategy(opt, _times_gradvar(_constant(args.lr)))
