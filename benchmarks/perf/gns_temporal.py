@@ -23,8 +23,9 @@ the group arguments to gns untouched, and hands each step's five scalars to the 
 `jax.debug.callback`), which writes them to DIR/temporal.jsonl.
 
 The `--report` form reads temporal.jsonl and reports the bias: per epoch and over the run, the
-median ratio temporal / exact of the per-step S and G2 (where the exact one is positive) and of
-the noise-to-signal ratio r = EMA(S_B) / EMA(G2), both smoothed exactly as gns smooths (decay 0.9
+ratio of the window's means temporal / exact of the per-step S and G2, the median of their
+per-step ratios (where the exact one is positive), and the median ratio of
+the noise-to-signal ratio r = EMA(S_B) / EMA(G2), both smoothed exactly as gns smooths (decay 0.99
 here too, gns's default; the smoothed ratio is what gns logs and acts on).
 """
 
@@ -40,7 +41,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-DECAY = 0.9  # gns's default decay of its two moving averages.
+DECAY = 0.99  # gns's default decay of its two moving averages.
 
 
 class TemporalState(NamedTuple):
@@ -110,6 +111,10 @@ def _smoothed(x: np.ndarray) -> np.ndarray:
   return out
 
 
+def _ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
+  return np.where((num > 0) & (den > 0), num / np.where(den > 0, den, 1.0), np.nan)
+
+
 def _ratio_median(num: np.ndarray, den: np.ndarray) -> float | None:
   keep = (den > 0) & np.isfinite(num) & np.isfinite(den)
   return float(np.median(num[keep] / den[keep])) if keep.any() else None
@@ -130,20 +135,33 @@ def report(workdir: pathlib.Path) -> dict[str, Any]:
   # The temporal pair exists from step 2 on.
   s_temp[0], gg_temp[0] = np.nan, np.nan
   valid = np.arange(len(rows)) > 0
-  r_exact = _smoothed(s_exact) / _smoothed(gg_exact)
+  # r = EMA(S_B) / EMA(G2), where both are positive (gns caps or zeroes it elsewhere).
+  r_exact = _ratio(_smoothed(s_exact), _smoothed(gg_exact))
   r_temp = np.full(len(rows), np.nan)
-  r_temp[1:] = _smoothed(s_temp[1:]) / _smoothed(gg_temp[1:])
+  r_temp[1:] = _ratio(_smoothed(s_temp[1:]), _smoothed(gg_temp[1:]))
+  # Check: the exact r rebuilt here is what gns logged (where its smoothed G2 was positive).
+  lines = (open(workdir / "steps.jsonl", encoding="utf-8").readlines()
+           if (workdir / "steps.jsonl").exists() else [])
+  logged = {json.loads(line)["step"]: json.loads(line).get("noise_to_signal") for line in lines}
+  pairs = [(r, logged.get(int(s))) for s, r in zip(steps, r_exact)]
+  pairs = np.array([(r, l) for r, l in pairs if l is not None and np.isfinite(r) and l > 0])
+  check = float(np.max(np.abs(pairs[:, 0] / pairs[:, 1] - 1))) if len(pairs) else None
   epochs = int(config["epochs"])
   per_epoch = max(1, len(rows) // epochs)
 
   def summary(sel) -> dict[str, Any]:
     sel = sel & valid
-    pos = sel & (r_exact > 0) & (r_temp > 0)
+    pos = sel & np.isfinite(r_exact) & np.isfinite(r_temp)
     return {
         "steps": int(sel.sum()),
         "median_ratio_S": _ratio_median(s_temp[sel], s_exact[sel]),
         "median_ratio_G2": _ratio_median(gg_temp[sel], gg_exact[sel]),
+        # The bias proper: E[temporal] / E[exact], as the ratio of the window's means (a single
+        # step's G2 is often negative, so the per-step ratio's median says little for G2).
+        "ratio_of_means_S": float(np.mean(s_temp[sel]) / np.mean(s_exact[sel])),
+        "ratio_of_means_G2": float(np.mean(gg_temp[sel]) / np.mean(gg_exact[sel])),
         "median_ratio_noise_to_signal": _ratio_median(r_temp[pos], r_exact[pos]),
+        "steps_with_both_r": int(pos.sum()),
         "median_noise_to_signal_exact": float(np.median(r_exact[pos])) if pos.any() else None,
         "median_noise_to_signal_temporal": float(np.median(r_temp[pos])) if pos.any() else None,
         "fraction_G2_negative_exact": float(np.mean(gg_exact[sel] <= 0)),
@@ -159,6 +177,7 @@ def report(workdir: pathlib.Path) -> dict[str, Any]:
       "task": config["task"], "lr": config["lr"], "seed": config["seed"],
       "steps": int(steps[-1]), "groups": int(m[0]), "batch_size": int(config["batch_size"]),
       "smoothing_decay": DECAY,
+      "exact_r_vs_logged_max_rel_diff": check,
       "run": summary(np.ones(len(rows), bool)),
       "per_epoch": [summary((index >= e * per_epoch) & (index < (e + 1) * per_epoch))
                     for e in range(epochs)],
