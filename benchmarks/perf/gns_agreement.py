@@ -2,6 +2,8 @@
 
     python -m benchmarks.perf.gns_agreement NEW_RUN ARM_DIR [--seed 0] [--out FILE]
 
+(FILE gathers the tasks: each call writes its task's entry and keeps the others.)
+
 NEW_RUN is a run of gns on the new path (its steps.jsonl); ARM_DIR holds the committed runs of the
 same arm (`seed<n>/` folders, e.g. benchmarks/results/cpu-v2/runs/rt_sentiment/gns/lr0.003), made
 on the 4-microbatch vmap path, one of which (`--seed`, that of NEW_RUN) has NEW_RUN's config.
@@ -62,6 +64,14 @@ def first_divergence(a: pathlib.Path, b: pathlib.Path, rel: float = 0.01) -> int
   return None
 
 
+def max_rel_diff(a: pathlib.Path, b: pathlib.Path) -> float:
+  """The largest relative difference of the two runs' noise_to_signal at a common step."""
+  sa, _, la = _log_r(a)
+  common = dict(zip(*_log_r(b)[::2]))
+  return max((abs(math.expm1(v - common[s])) for s, v in zip(sa.tolist(), la.tolist())
+              if s in common), default=float("nan"))
+
+
 def _compare(new: float, same_seed: float, seeds: list[float]) -> dict[str, Any]:
   diff = new - same_seed
   pairs = [abs(x - y) for x, y in itertools.combinations(seeds, 2)]
@@ -96,6 +106,7 @@ def agreement(new_run: pathlib.Path, arm: pathlib.Path, seed: int) -> dict[str, 
       "vmap_seeds": sorted(old),
       "log_noise_to_signal": {"new": new, "vmap_same_seed": same},
       "first_step_differing_by_1pct": first_divergence(new_run, arm / f"seed{seed}"),
+      "max_rel_diff_same_step": max_rel_diff(new_run, arm / f"seed{seed}"),
       "median": _compare(new["median"], same["median"], [s["median"] for s in seeds]),
       "iqr": _compare(new["iqr"], same["iqr"], [s["iqr"] for s in seeds]),
       "median_after_first_epoch": _compare(
@@ -113,14 +124,18 @@ def main(argv=None) -> int:
   p.add_argument("new_run", type=pathlib.Path)
   p.add_argument("arm", type=pathlib.Path)
   p.add_argument("--seed", type=int, default=0)
-  p.add_argument("--out", type=pathlib.Path, help="also write the JSON here")
+  p.add_argument("--out", type=pathlib.Path,
+                 help="also write the result into this JSON file, under the run's task (the "
+                      "file's other tasks are kept)")
   args = p.parse_args(argv)
   result = agreement(args.new_run, args.arm, args.seed)
-  text = json.dumps(result, indent=2)
-  print(text)
+  print(json.dumps(result, indent=2))
   if args.out:
+    task = json.loads((args.new_run / "config.json").read_text())["task"]
+    merged = json.loads(args.out.read_text()) if args.out.exists() else {}
+    merged[task] = result
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(text + "\n")
+    args.out.write_text(json.dumps(dict(sorted(merged.items())), indent=2) + "\n")
   return 0
 
 
