@@ -146,8 +146,12 @@ def report(workdir: pathlib.Path) -> dict[str, Any]:
   pairs = [(r, logged.get(int(s))) for s, r in zip(steps, r_exact)]
   pairs = np.array([(r, l) for r, l in pairs if l is not None and np.isfinite(r) and l > 0])
   check = float(np.max(np.abs(pairs[:, 0] / pairs[:, 1] - 1))) if len(pairs) else None
-  epochs = int(config["epochs"])
-  per_epoch = max(1, len(rows) // epochs)
+  # Epochs by the run's steps per epoch (run.json), so that an unfinished run reports its
+  # finished epochs and a partial last one.
+  info = workdir / "run.json"
+  per_epoch = (json.loads(info.read_text()).get("steps_per_epoch") if info.exists() else None)
+  per_epoch = per_epoch or max(1, len(rows) // int(config["epochs"]))
+  epochs = -(-len(rows) // per_epoch)
 
   def summary(sel) -> dict[str, Any]:
     sel = sel & valid
@@ -175,7 +179,8 @@ def report(workdir: pathlib.Path) -> dict[str, Any]:
   index = np.arange(len(rows))
   return {
       "task": config["task"], "lr": config["lr"], "seed": config["seed"],
-      "steps": int(steps[-1]), "groups": int(m[0]), "batch_size": int(config["batch_size"]),
+      "steps": int(steps[-1]), "finished": len(rows) >= per_epoch * int(config["epochs"]),
+      "groups": int(m[0]), "batch_size": int(config["batch_size"]),
       "smoothing_decay": DECAY,
       "exact_r_vs_logged_max_rel_diff": check,
       "run": summary(np.ones(len(rows), bool)),
