@@ -83,7 +83,10 @@ def run(argv: list[str]) -> int:
 
   workdir = pathlib.Path(argv[argv.index("--workdir") + 1])
   workdir.mkdir(parents=True, exist_ok=True)
-  out = open(workdir / "temporal.jsonl", "w", encoding="utf-8")  # pylint: disable=consider-using-with
+  # A resumed run appends (the observer's previous gradient is in the checkpointed state); the
+  # report keeps each step's last row.
+  mode = "a" if "--resume" in argv else "w"
+  out = open(workdir / "temporal.jsonl", mode, encoding="utf-8")  # pylint: disable=consider-using-with
 
   def sink(row):
     out.write(json.dumps(row) + "\n")
