@@ -4,8 +4,7 @@
 - `norm-ema`, an adaptive strategy: Adam's step divided by 1 + a moving average of the gradient
   norm, with that average as its readout (`grad_norm_ema`);
 - `final`, a control kind: fixed Adam at the LR its rule ended its run at (`final-norm-ema`);
-- `last_train_loss`, a metric, where the metric catalogue is on this branch
-  (`benchmarks.catalogue.register`).
+- `last_train_loss`, a metric (`benchmarks.catalogue.register`).
 
 The test then runs a tiny suite through `tune`, `calibrate`, `compare` and `report` with real
 `python -m train` runs, made by this file run as a script (`python -m tests.test_add_a_rule`), which
@@ -74,9 +73,8 @@ def _last_train_loss(run, threshold) -> float | None:
   return run.epochs[-1].train_loss if run.epochs else None
 
 
-def add_the_rule() -> bool:
-  """Registers the rule, its control kind and (where there is a catalogue) its metric; whether
-  the metric was registered."""
+def add_the_rule() -> None:
+  """Registers the rule, its control kind and its metric."""
   control_kinds.register(control_kinds.ControlKind(
       name="final", name_of=lambda of: f"final-{of}", plan=_final_plan, build=_final_build,
       lr_from_source=True, rank=3,
@@ -89,13 +87,9 @@ def add_the_rule() -> bool:
     return strategies.Strategy(norm_ema(optax.adam(lr)),
                                lambda before, after, step: lr / (1 + _ema(after)))
 
-  try:
-    from benchmarks import catalogue
-  except ImportError:  # the catalogue (issue 28, item 5) comes with another branch
-    return False
+  from benchmarks import catalogue
   catalogue.register(catalogue.Metric("last_train_loss", "last epoch's train loss", "{:.4f}",
                                       compute=_last_train_loss))
-  return True
 
 
 SUITE = """\
@@ -134,10 +128,7 @@ def registries(monkeypatch):
     for name in names:
       monkeypatch.setattr(module, name, dict(getattr(module, name)))
   monkeypatch.setattr(strategies, "_REGISTRY", strategy_registry._REGISTRY)
-  try:
-    from benchmarks import catalogue
-  except ImportError:
-    return
+  from benchmarks import catalogue
   monkeypatch.setattr(catalogue, "_CATALOGUE", dict(catalogue._CATALOGUE))
 
 
@@ -148,11 +139,11 @@ def test_a_rule_its_control_kind_and_a_metric_from_one_file(tmp_path, monkeypatc
   from benchmarks import report
   from benchmarks import runner
 
-  with_metric = add_the_rule()
+  add_the_rule()
   assert strategies.spec("final-norm-ema").control == ("final", "norm-ema")
   assert strategies.spec("norm-ema").role == "adaptive"
   path = tmp_path / "suite.toml"
-  path.write_text(SUITE.format(metric='metric = "last_train_loss"\n' if with_metric else ""))
+  path.write_text(SUITE.format(metric='metric = "last_train_loss"\n'))
   out = tmp_path / "out"
   monkeypatch.setattr(runner, "command", lambda config_file, resume: [
       sys.executable, "-m", "tests.test_add_a_rule", "--config", str(config_file),
@@ -181,9 +172,6 @@ def test_a_rule_its_control_kind_and_a_metric_from_one_file(tmp_path, monkeypatc
   assert [(c["a"], c["b"]) for c in results["controls"]] == [("norm-ema", "final-norm-ema")]
   assert "`final-X` is fixed Adam at the LR X ended its run at" in text
   assert "final-norm-ema" in text and "norm-ema" in text
-  if not with_metric:
-    pytest.skip("no metric catalogue (benchmarks.catalogue) on this branch: the rule and its "
-                "control kind are checked, the metric is not")
   assert results["analysis"].get("metric") == "last_train_loss"
   assert "last_train_loss" in json.dumps(results["tasks"]) and "last epoch's train loss" in text
 

@@ -164,9 +164,6 @@ def _legacy_argv(run, workdir, out, data_dir):
 
 @pytest.mark.parametrize("name", sorted(p.stem for p in suite_lib.SUITES_DIR.glob("*.toml")))
 def test_the_runner_starts_each_run_from_its_config_file_with_the_same_config(name, tmp_path):
-  from train import strategies
-  if name == "cpu-v3" and "stationarity" not in strategies.names():
-    pytest.skip("cpu-v3's arms come from the stationarity branch (tests/test_cpu_v3.py)")
   suite = suite_lib.load(name)
   out = tmp_path / "out"
   runs = suite.grid() + suite.tune_grid() + suite.reference_grid()

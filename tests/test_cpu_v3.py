@@ -1,43 +1,19 @@
 """The cpu-v3 suite file (issue 32): it loads, its budget arms and primaries are the declared
-ones, each primary can reach its Holm bar with the planned seeds, and `plan` lists its runs.
-
-`stationarity` and `replay-stationarity` come from another branch: while this checkout does not
-register them, `test_cpu_v3_loads` is skipped and the others stand them in (an adaptive rule with
-a replay control, built as `fixed`), which is enough for the suite's schema and plan."""
+ones, each primary can reach its Holm bar with the planned seeds, and `plan` lists its runs."""
 
 import math
-
-import pytest
 
 from benchmarks import __main__ as benchmarks_main
 from benchmarks import suite as suite_lib
 from train import config as config_lib
-from train import strategies
-from train import strategy_registry
-
-HAS_STATIONARITY = "stationarity" in strategies.names()
 
 
-@pytest.fixture
-def stationarity(monkeypatch):
-  """`stationarity` and its replay control, stood in where this checkout lacks them."""
-  if HAS_STATIONARITY:
-    return
-  for name, spec in (
-      ("stationarity", strategy_registry.Spec("stationarity", "adaptive", controls=("replay",))),
-      ("replay-stationarity", strategy_registry.Spec(
-          "replay-stationarity", "control", control=("replay", "stationarity")))):
-    monkeypatch.setitem(strategy_registry._REGISTRY, name, strategy_registry._REGISTRY["fixed"])
-    monkeypatch.setitem(strategy_registry._SPECS, name, spec)
-
-
-@pytest.mark.skipif(not HAS_STATIONARITY, reason="stationarity is not registered on this branch")
 def test_cpu_v3_loads():
   suite = suite_lib.load("cpu-v3")
   assert {"step-e2", "cosine-e2"} <= set(suite.strategies)
 
 
-def test_cpu_v3_budget_arms_and_primaries(stationarity):
+def test_cpu_v3_budget_arms_and_primaries():
   suite = suite_lib.load("cpu-v3")
   # Only the horizon-knowing arms get budget arms: gns and schedule-free have a fixed warmup.
   assert suite.budget_arms == {"step-e2": ("step", 2, ("rt_sentiment", "fashion_mnist")),
@@ -53,7 +29,7 @@ def test_cpu_v3_budget_arms_and_primaries(stationarity):
   assert len(suite.seeds_of("rt_sentiment", "plateau")) == 5
 
 
-def test_cpu_v3_power_each_primary_can_pass_its_holm_bar(stationarity):
+def test_cpu_v3_power_each_primary_can_pass_its_holm_bar():
   suite = suite_lib.load("cpu-v3")
   primaries = suite.analysis.primaries
   assert len(primaries) <= 12
@@ -66,7 +42,7 @@ def test_cpu_v3_power_each_primary_can_pass_its_holm_bar(stationarity):
   assert math.isclose(2 / 2 ** 10, 0.001953125) and 0.05 / 12 > 0.0041
 
 
-def test_every_run_of_cpu_v3_resolves_to_a_valid_config(stationarity):
+def test_every_run_of_cpu_v3_resolves_to_a_valid_config():
   suite = suite_lib.load("cpu-v3")
   runs = suite.grid() + suite.tune_grid() + suite.reference_grid()
   assert {r.strategy for r in runs} >= {"step-e2", "cosine-e2", "stationarity", "gns"}
@@ -77,7 +53,7 @@ def test_every_run_of_cpu_v3_resolves_to_a_valid_config(stationarity):
     assert config.epochs == suite.arm_epochs(run.task, run.strategy)
 
 
-def test_plan_lists_the_runs(stationarity, capsys):
+def test_plan_lists_the_runs(capsys):
   assert benchmarks_main.main(["plan", "--suite", "cpu-v3", "--runs"]) == 0
   text = capsys.readouterr().out
   suite = suite_lib.load("cpu-v3")
