@@ -99,7 +99,8 @@ class GNSState(NamedTuple):
       (saturates at the int32 max).
     skipped: int32 number of steps whose ``group_sq_norm`` was negative or not
       finite, whose mean gradient was not finite, or whose traced ``num_groups``
-      was below 2.
+      was below 1. (A traced ``num_groups`` of 1 is a step without groups: it
+      counts in neither.)
     signal_ema: float32 moving average (not bias-corrected) of the per-step
       estimates ``G^2`` of the true gradient's squared norm.
     sq_norm_ema: float32 moving average (not bias-corrected) of the mean
@@ -223,6 +224,12 @@ def gns(
     estimate is not finite, is counted in ``skipped`` and moves nothing; the
     base optimizer still gets the gradients. ``q`` of another shape than a
     scalar is refused when traced.
+  * Groups on some steps only: a step whose traced ``num_groups`` is 1 (for
+    example ``jnp.where(step % k == 0, N, 1)``, with ``q = |grads|^2`` on the
+    others) leaves the averages, the ratio and the scale as they were and is
+    counted nowhere; the base optimizer steps at the current scale.
+    ``decay`` and ``warmup_steps`` then count observed steps only: for the
+    same window in steps use ``decay ** k`` and ``warmup_steps // k``.
   * Nesting: ``gns(optax.apply_if_finite(base, n))`` and
     ``gns(optax.MultiSteps(base, k))``, not the other way round (outside,
     ``MultiSteps`` would pair the last mini-step's ``q`` with an accumulated
@@ -308,8 +315,10 @@ def gns(
     signal = (n * sq_norm - q) / (n - 1)
     ok = ((n >= 2) & jnp.isfinite(q) & (q >= 0) & jnp.isfinite(sq_norm)
           & jnp.isfinite(signal))
+    # One group (the batch itself) is a step without groups: it holds, and counts nowhere.
+    held = n == 1
     count = jnp.where(ok, optax.safe_increment(state.count), state.count)
-    skipped = jnp.where(ok, state.skipped, optax.safe_increment(state.skipped))
+    skipped = jnp.where(ok | held, state.skipped, optax.safe_increment(state.skipped))
 
     def ema(old, new):
       return jnp.where(ok, decay * old + (1 - decay) * new, old)
@@ -366,7 +375,10 @@ def gns(
       _check_scalar(num_groups, "num_groups")
       n = _concrete(num_groups)
       if n is not None and not n >= 2:
-        raise ValueError(f"gns: num_groups must be >= 2, got num_groups={num_groups!r}.")
+        raise ValueError(
+            f"gns: num_groups must be >= 2, got num_groups={num_groups!r} (a traced "
+            "1 marks a step without groups; a constant one would never observe)."
+        )
     if axis_name is None:
       mean = updates
     else:

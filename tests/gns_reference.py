@@ -40,6 +40,8 @@ class Reference:
 
   def step(self, sq, q, n) -> float:
     """Takes one step's |mean gradient|^2, q and N; returns the scale for this step."""
+    if n == 1:  # a step without groups: nothing moves, nothing is counted
+      return self.scale
     g2 = (n * sq - q) / (n - 1) if n >= 2 else np.nan
     if not (np.isfinite(sq) and np.isfinite(q) and np.isfinite(g2)):
       self.skipped += 1

@@ -252,7 +252,7 @@ def test_non_finite_inputs_are_skipped():
   bad_mean[0][1, 1] = np.nan
   huge = [np.full_like(x, 3e38) for x in mean]  # |mean|^2 overflows float32
   cases = [(mean, np.nan, 4), (mean, np.inf, 4), (mean, -np.inf, 4), (bad_mean, q, 4),
-           (huge, q, 4), (mean, q, 1), (mean, q, 0)]  # a traced num_groups below 2, too
+           (huge, q, 4), (mean, q, 0), (mean, q, -3)]  # a traced num_groups below 1, too
   for m, bad_q, n in cases:
     updates, after = update(_tree(m), state, params, group_sq_norm=np.float32(bad_q),
                             num_groups=np.int32(n))
@@ -261,6 +261,33 @@ def test_non_finite_inputs_are_skipped():
     # The base optimizer still received the gradients as they were.
     np.testing.assert_array_equal(np.asarray(updates["a"]), -float(state.lr_scale) * m[0])
   assert update._cache_size() == 1
+
+
+def test_a_step_with_one_group_holds_and_counts_nowhere():
+  """A traced num_groups of 1 (groups on every k-th step only): the base steps, gns holds."""
+  opt = gradvar_optax.gns(optax.sgd(1.0), warmup_steps=2)
+  params = _params()
+  update = jax.jit(opt.update)
+  stream = group_stream(4, seed=3)
+  state = opt.init(params)
+  for groups in stream[:3]:
+    mean, q = mean_and_q(groups)
+    _, state = update(_tree(mean), state, params, group_sq_norm=q, num_groups=np.int32(4))
+  assert float(state.lr_scale) < 1.0 and int(state.count) == 3  # not vacuous: it moved
+  mean, _ = mean_and_q(stream[3])
+  sq = np.float32(sum(np.sum(np.square(x.astype(np.float64))) for x in mean))
+  updates, after = update(_tree(mean), state, params, group_sq_norm=sq, num_groups=np.int32(1))
+  jax.tree.map(np.testing.assert_array_equal, after._replace(inner_state=state.inner_state),
+               state)
+  np.testing.assert_allclose(np.asarray(updates["a"]), -float(state.lr_scale) * mean[0],
+                             rtol=1e-6)
+  # The next grouped step goes on as if the held one had not been there.
+  mean, q = mean_and_q(stream[3])
+  _, want = update(_tree(mean), state, params, group_sq_norm=q, num_groups=np.int32(4))
+  _, got = update(_tree(mean), after, params, group_sq_norm=q, num_groups=np.int32(4))
+  jax.tree.map(np.testing.assert_array_equal, got._replace(inner_state=want.inner_state), want)
+  with pytest.raises(ValueError, match="a traced 1 marks a step without groups"):
+    opt.update(_tree(mean), state, params, group_sq_norm=sq, num_groups=1)
 
 
 def test_orbax_round_trip_resumes_exactly(tmp_path):

@@ -1,6 +1,7 @@
 """benchmarks.perf.step_cost: the file it writes, and its interleaving (no real timing)."""
 
 import json
+import types
 
 import pytest
 
@@ -30,20 +31,24 @@ def test_step_cost_on_the_tiny_preset_writes_ratios_to_fixed(tmp_path):
 def test_repeats_interleave_the_strategies_and_take_medians(monkeypatch):
   calls = []
   seconds = {"fixed": iter([1.0, 3.0, 2.0, 9.0]), "gradvar": iter([2.0, 4.0, 6.0, 5.0])}
-  monkeypatch.setattr(step_cost, "_prepare", lambda run, *a: run.strategy)
-  def fake_time(strategy, steps, offset):
-    calls.append((strategy, steps, offset))
-    return next(seconds[strategy])
+  # gradvar stands in for a run with groups every 2nd step: timed over multiples of 2 steps.
+  monkeypatch.setattr(step_cost, "_prepare", lambda run, *a: types.SimpleNamespace(
+      name=run.strategy, every=2 if run.strategy == "gradvar" else 1))
+  def fake_time(timed, steps, offset):
+    calls.append((timed.name, steps, offset))
+    return next(seconds[timed.name])
   monkeypatch.setattr(step_cost, "_time", fake_time)
   suite = suite_lib.load("tiny")
   got = step_cost.measure_task(suite, "rt_sentiment", ["fixed", "gradvar"], repeats=3, steps=5)
   # One untimed warm-up step each, then the order rotates between repeats.
   assert [c[0] for c in calls] == ["fixed", "gradvar", "fixed", "gradvar", "gradvar", "fixed",
                                    "fixed", "gradvar"]
-  assert calls[2:4] == [("fixed", 5, 0), ("gradvar", 5, 0)]
+  assert calls[2:4] == [("fixed", 5, 0), ("gradvar", 6, 0)]
+  assert calls[4:6] == [("gradvar", 6, 6), ("fixed", 5, 5)]
   # Timed: fixed 3, 2, 9 -> median 3; gradvar 4, 6, 5 -> median 5.
   assert got["seconds_per_step"] == {"fixed": 3.0, "gradvar": 5.0}
   assert got["ratios"] == {"fixed": 1.0, "gradvar": 5.0 / 3.0}
+  assert got["gns_every"] == {"gradvar": 2}
 
 
 def test_step_cost_needs_fixed(tmp_path, capsys):

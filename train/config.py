@@ -136,6 +136,11 @@ class Config:
               "gns; the others ignore it): at least 2, a multiple of the device count (each "
               "device takes gns_groups / devices microbatches) and a divisor of the batch",
       metavar="N")
+  gns_every: int = _field(
+      1, help="compute the groups (gns_groups) on every K-th step only, from the first; the "
+              "other steps are plain ones, on which gns holds (its averages are then over "
+              "the same span of steps, from K times fewer observations)", metavar="K",
+      check="positive_int")
 
   def to_json(self) -> dict:
     return dataclasses.asdict(self)

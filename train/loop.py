@@ -168,7 +168,8 @@ def setup(config: config_lib.Config) -> Setup:
                            local_device_count=len(devices) // jax.process_count())
   strategy = strategies.build(config.strategy, strategies.StrategyArgs(
       config.lr, pipeline.steps_per_epoch, config.epochs, seed=config.seed,
-      replay_from=config.replay_from, warmup_steps=config.warmup_steps))
+      replay_from=config.replay_from, warmup_steps=config.warmup_steps,
+      group_every=config.gns_every))
   optimizer = finite_guard(strategy.optimizer, config.skip_nonfinite)
   grouped = strategy.uses_groups or (strategy.batchnorm_groups and family.has_batch_stats)
   if grouped:
@@ -228,7 +229,8 @@ def train_step(s: Setup):
       s.model, s.model_spec.input_names, s.optimizer,
       lambda before, after, step: lr(before.inner_state, after.inner_state, step),
       microbatches=s.microbatches, group_grads=s.strategy.uses_groups, readouts=readouts,
-      update_args=s.strategy.spec.update_args))
+      update_args=s.strategy.spec.update_args,
+      group_every=s.config.gns_every if s.microbatches else 1))
 
 
 RESUME_MODES = resume_lib.RESUME_MODES

@@ -67,7 +67,7 @@ UPDATE_ARGS = ("group_sq_norm", "num_groups")
 def make_train_step(model, input_names, optimizer, effective_lr,
                     microbatches: int | None = None, group_grads: bool = True,
                     readouts: Mapping[str, Callable[[Any], jax.Array]] | None = None,
-                    update_args: Sequence[str] = ()) -> Callable:
+                    update_args: Sequence[str] = (), group_every: int = 1) -> Callable:
   """The per-device step: `(state, batch, rng) -> (state, metrics)`, metrics averaged over AXIS.
 
   The metrics are the loss, accuracy, gradient norm and effective LR, and each of `readouts`
@@ -91,7 +91,15 @@ def make_train_step(model, input_names, optimizer, effective_lr,
   controls), the same computation and the same mean gradient, without the groups' norms (one
   group per device). On a model without BatchNorm that computation differs from the
   plain step's only in the dropout keys, so the loop gives such a control the plain step.
+
+  With `group_every` k > 1 the groups are computed on the steps whose count is a multiple of k
+  only (from the first); the other steps are the plain step's computation (BatchNorm over each
+  device's batch, one group per device), and the update gets `num_groups` 1 there, which `gns`
+  reads as a step without groups: its averages and scale hold. The steps' kind is chosen in the
+  compiled step (`lax.cond` on the step count), so the loop runs one function either way.
   """
+  if isinstance(group_every, bool) or not isinstance(group_every, int) or group_every < 1:
+    raise ValueError(f"group_every must be an int >= 1, got {group_every!r}")
   unknown = sorted(set(update_args) - set(UPDATE_ARGS))
   if unknown:
     raise ValueError(f"update_args: the step gives an update only {', '.join(UPDATE_ARGS)}; "
@@ -126,13 +134,31 @@ def make_train_step(model, input_names, optimizer, effective_lr,
         apply, state.params, state.batch_stats, batch, rng, microbatches=microbatches,
         keys=("label", "mask", *input_names), group_grads=group_grads, axis_name=AXIS)
 
+  def sometimes_grouped(state: TrainState, batch, rng):
+    """The groups on every `group_every`-th step, the plain step's gradient on the others."""
+    def plain(state, batch, rng):
+      out = device_grads(state, batch, rng)
+      # One group in all, not one per device (see train_step): gns holds on this step.
+      return out[:2] + (jnp.zeros((), jnp.int32),) + out[3:]
+
+    def grouped(state, batch, rng):
+      out = microbatch_grads(state, batch, rng)
+      return out[:2] + (jnp.asarray(out[2], jnp.int32),) + out[3:]
+
+    return jax.lax.cond(state.step % group_every == 0, grouped, plain, state, batch, rng)
+
   def train_step(state: TrainState, batch, rng):
     rng = jax.random.fold_in(rng, state.step)
-    grads_fn = device_grads if microbatches is None else microbatch_grads
+    if microbatches is None:
+      grads_fn = device_grads
+    else:
+      grads_fn = microbatch_grads if group_every == 1 else sometimes_grouped
     grads, sq_norm, per_device, loss, correct, count, batch_stats = grads_fn(state, batch, rng)
     # Each group's squared norm is taken here, before the mean over the devices leaves only ḡ.
     group_sq_norm = jax.lax.pmean(sq_norm, AXIS)
     num_groups = jax.lax.axis_size(AXIS) * per_device
+    if grads_fn is sometimes_grouped:  # 0 groups a device: a step without groups, 1 in all
+      num_groups = jnp.maximum(num_groups, 1)
     grads = jax.lax.pmean(grads, AXIS)
     loss = jax.lax.pmean(loss, AXIS)
     accuracy = jax.lax.psum(correct, AXIS) / jnp.maximum(jax.lax.psum(count, AXIS), 1)

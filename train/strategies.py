@@ -271,9 +271,15 @@ def gns(args):
   microbatches). Its warmup is ``cosine``'s, one epoch and at most a tenth of the run, or
   ``config.warmup_steps`` where given: the reference signal fraction is frozen then, and the
   scale moves from there on.
+
+  With ``config.gns_every`` k > 1 the step computes the groups on every k-th step only, and
+  ``gns`` observes those steps alone: its averages' decay is ``0.99 ** k`` an observation and its
+  warmup ``ceil(warmup / k)`` observations, the same spans of steps as with k = 1, each from k
+  times fewer observations (so the averages' variance is about k times as large).
   """
-  warmup = _fixed_or_default_warmup(args)
-  return Strategy(gradvar_optax.gns(optax.adam(args.lr), warmup_steps=warmup),
+  k = args.group_every
+  warmup = -(-_fixed_or_default_warmup(args) // k)
+  return Strategy(gradvar_optax.gns(optax.adam(args.lr), warmup_steps=warmup, decay=0.99 ** k),
                   _times_gradvar(_constant(args.lr)))
 
 

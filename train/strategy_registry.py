@@ -127,6 +127,7 @@ class StrategyArgs:
     replay_from: the folder of the recorded run that `replay-X` replays (None for the others).
     warmup_steps: `config.warmup_steps`, a fixed warmup for the strategies with `fixed_warmup`
       (None: their default, which depends on the run's length).
+    group_every: `config.gns_every`: the step computes the groups on every k-th step only.
   """
 
   lr: float
@@ -135,6 +136,7 @@ class StrategyArgs:
   seed: int
   replay_from: Optional[str]
   warmup_steps: Optional[int] = None
+  group_every: int = 1
 
 
 _REGISTRY: dict[str, Callable[[StrategyArgs], Strategy]] = {}

@@ -6,10 +6,11 @@
 For each task, every strategy's run is set up as the suite's first evaluation seed would be
 (`train.loop.setup`: the same model, batch, devices and optimizer), its train step compiled ahead
 of time, then timed in interleaved repeats: each repeat runs `--steps` steps of every strategy in
-turn (the order rotating between repeats), so that whatever else the machine does hits all of them
-alike. The figure is the median over repeats of the seconds per step, and the ratio to `fixed`'s.
-The report's time to target is steps to target times this ratio, not a wall clock of runs that
-shared a machine at different moments.
+turn, the order rotating between repeats, so that whatever else the machine does hits all of them
+alike (a run that computes gns's groups on every k-th step only, `gns_every`, runs `--steps`
+rounded up to a multiple of k). The figure is the median over repeats of the seconds per step,
+and the ratio to `fixed`'s. The report's time to target is steps to target times this ratio,
+not a wall clock of runs that shared a machine at different moments.
 
 Writes DIR/step_cost.json: `{"command", "hardware", "date", "repeats", "steps", "tasks": {task:
 {"seconds_per_step": {strategy: s}, "ratios": {strategy: r}, "samples": {strategy: [...]},
@@ -45,6 +46,8 @@ class _Timed:
   state: object
   rng: object
   batches: list
+  # gns_every of a grouped run (its groups on every k-th step): it is timed over multiples of k.
+  every: int = 1
 
 
 def _prepare(run: suite_lib.Run, workdir: pathlib.Path, cache: pathlib.Path,
@@ -65,7 +68,7 @@ def _prepare(run: suite_lib.Run, workdir: pathlib.Path, cache: pathlib.Path,
       batches.append(next(it))
   rng = jax.random.key(config.seed + 1)
   step = s.launcher.compile(loop.train_step(s), state, batches[0], rng)
-  return _Timed(step, state, rng, batches)
+  return _Timed(step, state, rng, batches, config.gns_every if s.microbatches else 1)
 
 
 def _time(t: _Timed, steps: int, offset: int) -> float:
@@ -91,16 +94,19 @@ def measure_task(suite: suite_lib.Suite, task: str, strategies, repeats: int, st
     for t in timed.values():  # one untimed step each: first-call overheads stay out
       _time(t, 1, 0)
     samples = {s: [] for s in strategies}
+    # Whole multiples of each run's k: every window holds the same share of grouped steps.
+    counts = {s: -(-steps // t.every) * t.every for s, t in timed.items()}
     order = list(strategies)
     for r in range(repeats):
       for s in order[r % len(order):] + order[:r % len(order)]:
-        samples[s].append(_time(timed[s], steps, r * steps))
+        samples[s].append(_time(timed[s], counts[s], r * counts[s]))
       if progress:
         progress(task, r + 1, repeats)
   seconds = {s: statistics.median(v) for s, v in samples.items()}
   return {"seconds_per_step": seconds,
           "ratios": {s: v / seconds[REFERENCE] for s, v in seconds.items()},
-          "samples": samples}
+          "samples": samples,
+          "gns_every": {s: t.every for s, t in timed.items() if t.every > 1}}
 
 
 def main(argv=None) -> int:
