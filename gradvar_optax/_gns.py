@@ -228,8 +228,10 @@ def gns(
     example ``jnp.where(step % k == 0, N, 1)``, with ``q = |grads|^2`` on the
     others) leaves the averages, the ratio and the scale as they were and is
     counted nowhere; the base optimizer steps at the current scale.
-    ``decay`` and ``warmup_steps`` then count observed steps only: for the
-    same window in steps use ``decay ** k`` and ``warmup_steps // k``.
+    ``decay`` and ``warmup_steps`` then count observed steps only:
+    ``warmup_steps // k`` keeps the warmup's span in steps. The same
+    ``decay`` keeps the averages' variance and stretches their span k times;
+    ``decay ** k`` keeps the span from k times fewer observations, noisier.
   * Nesting: ``gns(optax.apply_if_finite(base, n))`` and
     ``gns(optax.MultiSteps(base, k))``, not the other way round (outside,
     ``MultiSteps`` would pair the last mini-step's ``q`` with an accumulated
