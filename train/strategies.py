@@ -277,8 +277,8 @@ def gns(args):
   span of steps; its averages keep their decay of 0.99 an observation, so they hold as many
   observations as with k = 1 (the same variance) over k times as many steps (k times the lag).
   The decay ``0.99 ** k``, the same span of steps from k times fewer observations, left the
-  smoothed signal negative (the ratio at its cap, the scale at its floor of 0.01) for the last
-  45% of one of 3 rt_sentiment runs at k = 4 (benchmarks/results/gns_sequential/README.md).
+  smoothed signal negative (the scale at its floor of 0.01) for 548 of the last 600 steps of one
+  of 3 rt_sentiment runs at k = 4 (benchmarks/results/gns_sequential/README.md).
   """
   warmup = -(-_fixed_or_default_warmup(args) // args.group_every)
   return Strategy(gradvar_optax.gns(optax.adam(args.lr), warmup_steps=warmup),
