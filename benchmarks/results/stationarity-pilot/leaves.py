@@ -70,12 +70,46 @@ lrs = { leaves = 1e-3 }
 
 # The weight-decayed bases: lr * wd = 1e-3 * wd, so x relaxes with time constant 1 / (lr * wd)
 # (1,000 steps at wd 1, 333 at wd 3) and |x|^2 with half of it.
-WEIGHT_DECAYS = (1.0, 3.0)
-SUITE_WD = SUITE.replace("stationarity-pilot-leaves", "stationarity-pilot-leaves-wd").replace(
-    'strategies = ["leaves"]', 'strategies = [' + ", ".join(f'"leaves-wd{wd:g}"' for wd in WEIGHT_DECAYS) + ']').replace(
-    'baseline = "leaves"', f'baseline = "leaves-wd{WEIGHT_DECAYS[0]:g}"').replace(
-    "lrs = { leaves = 1e-3 }", "lrs = { " + ", ".join(f'leaves-wd{wd:g} = 1e-3' for wd in WEIGHT_DECAYS) + " }").replace(
-    "fixed Adam", "AdamW")
+WEIGHT_DECAYS = (1.0, 3.0, 10.0)
+_WD_NAMES = [f"leaves-wd{wd:g}" for wd in WEIGHT_DECAYS]
+SUITE_WD = (SUITE.replace("stationarity-pilot-leaves", "stationarity-pilot-leaves-wd")
+            .replace('strategies = ["leaves"]',
+                     "strategies = [" + ", ".join(f'"{n}"' for n in _WD_NAMES) + "]")
+            .replace('baseline = "leaves"', f'baseline = "{_WD_NAMES[0]}"')
+            .replace("lrs = { leaves = 1e-3 }",
+                     "lrs = { " + ", ".join(f"{n} = 1e-3" for n in _WD_NAMES) + " }")
+            .replace("fixed Adam", "AdamW"))
+
+
+MASKED_DECAYS = (3.0, 10.0)
+_MWD_NAMES = [f"leaves-mwd{wd:g}" for wd in MASKED_DECAYS]
+SUITE_MWD = (SUITE.replace("stationarity-pilot-leaves", "stationarity-pilot-leaves-mwd")
+             .replace('strategies = ["leaves"]',
+                      "strategies = [" + ", ".join(f'"{n}"' for n in _MWD_NAMES) + "]")
+             .replace('baseline = "leaves"', f'baseline = "{_MWD_NAMES[0]}"')
+             .replace("lrs = { leaves = 1e-3 }",
+                      "lrs = { " + ", ".join(f"{n} = 1e-3" for n in _MWD_NAMES) + " }")
+             .replace("fixed Adam", "AdamW decaying the params of ndim >= 2"))
+
+
+def matrices(params):
+  """True for the params of 2 or more dimensions (kernels, embeddings)."""
+  return jax.tree.map(lambda x: x.ndim >= 2, params)
+
+
+# The real rule (`compare-rule`) on AdamW at these weight decays.
+RULE_DECAYS = (3.0, 10.0)
+_RULE_NAMES = [f"rule-wd{wd:g}" for wd in RULE_DECAYS]
+SUITE_RULE = (SUITE.replace("stationarity-pilot-leaves", "stationarity-pilot-rule-wd")
+              .replace('strategies = ["leaves"]',
+                       "strategies = [" + ", ".join(f'"{n}"' for n in _RULE_NAMES) + "]")
+              .replace('baseline = "leaves"', f'baseline = "{_RULE_NAMES[0]}"')
+              .replace("lrs = { leaves = 1e-3 }",
+                       "lrs = { " + ", ".join(f"{n} = 1e-3" for n in _RULE_NAMES) + " }")
+              .replace("Per-leaf delta terms of fixed Adam",
+                       "stationarity's rule on AdamW (no per-leaf terms)")
+              .replace("Per-leaf stationarity statistic of fixed Adam",
+                       "stationarity's rule on AdamW"))
 
 
 class LeafDeltaState(NamedTuple):
@@ -123,12 +157,33 @@ def register() -> None:
     return strategies.Strategy(leaf_deltas(optax.adam(args.lr)),
                                strategies.constant_lr(args.lr))
 
+  # AdamW decaying only the params of 2 or more dimensions (kernels, embeddings: the usual
+  # convention, biases and norm scales undecayed) at MASKED_DECAYS.
+  for wd in MASKED_DECAYS:
+    @strategies.register(f"leaves-mwd{wd:g}", role="ablation", readouts=readouts)
+    def _leaves_mwd(args, wd=wd):
+      opt = optax.adamw(args.lr, weight_decay=wd, mask=matrices)
+      return strategies.Strategy(leaf_deltas(opt), strategies.constant_lr(args.lr))
+
   # AdamW (optax.adamw: decoupled, every param decayed) at the weight decays of WEIGHT_DECAYS.
   for wd in WEIGHT_DECAYS:
     @strategies.register(f"leaves-wd{wd:g}", role="ablation", readouts=readouts)
     def _leaves_wd(args, wd=wd):
       return strategies.Strategy(leaf_deltas(optax.adamw(args.lr, weight_decay=wd)),
                                  strategies.constant_lr(args.lr))
+
+
+def register_rule() -> None:
+  """`rule-wd<wd>`: the real rule, `stationarity`'s options, on AdamW at each of RULE_DECAYS."""
+  import gradvar_optax
+  from train import strategies
+  for wd in RULE_DECAYS:
+    @strategies.register(f"rule-wd{wd:g}", role="ablation",
+                         readouts=strategies._STATIONARITY_READOUTS)
+    def _rule(args, wd=wd):
+      opt = gradvar_optax.reduce_on_stationarity(optax.adamw(args.lr, weight_decay=wd),
+                                                 **strategies.STATIONARITY_OPTIONS)
+      return strategies.Strategy(opt, strategies._times_gradvar(strategies.constant_lr(args.lr)))
 
 
 def leaf_names(run: pathlib.Path) -> list[str]:
@@ -164,8 +219,13 @@ if __name__ == "__main__":
   sys.path.insert(0, str(REPO))
   os.chdir(REPO)
   register()
+  register_rule()
+  if sys.argv[1:2] == ["compare-rule"]:
+    sys.exit(compare(sys.argv[2:], HERE / "rule-wd", SUITE_RULE))
   if sys.argv[1:2] == ["compare"]:
     sys.exit(compare(sys.argv[2:]))
+  if sys.argv[1:2] == ["compare-mwd"]:
+    sys.exit(compare(sys.argv[2:], HERE / "leaves-mwd", SUITE_MWD))
   if sys.argv[1:2] == ["compare-wd"]:
     sys.exit(compare(sys.argv[2:], HERE / "leaves-wd", SUITE_WD))
   # The trainer's entry point: `python -m train` with `leaves` registered.

@@ -53,12 +53,15 @@ SUBSETS = {
     "b: all but embeddings and norm-fed kernels": (
         lambda p: not _is_embedding(p) and not _is_norm_fed_kernel(p)),
     "c1: head only (classifier/head, mlp_hidden)": _is_head,
-    "c2: non-kernel params (biases, norm scales)": lambda p: not p.endswith("kernel") and not _is_embedding(p),
+    "c2: non-kernel params (biases, norm scales)": (
+        lambda p: not p.endswith("kernel") and not _is_embedding(p)),
     "c3: kernels not fed to a norm, no embedding": (
         lambda p: p.endswith("kernel") and not _is_norm_fed_kernel(p)),
     "c4: norm scale/bias only": lambda p: re.search(r"(^|/)(\w*bn\w*)/", p) is not None,
     "c5: embedding only": _is_embedding,
     "c6: norm-fed kernels only": _is_norm_fed_kernel,
+    # In these two models the params of ndim >= 2 are exactly the kernels and the embedding.
+    "d: kernels and embeddings (ndim >= 2)": lambda p: p.endswith("kernel") or _is_embedding(p),
 }
 
 
