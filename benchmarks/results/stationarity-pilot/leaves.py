@@ -97,6 +97,18 @@ def matrices(params):
   return jax.tree.map(lambda x: x.ndim >= 2, params)
 
 
+_RMWD_NAMES = [f"rule-mwd{wd:g}" for wd in MASKED_DECAYS]
+SUITE_RULE_MWD = (SUITE.replace("stationarity-pilot-leaves", "stationarity-pilot-rule-mwd")
+                  .replace('strategies = ["leaves"]',
+                           "strategies = [" + ", ".join(f'"{n}"' for n in _RMWD_NAMES) + "]")
+                  .replace('baseline = "leaves"', f'baseline = "{_RMWD_NAMES[0]}"')
+                  .replace("lrs = { leaves = 1e-3 }",
+                           "lrs = { " + ", ".join(f"{n} = 1e-3" for n in _RMWD_NAMES) + " }")
+                  .replace("Per-leaf delta terms of fixed Adam",
+                           "stationarity's rule, mask ndim >= 2, on AdamW decaying the same")
+                  .replace("Per-leaf stationarity statistic of fixed Adam",
+                           "stationarity's rule (mask ndim >= 2) on masked AdamW"))
+
 # The real rule (`compare-rule`) on AdamW at these weight decays.
 RULE_DECAYS = (3.0, 10.0)
 _RULE_NAMES = [f"rule-wd{wd:g}" for wd in RULE_DECAYS]
@@ -186,6 +198,20 @@ def register_rule() -> None:
       return strategies.Strategy(opt, strategies._times_gradvar(strategies.constant_lr(args.lr)))
 
 
+def register_masked_rule() -> None:
+  """`rule-mwd<wd>`: the rule with `mask=matrices` on AdamW decaying the same params."""
+  import gradvar_optax
+  from train import strategies
+  for wd in MASKED_DECAYS:
+    @strategies.register(f"rule-mwd{wd:g}", role="ablation",
+                         readouts=strategies._STATIONARITY_READOUTS)
+    def _rule(args, wd=wd):
+      opt = gradvar_optax.reduce_on_stationarity(
+          optax.adamw(args.lr, weight_decay=wd, mask=matrices), mask=matrices,
+          **strategies.STATIONARITY_OPTIONS)
+      return strategies.Strategy(opt, strategies._times_gradvar(strategies.constant_lr(args.lr)))
+
+
 def leaf_names(run: pathlib.Path) -> list[str]:
   """The leaves' paths in `jax.tree.leaves` order, from the run's own model."""
   from train import config as config_lib
@@ -220,6 +246,9 @@ if __name__ == "__main__":
   os.chdir(REPO)
   register()
   register_rule()
+  register_masked_rule()
+  if sys.argv[1:2] == ["compare-rule-mwd"]:
+    sys.exit(compare(sys.argv[2:], HERE / "rule-mwd", SUITE_RULE_MWD))
   if sys.argv[1:2] == ["compare-rule"]:
     sys.exit(compare(sys.argv[2:], HERE / "rule-wd", SUITE_RULE))
   if sys.argv[1:2] == ["compare"]:

@@ -24,10 +24,14 @@ import math
 import pathlib
 import re
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
 from gradvar_optax._batch_means import batch_means_test
+
+# Jitted, as inside the library's step (and fast).
+_test = jax.jit(batch_means_test, static_argnums=4)
 
 HERE = pathlib.Path(__file__).resolve().parent
 CAPACITY, TEST_EVERY, MIN_SAMPLES, KEEP, SIGNIFICANCE = 4096, 50, 25, 1 / 8, 0.05
@@ -98,7 +102,7 @@ def replay(series: np.ndarray, first_only: bool = True):
     n = min(int(want), CAPACITY, count)
     if t % TEST_EVERY or n < MIN_SAMPLES:
       continue
-    ok, mean, lower, upper = batch_means_test(jnp.asarray(ring), jnp.int32(count), jnp.int32(n),
+    ok, mean, lower, upper = _test(jnp.asarray(ring), jnp.int32(count), jnp.int32(n),
                                               jnp.int32(drops), SIGNIFICANCE)
     tests.append((t, bool(ok), float(mean), float(lower), float(upper)))
     if bool(ok):
@@ -124,14 +128,14 @@ def main():
   ap.add_argument("--json")
   ap.add_argument("--check", nargs="*", default=[])
   args = ap.parse_args()
-  runs = [pathlib.Path(r) for r in args.runs] or sorted(HERE.glob("leaves/runs/*/leaves/*/seed*"))
+  runs = [pathlib.Path(r) for r in args.runs] or sorted(HERE.glob("leaves*/runs/*/*/*/seed*"))
   out = {}
   for run in runs:
     if not (run / "leaf_names.json").exists():
       continue
     names, terms = load(run)
-    task, seed = run.parts[-4], run.name
-    print(f"{task} {seed}: {len(names)} leaves, {len(terms)} steps")
+    task, base, seed = run.parts[-4], run.parts[-3], run.name
+    print(f"{task} {base} {seed}: {len(names)} leaves, {len(terms)} steps")
     for label, rule in SUBSETS.items():
       series, k = subset_series(names, terms, rule)
       if series is None:
@@ -140,7 +144,7 @@ def main():
       first = next((t[0] for t in tests if t[1]), None)
       closest = min(tests, key=lambda t: abs(t[2]) / max(t[4] - t[2], 1e-30)) if tests else None
       mean_all = float(series.mean())
-      out.setdefault(task, {}).setdefault(seed, {})[label] = {
+      out.setdefault(task, {}).setdefault(base, {}).setdefault(seed, {})[label] = {
           "leaves": k, "first_pass": first, "tests": len(tests), "mean_delta": mean_all,
           "closest": closest}
       c = (f"closest {abs(closest[2]) / (closest[4] - closest[2]):.1f} hw at {closest[0]}"
