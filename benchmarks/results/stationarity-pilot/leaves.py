@@ -19,7 +19,12 @@ Usage, from the repository root (one run at a time):
       --tasks rt_sentiment --only-seeds 0
 
 writes benchmarks/results/stationarity-pilot/leaves/runs/<task>/leaves/lr0.001/seed<n>/ and, next
-to each run, `leaf_names.json` (index -> the leaf's path).
+to each run, `leaf_names.json` (index -> the leaf's path). The other commands, same arguments:
+`compare-wd` (`leaves-wd<wd>`: AdamW at WEIGHT_DECAYS, every param decayed; into leaves-wd/),
+`compare-mwd` (`leaves-mwd<wd>`: AdamW decaying the params of ndim >= 2; leaves-mwd/),
+`compare-rule` (`rule-wd<wd>`: the real rule, `stationarity`'s options, on AdamW; rule-wd/) and
+`compare-rule-mwd` (`rule-mwd<wd>`: the rule with `mask` = ndim >= 2 on the masked AdamW;
+rule-mwd/).
 """
 
 import json
