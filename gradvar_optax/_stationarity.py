@@ -162,7 +162,8 @@ def reduce_on_stationarity(
   pytree of bools with the params' structure (or a prefix of it), or a callable that returns
   one from the params; True means the test reads that param. A natural choice with
   ``optax.adamw(..., mask=m)`` is the same ``m``: the test reads the params that weight decay
-  holds in place.
+  holds in place. A mask cannot help where every part of the model keeps moving (a small ResNet
+  trained by Adam for a few epochs: its kernels, normalisation scales and head all grow).
 
   **The test.** The samples go into a leaky bucket that keeps the most recent
   ``ceil(keep_fraction * t)`` of the ``t`` samples since the last drop. Every ``test_every``
