@@ -11,6 +11,9 @@ import optax
 
 from gradvar_optax._batch_means import batch_means_test
 from gradvar_optax._gradvar import _concrete
+from gradvar_optax._stationarity_mask import MaskOrFn
+from gradvar_optax._stationarity_mask import check_mask_leaves
+from gradvar_optax._stationarity_mask import resolve_mask
 
 
 class StationarityState(NamedTuple):
@@ -90,13 +93,23 @@ def _validate(factor, test_every, min_samples, keep_fraction, significance, warm
     raise ValueError(f"min_scale must be in [0, 1], got min_scale={floor}.")
 
 
-def _delta(params, applied) -> jax.Array:
-  """-(<x, u> + |u|^2 / 2) = -<x + u / 2, u>, one pass, accumulated in float32."""
+def _delta(params, applied, mask=None) -> jax.Array:
+  """-(<x, u> + |u|^2 / 2) = -<x + u / 2, u>, one pass, accumulated in float32.
+
+  With a `mask` (a pytree of bools, the params' structure or a prefix of it), only the leaves
+  under a True enter the sum.
+  """
   def term(u, x):
     u = u.astype(jnp.float32)
     return jnp.sum((x.astype(jnp.float32) + 0.5 * u) * u)
 
-  terms = jax.tree.leaves(jax.tree.map(term, applied, params))
+  if mask is None:
+    terms = jax.tree.leaves(jax.tree.map(term, applied, params))
+  else:
+    def masked(m, u, x):
+      return jax.tree.leaves(jax.tree.map(term, u, x)) if m else []
+    terms = [t for ts in jax.tree.leaves(jax.tree.map(masked, mask, applied, params),
+                                         is_leaf=lambda v: isinstance(v, list)) for t in ts]
   return -sum(terms) if terms else jnp.zeros([], jnp.float32)
 
 
@@ -112,6 +125,7 @@ def reduce_on_stationarity(
     min_scale: float = 0.0,
     capacity: int = 4096,
     axis_name: Optional[str] = None,
+    mask: Optional[MaskOrFn] = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""Drops a base optimizer's learning rate by ``factor`` when a test finds it stationary.
 
@@ -137,6 +151,19 @@ def reduce_on_stationarity(
   \frac{\alpha}{2} |d_k|^2` (with :math:`u_k = -\alpha d_k`) times
   :math:`\alpha`, so the test between drops is the same. Cost: one fused pass
   over the params and the update per step.
+
+  **A subset of the params** (``mask``). At stationarity :math:`E\,\delta_S = 0` holds for
+  the statistic of any subset ``S`` of the coordinates as well, so the test may read only the
+  params that can become stationary. Params that keep travelling whatever the noise (a random
+  walk with no restoring force: Adam's embedding rows, or the norm of kernels that feed a
+  normalisation layer, which grows under Adam without weight decay) keep :math:`\delta` of the
+  whole away from 0, and the test never passes; ``mask`` leaves them out of the statistic
+  (their updates are scaled like all the others). It follows ``optax.masked``'s convention: a
+  pytree of bools with the params' structure (or a prefix of it), or a callable that returns
+  one from the params; True means the test reads that param. A natural choice with
+  ``optax.adamw(..., mask=m)`` is the same ``m``: the test reads the params that weight decay
+  holds in place. A mask cannot help where every part of the model keeps moving (a small ResNet
+  trained by Adam for a few epochs: its kernels, normalisation scales and head all grow).
 
   **The test.** The samples go into a leaky bucket that keeps the most recent
   ``ceil(keep_fraction * t)`` of the ``t`` samples since the last drop. Every ``test_every``
@@ -205,6 +232,11 @@ def reduce_on_stationarity(
     capacity: slots of the bucket's ring buffer, a static Python int >= 16.
     axis_name: for un-averaged per-replica gradients under ``pmap`` or
       ``shard_map``: ``delta`` is averaged over this axis.
+    mask: which params the statistic reads (default: all). A pytree of Python
+      bools with the structure of the params (or a prefix of it), or a callable
+      ``params -> such a pytree``, as ``optax.masked`` and
+      ``optax.add_decayed_weights`` take it; True: the test reads that param.
+      At least one leaf must be True.
 
   Returns:
     An ``optax.GradientTransformationExtraArgs`` whose state is a
@@ -215,7 +247,8 @@ def reduce_on_stationarity(
   Raises:
     ValueError: at construction, on an argument out of range, naming it (only
       concrete values are checked, so ``inject_hyperparams`` works with
-      ``static_args=("capacity",)``); at ``update``, when ``params`` is None.
+      ``static_args=("capacity",)``); at ``update``, when ``params`` is None or
+      ``mask`` does not fit them.
 
   Example:
     >>> import jax, jax.numpy as jnp, optax
@@ -253,6 +286,8 @@ def reduce_on_stationarity(
   """
   _validate(factor, test_every, min_samples, keep_fraction, significance, warmup_steps,
             min_scale, capacity)
+  if mask is not None and not callable(mask):
+    check_mask_leaves(mask, "")
   base_optimizer = optax.with_extra_args_support(base_optimizer)
 
   def init_fn(params) -> StationarityState:
@@ -324,7 +359,7 @@ def reduce_on_stationarity(
     inner_updates, params = jax.lax.optimization_barrier((inner_updates, params))
     old = state.lr_scale
     applied = jax.tree.map(lambda u: u * old.astype(u.dtype), inner_updates)
-    delta = _delta(params, applied)
+    delta = _delta(params, applied, resolve_mask(mask, params))
     if axis_name is not None:
       delta = jax.lax.pmean(delta, axis_name)
     state = observe(state, delta)
