@@ -25,7 +25,7 @@ from gradvar_optax._stationarity_readout import StationarityTest
 from gradvar_optax._stationarity_readout import stationarity_drops
 from gradvar_optax._stationarity_readout import stationarity_test
 
-__version__ = "0.3.0"
+__version__ = "0.4.0"
 
 __all__ = (
     "GNSState",
