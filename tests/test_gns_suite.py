@@ -285,8 +285,9 @@ def test_a_step_between_the_kth_is_the_plain_step_with_one_group():
   jax.tree.map(close, plain_next.opt_state["grads"], plain.opt_state["grads"])
   close(plain_next.opt_state["q"], float(plain_metrics["grad_norm"]) ** 2)
   close(p_metrics["loss"], plain_metrics["loss"])
-  # Not vacuous: the grouped and the plain step's gradients differ.
-  assert not np.allclose(float(g_metrics["grad_norm"]), float(p_metrics["grad_norm"]), rtol=1e-2)
+  # Not vacuous: the grouped and the plain step's gradients differ (BatchNorm over 8 examples
+  # against 16: by 0.7% in norm, against a threshold of 0.1%, 5x the tolerance above).
+  assert not np.allclose(float(g_metrics["grad_norm"]), float(p_metrics["grad_norm"]), rtol=1e-3)
 
 
 def test_step_rows_leave_out_a_nan_noise_to_signal_and_keep_a_value(tmp_path):
