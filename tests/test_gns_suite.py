@@ -266,6 +266,27 @@ def test_gns_every_k_observes_the_kth_steps_only(tmp_path, data_dir):
 
 
 @pytest.mark.slow
+def test_every_kth_step_on_two_devices_under_pmap_and_shard_map(tmp_path, data_dir):
+  """`gns_every` 2 on 2 devices of a BatchNorm model: the cond holds the groups' collectives
+  (the running statistics' mean over the devices), and both launchers give the same run."""
+  rows = {}
+  for parallel in ("pmap", "shard_map"):
+    config = _config(tmp_path / parallel, "fashion_mnist", data_dir=str(data_dir),
+                     num_devices=2, parallel=parallel, gns_groups=4, gns_every=2, epochs=1,
+                     train_examples=96)
+    loop.train(config)
+    rows[parallel] = _steps(config.workdir)
+  ratio = {k: [r.noise_to_signal for r in v] for k, v in rows.items()}
+  assert ratio["pmap"] == ratio["shard_map"] and len(ratio["pmap"]) == 6
+  np.testing.assert_allclose([r.loss for r in rows["pmap"]], [r.loss for r in rows["shard_map"]],
+                             rtol=1e-6)
+  # Grouped at steps 0, 2, 4: rows 1, 3, 5 move the estimate, rows 2, 4, 6 hold it.
+  r = ratio["pmap"]
+  assert r[1] == r[0] and r[3] == r[2] and r[5] == r[4]
+  assert len(set(r[::2])) == 3 and all(math.isfinite(x) for x in r)
+
+
+@pytest.mark.slow
 def test_a_step_between_the_kth_is_the_plain_step_with_one_group():
   """`group_every` 2 on ResNet tiny (BatchNorm): step 0 is the grouped step, step 1 the plain
   step's gradient, BatchNorm statistics and metrics, handed to the update as one group."""
