@@ -27,6 +27,8 @@ def test_cpu_v3_budget_arms_and_primaries():
   assert suite.max_extensions > 1
   assert "wordnet_topics" not in suite.tasks
   assert len(suite.seeds_of("rt_sentiment", "plateau")) == 5
+  assert {str(p).split(": ")[1].split(" vs ")[0] for p in suite.analysis.primaries} == {
+      "gns", "schedule-free"}
 
 
 def test_cpu_v3_power_each_primary_can_pass_its_holm_bar():
@@ -59,10 +61,14 @@ def test_plan_lists_the_runs(capsys):
   suite = suite_lib.load("cpu-v3")
   evaluation = sum(len(suite.seeds_of(t, s)) for t in suite.tasks
                    for s in suite.task_strategies(t))
-  assert evaluation == 2 * (10 * 10 + 5)  # 8 arms + step-e2, cosine-e2 at 10 seeds, plateau 5
+  # 6 arms + step-e2, cosine-e2 at 10 seeds; plateau and stationarity (not a primary) 5.
+  assert evaluation == 2 * (8 * 10 + 2 * 5)
   assert f"evaluation runs: {evaluation}" in text
   assert "step-e2                step for 2 epochs, 10 seeds" in text
   assert "runs/fashion_mnist/cosine-e2/lr<tuned>/seed9" in text
   assert "tune/rt_sentiment/cosine-e2/lr0.01/seed1000" in text
-  assert "replay-stationarity    fixed" not in text  # a control names its rule's LR
-  assert "stationarity's tuned LR" in text
+  assert "matched-gns            fixed" not in text  # a control names its rule's LR
+  assert "gns's tuned LR" in text
+  # The pilot's revision: stationarity never dropped, so no replay of it (a constant LR).
+  assert "replay-stationarity" not in text and "stationarity           stationarity for 4 " \
+      "epochs, 5 seeds" in text
