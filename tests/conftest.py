@@ -10,7 +10,10 @@ os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import pathlib  # noqa: E402
+import signal  # noqa: E402
 import sys  # noqa: E402
+import threading  # noqa: E402
+import warnings  # noqa: E402
 
 from _pytest import _io  # noqa: E402
 import hypothesis  # noqa: E402
@@ -82,3 +85,25 @@ def pytest_configure(config):
   if hasattr(config, "workerinput"):
     console = _io.TerminalWriter(sys.__stderr__)
     config.get_terminal_writer = lambda: console
+
+
+# The stop signals' handlers, as a test found them. A test that leaves another handler behind
+# (an in-process run stopped inside its signal watch, a library's own) would change what the next
+# test in the same worker meets: test_children's Ctrl-C case then sees no KeyboardInterrupt. The
+# handlers are put back after every test, and a test that changed them is named in a warning.
+_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+@pytest.fixture(autouse=True)
+def _stop_signal_handlers_restored(request):
+  if threading.current_thread() is not threading.main_thread():
+    yield
+    return
+  before = {s: signal.getsignal(s) for s in _STOP_SIGNALS}
+  yield
+  for s, handler in before.items():
+    now = signal.getsignal(s)
+    if now is not handler:
+      signal.signal(s, handler)
+      warnings.warn(f"{request.node.nodeid} left {signal.Signals(s).name}'s handler at {now!r} "
+                    f"(found {handler!r}); put back", RuntimeWarning, stacklevel=1)

@@ -35,6 +35,9 @@ def test_a_stop_inside_popen_after_the_fork_stops_the_child(tmp_path, monkeypatc
     return proc
 
   monkeypatch.setattr(subprocess, "Popen", popen)
+  # Ctrl-C as a terminal delivers it: Python's own SIGINT handler (KeyboardInterrupt), whatever
+  # the worker inherited (a background job starts with SIGINT ignored). The runner sets SIGTERM's.
+  previous = signal.signal(signal.SIGINT, signal.default_int_handler)
   try:
     with pytest.raises(compare.Interrupted):
       compare.run_all([run], tmp_path, None, progress=False)
@@ -44,6 +47,7 @@ def test_a_stop_inside_popen_after_the_fork_stops_the_child(tmp_path, monkeypatc
     attempts = json.loads((tmp_path / run.relpath() / "bench.json").read_text())["attempts"]
     assert attempts[-1]["interrupted"] and attempts[-1]["rc"] == proc.returncode
   finally:
+    signal.signal(signal.SIGINT, previous)
     for proc in started:
       if proc.poll() is None:  # orphaned: stop it here so that the test leaves nothing behind
         proc.kill()
