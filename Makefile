@@ -55,8 +55,9 @@ gpu-rehearsal: $(STAMP)
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m 'not slow' $(PYTEST_XDIST) $(PYTEST_DURATIONS) $(PYTEST_ARGS)
 
-# The main job: a slice of the cpu-v2 comparison (benchmarks/suites/demo.toml): fixed Adam, gradvar
-# and gns at cpu-v2's tuned LRs on rt_sentiment (full split) and Fashion-MNIST (5,000), one seed;
+# The main job: a slice of the cpu-v3 comparison (benchmarks/suites/demo.toml): fixed Adam,
+# stationarity, gns and schedule-free at cpu-v3's tuned LRs on rt_sentiment (full split) and
+# Fashion-MNIST (5,000), one seed;
 # prints the comparison table and writes REPORT.md and plots under runs/demo. The data is the
 # project's data/ (GRADVAR_DATA_DIR overrides it). `compare`'s preflight (benchmarks/preflight.py)
 # stops it, in one message, when something it needs is missing, before any run starts.

@@ -4,7 +4,8 @@
 suite declares budgets (`[tasks.T] budgets`, `benchmarks.budgets`):
 
 - one line per horizon-free arm: at every budget B (each evaluation's step) the best validation
-  loss within B (`budgets.best_val_loss_within`, the running minimum over evals.jsonl), the mean
+  loss within B (`budgets.best_val_loss_within`, the running minimum over the run's evaluations,
+  `budgets.evaluations`: evals.jsonl's and each epoch's at its end), the mean
   over seeds with its 95% t band (`bands.band`);
 - the horizon-knowing arms as points at their budgets: the strategy trained to H and each of its
   budget arms (`cosine`, `cosine-e2`), at its run's steps, the mean best validation loss within
@@ -25,10 +26,11 @@ from benchmarks import budgets  # noqa: E402
 from benchmarks import metrics  # noqa: E402
 
 
-def running_best(evals) -> dict:
-  """{step: the best finite validation loss at that step's evaluation or before} of one run."""
+def running_best(run) -> dict:
+  """{step: the best finite validation loss at that step's evaluation or before} of one run
+  (`runs.RunRecord`), over `budgets.evaluations`."""
   out, best = {}, math.inf
-  for r in evals or []:
+  for r in budgets.evaluations(run):
     if metrics.finite(r.val_loss):
       best = min(best, r.val_loss)
     if best < math.inf:
@@ -47,7 +49,7 @@ def arms(entry: dict, strategies) -> tuple[list[str], dict]:
 
 def points(records) -> tuple[float, float, float, float] | None:
   """(median steps, mean, low, high) of a horizon-knowing arm's best val loss within its runs."""
-  values = [budgets.best_val_loss_within(rec.evals or []) for rec in records]
+  values = [budgets.best_val_loss_within(budgets.evaluations(rec)) for rec in records]
   steps = [budgets.run_horizon(rec) for rec in records]
   values = [v for v in values if metrics.finite(v)]
   if not values or not all(s is not None for s in steps):
@@ -66,7 +68,7 @@ def figure(results: dict, by_strategy: dict, task: str):
   colors, styles = bands.colors(order), bands.styles(order)
   fig, ax = plt.subplots(figsize=(7.5, 4.8))
   for s in free:
-    bands.band(ax, [running_best(rec.evals) for rec in by_strategy[s]], s, colors[s],
+    bands.band(ax, [running_best(rec) for rec in by_strategy[s]], s, colors[s],
                style={k: v for k, v in styles[s].items() if k != "marker"})
   for base, group in knowing.items():
     labelled = False

@@ -1,7 +1,9 @@
 """Metrics that resolve, read at a budget: the figures of a run trained to H at a budget B <= H.
 
 A *budget* is a number of training steps B. A run trained to its horizon H >= B is read at B from
-its evaluations (evals.jsonl's rows) at steps <= B:
+its evaluations at steps <= B (`evaluations`: evals.jsonl's rows, every `eval_every_steps`, and
+each epoch's own evaluation at its last step, from epochs.jsonl: an epoch that does not end on a
+multiple of `eval_every_steps` has no evals.jsonl row, and a budget in whole epochs ends there):
 
 - `best_val_loss_within(evals, B)`: the lowest finite validation loss over those evaluations
   (None: none of them has one).
@@ -29,6 +31,22 @@ if typing.TYPE_CHECKING:
   from train import records
 
 BUDGET_STEPS = "budget_steps"  # the figure a censored run takes at a budget: the budget itself
+
+
+class Evaluation(typing.NamedTuple):
+  """One evaluation on the validation split: its step and its loss."""
+  step: int
+  val_loss: Optional[float]
+
+
+def evaluations(run) -> list[Evaluation]:
+  """Every validation evaluation of a run (`runs.RunRecord`), in step order: evals.jsonl's rows
+  and each epoch's end-of-epoch evaluation (epochs.jsonl), once per step (an epoch that ends on a
+  multiple of `eval_every_steps` wrote the same evaluation to both)."""
+  by_step = {int(r.step): Evaluation(int(r.step), r.val_loss) for r in run.evals or []}
+  for e in run.epochs or []:
+    by_step.setdefault(int(e.step), Evaluation(int(e.step), e.val_loss))
+  return [by_step[s] for s in sorted(by_step)]
 
 
 def _within(evals: Sequence["records.EvalRow"], budget: Optional[int]):
@@ -164,16 +182,17 @@ def with_budget_arms(strategies, budget_arms) -> tuple[str, ...]:
 catalogue.register(catalogue.Metric(
     "best_val_loss_within", "best val loss within the budget (evaluations)", "{:.4f}",
     budgeted=True, paired=True,
-    compute=lambda run, threshold, budget: best_val_loss_within(run.evals or [], budget),
+    compute=lambda run, threshold, budget: best_val_loss_within(evaluations(run), budget),
     primary_text="Metric: **the best validation loss within the budget**, the lowest over the "
-                 "evaluations in evals.jsonl at steps <= the budget. Difference A − B per seed, "
+                 "evaluations at steps <= the budget (evals.jsonl's, every eval_every_steps, and "
+                 "each epoch's at its end). Difference A − B per seed, "
                  "paired by seed (negative: A reaches a lower loss). "))
 catalogue.register(catalogue.Metric(
     "steps_to_target_interp", "steps to target (interpolated)", "{:.1f}", kind="reach",
     budgeted=True, horizon=BUDGET_STEPS, unit="steps", in_steps=True,
-    compute=lambda run, threshold, budget: steps_to_target_interp(run.evals or [], threshold,
+    compute=lambda run, threshold, budget: steps_to_target_interp(evaluations(run), threshold,
                                                                   budget),
     primary_text="Metric: **steps to the target validation loss**, interpolated linearly "
-                 "between the evaluations in evals.jsonl. A run that does not reach the target "
-                 "within the budget takes the budget. Difference A − B per seed, paired by seed "
-                 "(negative: A needs fewer steps). "))
+                 "between the evaluations (evals.jsonl's and each epoch's at its end). A run "
+                 "that does not reach the target within the budget takes the budget. "
+                 "Difference A − B per seed, paired by seed (negative: A needs fewer steps). "))

@@ -4,6 +4,7 @@ and a tiny budgeted suite through tune and compare (tests/fake_budget_train.py, 
 import json
 import pathlib
 import sys
+import types
 
 import pytest
 
@@ -144,10 +145,41 @@ def test_a_budgeted_suite_through_tune_and_compare(tmp_path, monkeypatch):
   assert (out / "plots/anytime_rt_sentiment_tuned.png").stat().st_size > 0
 
 
+def run_of(evals, epoch_ends=()):
+  """A run's records as the budget metrics read them: evals.jsonl's rows, and epochs.jsonl's
+  (step, val_loss) at each epoch's end."""
+  epochs = [types.SimpleNamespace(step=s, val_loss=v) for s, v in epoch_ends]
+  return types.SimpleNamespace(evals=evals, epochs=epochs)
+
+
+def test_the_evaluations_are_evals_jsonl_and_each_epochs_end_once_per_step():
+  # Evaluations every 10 steps; epochs of 15 steps: the first ends off the grid (15), the second
+  # on it (30), where train.epoch writes one evaluation to both files.
+  run = run_of(rows([0.9, 0.8, 0.7]), [(15, 0.85), (30, 0.7)])
+  assert [(e.step, e.val_loss) for e in budgets.evaluations(run)] == [
+      (10, 0.9), (15, 0.85), (20, 0.8), (30, 0.7)]
+  assert budgets.evaluations(run_of(None, [(15, 0.85)])) == [budgets.Evaluation(15, 0.85)]
+
+
+def test_a_budget_that_ends_an_epoch_off_the_grid_reads_that_epochs_evaluation():
+  # A cosine run to 642 steps (2 epochs of 321) with evaluations every 50: its lowest loss is at
+  # its end, step 642, which only epochs.jsonl holds.
+  evals = rows([0.7, 0.6, 0.55, 0.5, 0.48, 0.47, 0.46, 0.46, 0.45, 0.45, 0.44, 0.44], every=50)
+  run = run_of(evals, [(321, 0.455), (642, 0.41)])
+  assert budgets.best_val_loss_within(budgets.evaluations(run), 642) == 0.41
+  assert budgets.best_val_loss_within(budgets.evaluations(run), 641) == 0.44
+  metric = catalogue.get("best_val_loss_within")
+  assert metric.compute(run, None, 642) == 0.41 and metric.compute(run, None, 600) == 0.44
+  # Interpolated between the evaluations at 600 (0.44) and 642 (0.41).
+  assert budgets.steps_to_target_interp(budgets.evaluations(run), 0.425) == pytest.approx(621.0)
+  assert anytime.running_best(run)[642] == 0.41
+
+
 def test_the_anytime_plot_reads_the_running_best_and_splits_the_arms():
-  evals = rows([0.9, float("nan"), 0.95, 0.6])
-  assert anytime.running_best(evals) == {10: 0.9, 20: 0.9, 30: 0.9, 40: 0.6}
-  assert anytime.running_best(rows([float("nan"), 0.5])) == {20: 0.5}
+  run = run_of(rows([0.9, float("nan"), 0.95, 0.6]))
+  assert anytime.running_best(run) == {10: 0.9, 20: 0.9, 30: 0.9, 40: 0.6}
+  assert anytime.running_best(run_of(rows([float("nan"), 0.5]))) == {20: 0.5}
+  assert anytime.running_best(run_of(rows([0.9]), [(15, 0.7)])) == {10: 0.9, 15: 0.7}
   entry = {"budgets": {"arms": {"cosine-e2": ["cosine", 2], "step-e2": ["step", 2]},
                        "horizon_knowing": ["step", "cosine"]}}
   free, knowing = anytime.arms(entry, ["fixed", "step", "step-e2", "cosine", "cosine-e2", "gns"])

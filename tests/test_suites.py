@@ -6,7 +6,6 @@ its data, model and optimizer are built and traced (`jax.eval_shape`), without t
 """
 
 import dataclasses
-import json
 
 import jax
 import pytest
@@ -14,6 +13,7 @@ import tensorflow_datasets as tfds
 
 from benchmarks import __main__ as benchmarks_main
 from benchmarks import suite as suite_lib
+from benchmarks import tuning
 import gradvar_optax
 from train import config as config_lib
 from train import loop
@@ -50,14 +50,22 @@ def test_every_run_of_a_committed_suite_resolves(name):
       assert config.lr == suite.lr == 1e-3
 
 
-def test_the_demo_runs_at_cpu_v2s_tuned_lrs():
-  demo = suite_lib.load("demo")
-  results = json.loads((benchmarks_main.RESULTS_DIR / "cpu-v2" / "results.json").read_text())
-  picks = results["tuned_lrs"]
+def test_the_demo_is_a_slice_of_cpu_v3_at_its_tuned_lrs():
+  demo, v3 = suite_lib.load("demo"), suite_lib.load("cpu-v3")
+  # The picks from cpu-v3's committed tuning records (they are final: every pick is complete).
+  picks = tuning.selection(v3, benchmarks_main.RESULTS_DIR / "cpu-v3")
+  assert set(demo.strategies) == {"fixed", "stationarity", "gns", "schedule-free"}
   for task in demo.tasks:
     for strategy in demo.task_strategies(task):
-      assert picks[task][strategy]["complete"]
+      assert picks[task][strategy]["complete"], (task, strategy)
       assert demo.strategy_lr(task, strategy) == picks[task][strategy]["lr"], (task, strategy)
+      # cpu-v3's run (its config before tuning), shorter: the same model, data, optimizer,
+      # warmup and evaluations.
+      mine, theirs = demo.run(task, strategy, 0).config(), v3.run(task, strategy, 0).config()
+      shorter = {"epochs", "train_examples", "eval_examples", "log_every", "lr"}  # lr: above
+      assert ({k: v for k, v in dataclasses.asdict(mine).items() if k not in shorter}
+              == {k: v for k, v in dataclasses.asdict(theirs).items() if k not in shorter})
+      assert mine.epochs < theirs.epochs
 
 
 @pytest.mark.parametrize("name", ["cpu", "ablations", "demo"])
