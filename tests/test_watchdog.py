@@ -131,3 +131,28 @@ def test_native_stacks_of_a_process_name_its_frames(tmp_path):
   spied = tmp_path / "child.py-spy.txt"
   assert str(spied) in files  # py-spy comes with the test extra
   assert "parked" in spied.read_text()
+
+
+@pytest.mark.slow
+def test_the_test_evaluation_and_the_final_save_run_under_the_watchdog(tmp_path, data_dir,
+                                                                       monkeypatch):
+  # A stall there (a collective that a peer never joins) must end the run as a stall in a step
+  # does, not hang it: `_finish` runs inside the watchdog's block, after a beat of its own.
+  from train import loop
+  seen = []
+  finish = loop._finish  # noqa: SLF001
+
+  def watched(run, workdir, run_info):
+    dog = watchdog._active  # noqa: SLF001
+    seen.append((dog is not None, run.step, dog and dog._step))  # noqa: SLF001
+    return finish(run, workdir, run_info)
+
+  monkeypatch.setattr(loop, "_finish", watched)
+  config = config_lib.Config(
+      task="rt_sentiment", workdir=str(tmp_path / "run"), model_size="tiny", epochs=1,
+      batch_size=8, num_devices=1, train_examples=32, eval_examples=8, quiet=True,
+      cache_dir=str(tmp_path / "cache"), data_dir=str(data_dir), collective_timeout_s=600)
+  result = loop.train(config)
+  assert seen == [(True, 4, 4)]  # 32 examples in batches of 8
+  assert "test_loss" in result and (tmp_path / "run" / "final").exists()
+  assert watchdog._active is None  # noqa: SLF001

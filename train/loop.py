@@ -324,6 +324,13 @@ def _train(s: Setup, workdir: pathlib.Path, ckpts: checkpoint_lib.Checkpoints, s
         stop = epoch_lib.run_epoch(run, epoch)
         if stop is not None and epoch < config.epochs:
           raise checkpoint_lib.Preempted(stop, run.step, epoch, ckpts.directory)
+      # The test evaluation and the final save are collectives too: under the watchdog, from a
+      # beat of their own, a stall there ends the process with the watchdog's report, as one in
+      # a step does, instead of hanging (a 2-process CI run once waited in the test split's
+      # evaluation until the test's own bound). The records close first, as they did before.
+      recorder.close()
+      watchdog.beat(run.step)
+      result = _finish(run, workdir, run_info)
   except (checkpoint_lib.Preempted, NonFiniteError) as e:
     reason = e.signal_name if isinstance(e, checkpoint_lib.Preempted) else str(e)
     run_info["stopped"] = {"reason": reason, "step": e.step, "epoch": e.epoch,
@@ -332,7 +339,7 @@ def _train(s: Setup, workdir: pathlib.Path, ckpts: checkpoint_lib.Checkpoints, s
     raise
   finally:
     recorder.close()
-  return _finish(run, workdir, run_info)
+  return result
 
 
 def _start_records(s: Setup, workdir: pathlib.Path, recorder: records.Recorder,
