@@ -73,15 +73,16 @@ def figure(results: dict, by_strategy: dict, task: str):
   free, knowing = arms(entry, [s for s in results["strategies"] if s in by_strategy])
   order = free + list(knowing)
   colors, styles = bands.colors(order), bands.styles(order)
-  curves = {s: bands.band_points([running_best(rec) for rec in by_strategy[s]]) for s in free}
+  bests = {s: [running_best(rec) for rec in by_strategy[s]] for s in free}
+  curves = {s: bands.band_points(bests[s]) for s in free}
   marks = {base: [p for p in (points(by_strategy.get(arm, [])) for arm in group) if p]
            for base, group in knowing.items()}
-  horizon = max([b for b in entry["budgets"]["steps"]] or [1])
+  horizon = max(entry["budgets"]["steps"], default=1)
   shift = {base: (i - (len(marks) - 1) / 2) * 0.012 * horizon for i, base in enumerate(marks)}
   fig, axes = plt.subplots(1, 2, figsize=(12, 4.8))
   for ax in axes:
     for s in free:
-      bands.band(ax, [running_best(rec) for rec in by_strategy[s]], s, colors[s],
+      bands.band(ax, bests[s], s, colors[s],
                  style={k: v for k, v in styles[s].items() if k != "marker"})
     for base, found in marks.items():
       for i, (x, mean, low, high) in enumerate(found):
@@ -97,12 +98,12 @@ def figure(results: dict, by_strategy: dict, task: str):
                     "budget)", fontsize=9)
   axes[0].legend(fontsize=7)
   # The right panel: from half the shortest budget on.
-  left = min(entry["budgets"]["steps"] or [0]) / 2
+  left = min(entry["budgets"]["steps"], default=0) / 2
   seen = [v for xs, _, low, high in curves.values() for x, lo, hi in zip(xs, low, high)
           if x >= left for v in (lo, hi)]
   seen += [v for found in marks.values() for _, _, low, high in found for v in (low, high)]
   if seen:
-    pad = 0.08 * (max(seen) - min(seen) or abs(max(seen)) * 0.01 or 0.01)
+    pad = 0.08 * (max(seen) - min(seen) or 0.01)
     axes[1].set_ylim(min(seen) - pad, max(seen) + pad)
   axes[1].set_xlim(left, horizon * 1.04)
   axes[1].set_title(f"the budgets from {left:g} steps on (y zoomed)", fontsize=9)
