@@ -4,6 +4,8 @@ Pure functions of the results dict (`benchmarks.declared` computes the figures).
 and the controls are described by the declared metric's catalogue entry (`benchmarks.catalogue`).
 """
 
+from typing import Optional
+
 from benchmarks import catalogue
 from benchmarks import cells
 
@@ -23,9 +25,30 @@ def _time(value, ratios) -> str:
   return "–" if value is None else f"{value:.0f}"
 
 
-def _comparison_row(c: dict, fmt: str = "{:.0f}") -> list[str]:
-  """A paired comparison's cells (the declared metric's format), from task to p and time to
-  target."""
+def _last_column(metric: catalogue.Metric, x: str, y: str) -> Optional[str]:
+  """The header of the comparison tables' last column: time to target for a metric counted in
+  steps, the budget a budgeted one is read at, none for the others (a loss has no time)."""
+  if metric.in_steps:
+    return f"time to target {x} / {y}"
+  return "read at" if metric.budgeted else None
+
+
+def _read_at(c: dict, results: dict) -> str:
+  """The budget a comparison reads both arms at: the shorter arm's (`budget_epochs`), else the
+  task's horizon, its last budget."""
+  b = (results["tasks"].get(c["task"]) or {}).get("budgets") or {}
+  epochs, steps = b.get("epochs") or [], b.get("steps") or []
+  e = c.get("budget_epochs", epochs[-1] if epochs else None)
+  if e is None:
+    return "the horizon"
+  at = f" ({steps[epochs.index(e)]} steps)" if e in epochs and len(steps) == len(epochs) else ""
+  return f"{e} epochs{at}"
+
+
+def _comparison_row(c: dict, metric: catalogue.Metric, results: dict) -> list[str]:
+  """A paired comparison's cells (the declared metric's format), from task to p, then time to
+  target or the budget it is read at (`_last_column`)."""
+  fmt = metric.fmt
   t = c["t_interval"]
   mean = ("–" if t["mean"] is None else fmt.format(t["mean"])
           + ("" if t["half_width"] is None else f" ± {fmt.format(t['half_width'])}"))
@@ -33,11 +56,13 @@ def _comparison_row(c: dict, fmt: str = "{:.0f}") -> list[str]:
                                         + (" (exact)" if c["exact"] else " (MC)"))
   med = "–" if c["median_difference"] is None else fmt.format(c["median_difference"])
   ratios = c["cost_ratios"]
-  return [c["task"], f"{c['a']} − {c['b']}", c["setting"], str(c["n"]),
-          f"{c['reached_a']}/{c['n']}", f"{c['reached_b']}/{c['n']}", med,
-          cells.interval(*c["bootstrap_interval"], fmt), mean, p,
-          f"{_time(c['time_to_target']['a'], ratios)} / "
-          f"{_time(c['time_to_target']['b'], ratios)}"]
+  row = [c["task"], f"{c['a']} − {c['b']}", c["setting"], str(c["n"]),
+         f"{c['reached_a']}/{c['n']}", f"{c['reached_b']}/{c['n']}", med,
+         cells.interval(*c["bootstrap_interval"], fmt), mean, p]
+  if metric.in_steps:
+    return row + [f"{_time(c['time_to_target']['a'], ratios)} / "
+                  f"{_time(c['time_to_target']['b'], ratios)}"]
+  return row + [_read_at(c, results)] if metric.budgeted else row
 
 
 def _kinds_text() -> str:
@@ -49,8 +74,9 @@ def _kinds_text() -> str:
 def controls_section(results: dict) -> list[str]:
   """Each adaptive strategy against its controls, on the primaries' test, uncorrected."""
   metric = _metric(results)
-  rows = [_comparison_row(c, metric.fmt) + ["yes" if c["primary"] else "no"]
+  rows = [_comparison_row(c, metric, results) + ["yes" if c["primary"] else "no"]
           for c in results.get("controls") or []]
+  last = _last_column(metric, "X", "control")
   if not rows:
     return []
   conf = round(100 * (1 - results["analysis"]["alpha"]))
@@ -60,7 +86,7 @@ def controls_section(results: dict) -> list[str]:
           "the pair is also a primary (its Holm-adjusted p is above).", "",
           cells.table(["task", "X − control", "setting", "seeds", "X reached", "control reached",
                        _median_header(metric), f"{conf}% bootstrap", f"mean diff ± {conf}% t",
-                       "p (sign-flip, uncorrected)", "time to target X / control", "primary"],
+                       "p (sign-flip, uncorrected)"] + ([last] if last else []) + ["primary"],
                  rows), ""]
 
 
@@ -84,12 +110,13 @@ def primaries_section(results: dict) -> list[str]:
   for c in prim:
     holm = "–" if c["p_value"] is None else (f"**{c['p_holm']:.4g}**" if c["significant"]
                                              else f"{c['p_holm']:.4g}")
-    row = _comparison_row(c, metric.fmt)
-    rows.append(row[:-1] + [holm, row[-1]])
+    row = _comparison_row(c, metric, results)
+    rows.append(row[:10] + [holm] + row[10:])
+  last = _last_column(metric, "A", "B")
   lines += [cells.table(["task", "A − B", "setting", "seeds", "A reached", "B reached",
                          _median_header(metric), f"{conf}% bootstrap",
-                         f"mean diff ± {conf}% t", "p (sign-flip)", "p (Holm)",
-                         "time to target A / B"], rows), ""]
+                         f"mean diff ± {conf}% t", "p (sign-flip)", "p (Holm)"]
+                        + ([last] if last else []), rows), ""]
   sc = a.get("step_cost")
   if not metric.in_steps:  # time to target is a count of steps times a step's cost
     return lines

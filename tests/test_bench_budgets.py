@@ -142,6 +142,10 @@ def test_a_budgeted_suite_through_tune_and_compare(tmp_path, monkeypatch):
       "horizon_knowing": ["cosine"]}
   text = report.write(out)
   assert "cosine-e2" in text
+  # A loss has no time to target: the primaries' last column is the budget each pair is read at.
+  md = (out / "REPORT.md").read_text()
+  assert "| p (sign-flip) | p (Holm) | read at |" in md and "time to target A / B" not in md
+  assert md.count("| 2 epochs (8 steps) |") == 1 and md.count("| 4 epochs (16 steps) |") == 1
   assert (out / "plots/anytime_rt_sentiment_tuned.png").stat().st_size > 0
 
 
@@ -205,3 +209,19 @@ def test_interpolated_steps_to_target_censored_at_the_budget(tmp_path, monkeypat
     crossing = 6 + 2 * (loss[6] - 0.6) / (loss[6] - loss[8])
     assert 6 < crossing < 8
     assert diff == pytest.approx(8 - crossing)
+
+
+def test_a_budget_arm_that_never_reaches_takes_the_longer_horizon_against_fixed():
+  # step-e2 stops at 624 steps without reaching the target; fixed reaches it at 900 of 1560.
+  # Censored at its own 624 it would read 276 steps *fewer* than fixed while counted as worse.
+  def group(values, horizon):
+    return {"per_seed": {s: {"steps_to_target": v, "horizon_steps": horizon}
+                         for s, v in values.items()},
+            "reach": {"steps_to_target": {"values": values}}}
+  budget_arm = group({0: None, 1: None, 2: 500}, 624)
+  fixed = group({0: 900, 1: None, 2: 600}, 1560)
+  paired = analysis._paired(budget_arm, fixed)
+  assert paired["steps_to_target"] == {"better": 1, "tie": 1, "worse": 1}
+  interval = paired["steps_to_target_censored"]
+  # Seed 0: 1560 - 900; seed 1: both n.r., 1560 - 1560; seed 2: 500 - 600.
+  assert interval["n"] == 3 and interval["mean"] == pytest.approx((660 + 0 - 100) / 3)
