@@ -126,16 +126,26 @@ def gradvar(results, runs, task, path, render=True) -> str | None:
   if not render:
     return path.name
   colors = bands.colors(results["strategies"])
-  fig, (top, bottom) = plt.subplots(2, 1, figsize=(7, 6), sharex=True)
+  # Only gradvar logs a variability; without it (gns, stationarity) the LR scale stands alone.
+  varying = [s for s in chosen if any(
+      metrics.finite(r.variability) for rec in groups[s] for r in rec.steps)]
+  if varying:
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(7, 6), sharex=True)
+    for strategy in varying:
+      bands.band(top, _series(groups[strategy], "variability", "step", "steps"), strategy,
+                 colors[strategy])
+    top.set(ylabel="gradient variability",
+            title=f"{task} ({setting}): gradient variability, and each rule's LR scale")
+    axes = (top, bottom)
+  else:
+    fig, bottom = plt.subplots(figsize=(7, 3.6))
+    bottom.set(title=f"{task} ({setting}): each rule's LR scale")
+    axes = (bottom,)
   for strategy in chosen:
-    bands.band(top, _series(groups[strategy], "variability", "step", "steps"), strategy,
-          colors[strategy])
     bands.band(bottom, _series(groups[strategy], "lr_scale", "step", "steps"), strategy,
-          colors[strategy])
-  top.set(ylabel="gradient variability",
-          title=f"{task} ({setting}): gradient variability, and each rule's LR scale")
+               colors[strategy])
   bottom.set(xlabel="step", ylabel="lr_scale")
-  for ax in (top, bottom):
+  for ax in axes:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
   return _save(fig, path)

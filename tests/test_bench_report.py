@@ -6,6 +6,7 @@ plus the runner's bench.json, with values chosen so every figure can be checked 
 
 import json
 import pathlib
+import warnings
 
 import pytest
 
@@ -290,3 +291,20 @@ def test_tune_picks_on_tuning_seeds_and_reports_side_by_side(tmp_path, monkeypat
   assert (out / "plots" / "val_loss_rt_sentiment_tuned.png").exists()
   assert (out / "plots" / "summary_rt_sentiment_tuned.png").exists()
   _assert_plot_names_without_drawing(out, tmp_path, results)
+
+
+def test_the_scale_plot_has_no_empty_variability_panel_without_gradvar(tmp_path, monkeypatch):
+  # A rule that logs lr_scale but no variability (gns, stationarity): one panel, and no legend
+  # warning from an empty one.
+  out = make_out(tmp_path)
+  for steps in out.glob("runs/rt_sentiment/gradvar/*/*/steps.jsonl"):
+    rows = [json.loads(line) for line in steps.read_text().splitlines()]
+    steps.write_text("".join(json.dumps({**r, "variability": None}) + "\n" for r in rows))
+  results, runs = analysis.collect(out)
+  panels, subplots = [], plots.plt.subplots
+  monkeypatch.setattr(plots.plt, "subplots",
+                      lambda *a, **k: panels.append(a[:2]) or subplots(*a, **k))
+  with warnings.catch_warnings():
+    warnings.simplefilter("error")
+    assert plots.gradvar(results, runs, "rt_sentiment", tmp_path / "g.png") == "g.png"
+  assert panels == [()] and (tmp_path / "g.png").stat().st_size > 0
