@@ -142,9 +142,11 @@ def _paired(group, base) -> dict:
       # run (step-e2 censored at its own 624 steps against fixed's 900 read as 276 fewer).
       diffs = {}
       for s in a:
-        h = max((x[s] for x in (ha, hb) if s in x and x[s] is not None), default=None)
-        va, vb = stats.censor(a[s], h), stats.censor(b.get(s), h)
-        if s in b and va is not None and vb is not None:
+        if s not in b:
+          continue
+        h = max((x[s] for x in (ha, hb) if x.get(s) is not None), default=None)
+        va, vb = stats.censor(a[s], h), stats.censor(b[s], h)
+        if va is not None and vb is not None:
           diffs[s] = va - vb
       out[f"{m.name}_censored"] = metrics.t_interval(diffs.values()).to_json()
   return out
